@@ -1,0 +1,17 @@
+//! borgd: a BorgBackup 2 repository server, a drop-in replacement for `borg serve`.
+//!
+//! Layers, bottom up: [`store`] (borgstore's key/value model on a posix file system),
+//! [`lock`] (storelocking-compatible locks in the store), [`repository`] (borg 2 repository
+//! semantics), [`rpc`] (msgpack framing, messages, exception marshalling), [`server`] (sessions
+//! and transports) and [`cli`] (argv, the only place that knows about it).
+
+pub mod cli;
+pub mod error;
+pub mod host;
+pub mod lock;
+pub mod log;
+pub mod repository;
+pub mod rpc;
+pub mod server;
+pub mod signals;
+pub mod store;

@@ -1,0 +1,53 @@
+//! `borgd serve`: see the crate documentation and README.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use borgd::cli;
+use borgd::server::{self, Config, LogConfig};
+
+fn main() -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let opts = match cli::parse(
+        std::env::args_os(),
+        env("SSH_ORIGINAL_COMMAND").as_deref(),
+        env("BORG_REPO_PERMISSIONS").as_deref(),
+        env("BORG_STORE_DATA_LEVELS").as_deref(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(opts.umask as libc::mode_t);
+    }
+    if let Err(e) = borgd::signals::install() {
+        eprintln!("borgd: cannot install signal handlers: {e}");
+        return ExitCode::from(2);
+    }
+    let cfg = Arc::new(Config {
+        restrict_to_paths: opts.serve.restrict_to_paths.clone(),
+        restrict_to_repositories: opts.serve.restrict_to_repositories.clone(),
+        permissions: opts.permissions,
+        durability: opts.serve.fsync,
+        data_levels: opts.data_levels,
+        max_message: opts.serve.max_message_mib * 1024 * 1024,
+        lock_wait: opts.lock_wait,
+    });
+    let logcfg = LogConfig { level: opts.level, topics: opts.debug_topics.clone() };
+    if opts.socket.is_some() {
+        eprintln!("borgd: socket mode is not implemented yet");
+        return ExitCode::from(2);
+    }
+    match server::serve_stdio(cfg, &logcfg, &borgd::signals::STOP) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(server::ServeError::Stopped) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("borgd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

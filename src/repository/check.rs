@@ -1,0 +1,190 @@
+//! `check(repair, max_duration)`: validates every data object's `RepoObj` header and checksums.
+//!
+//! As in borg 2.0.0b21: a partial check (`max_duration > 0`) resumes after the key stored in
+//! `cache/last-key-checked` and stops after `max_duration` seconds, recording where it stopped;
+//! a full check starts over and forgets any partial progress. Progress is checkpointed every
+//! five minutes. With `repair`, an object that is still corrupt when read a second time is
+//! deleted. A full pass that reaches the end writes a fresh chunk-index cache listing every
+//! object it kept and deletes all other cached indexes, so clients relearn what exists.
+
+use std::time::{Duration, Instant};
+
+use super::{chunkindex, repoobj, Error, Repository, LOGGER};
+use crate::log::Log;
+use crate::store;
+
+const LAST_KEY_CHECKED: &str = "cache/last-key-checked";
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(300);
+const LOG_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl Repository {
+    /// Checks the repository; `Ok(true)` when no errors were found or they were repaired.
+    pub fn check(&mut self, repair: bool, max_duration: f64, log: &Log) -> Result<bool, Error> {
+        let partial = max_duration > 0.0;
+        if repair && partial {
+            return Err(Error::Integrity("check --repair cannot be combined with --max-duration".into()));
+        }
+        // whatever was written before must be durable before we vouch for the repository.
+        self.store.barrier()?;
+        let mode = if partial { "partial" } else { "full" };
+        log.info(LOGGER, &format!("Starting {mode} repository check"));
+        let mut last_key_checked = String::new();
+        if partial {
+            match self.store.load(LAST_KEY_CHECKED, 0, None, false) {
+                Ok(v) => last_key_checked = String::from_utf8_lossy(&v).into_owned(),
+                Err(store::Error::ObjectNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            self.forget_last_key_checked()?;
+        }
+        if last_key_checked.is_empty() {
+            log.info(LOGGER, "Starting from beginning.");
+        } else {
+            log.info(LOGGER, &format!("Skipping to keys after {last_key_checked}."));
+        }
+        let after = last_key_checked.strip_prefix("data/").map(str::to_string);
+
+        let started = Instant::now();
+        let mut last_checkpoint = started;
+        let mut last_flush = started;
+        let (mut checked, mut errors) = (0u64, 0u64);
+        let mut kept: Vec<[u8; 32]> = Vec::new();
+        let mut finished = true;
+        let mut names = Vec::new();
+        // Collect names in bounded batches so we never hold the store's listing borrow while
+        // deleting, and never hold more than a batch in memory.
+        let mut cursor = after;
+        loop {
+            names.clear();
+            let walked = self.store.walk("data", cursor.as_deref(), &mut |info| {
+                names.push(info.name);
+                Ok(names.len() < 1000)
+            });
+            match walked {
+                Ok(()) => {}
+                Err(store::Error::ObjectNotFound(_)) => break, // no data/ at all yet
+                Err(e) => return Err(e.into()),
+            }
+            if names.is_empty() {
+                break;
+            }
+            for name in &names {
+                self.refresh_lock(log)?;
+                let key = format!("data/{name}");
+                let obj = match self.store.load(&key, 0, None, false) {
+                    Ok(o) => o,
+                    Err(store::Error::ObjectNotFound(_)) => continue, // vanished since listing
+                    Err(e) => return Err(e.into()),
+                };
+                checked += 1;
+                let problems = repoobj::verify(&obj);
+                drop(obj);
+                let mut corrupt = !problems.is_empty();
+                if corrupt {
+                    errors += 1;
+                    for p in &problems {
+                        log.error(LOGGER, &format!("Repo object {name} is corrupted: {p}"));
+                    }
+                    if repair {
+                        corrupt = self.repair_object(&key, name, log)?;
+                    }
+                }
+                if !(corrupt && repair) {
+                    if let Some(id) = super::unhex32(name) {
+                        kept.push(id);
+                    }
+                }
+                let now = Instant::now();
+                if now.duration_since(last_flush) > LOG_FLUSH_EVERY {
+                    last_flush = now;
+                    log.flush();
+                }
+                if now.duration_since(last_checkpoint) > CHECKPOINT_EVERY {
+                    last_checkpoint = now;
+                    log.info(LOGGER, &format!("Checkpointing at key {key}."));
+                    self.store.store(LAST_KEY_CHECKED, key.as_bytes())?;
+                }
+                if partial && now.duration_since(started).as_secs_f64() > max_duration {
+                    log.info(LOGGER, &format!("Finished partial repository check, last key checked is {key}."));
+                    self.store.store(LAST_KEY_CHECKED, key.as_bytes())?;
+                    finished = false;
+                    break;
+                }
+            }
+            if !finished {
+                break;
+            }
+            cursor = names.last().cloned();
+        }
+        if finished {
+            log.info(LOGGER, "Finished repository check.");
+            self.forget_last_key_checked()?;
+            if !partial {
+                self.write_chunk_index(&kept, log)?;
+            }
+        }
+        log.info(LOGGER, &format!("Checked {checked} repository objects, {errors} errors."));
+        if errors == 0 {
+            log.info(LOGGER, &format!("Finished {mode} repository check, no problems found."));
+        } else if repair {
+            log.info(LOGGER, &format!("Finished {mode} repository check, errors found and repaired."));
+        } else {
+            log.error(LOGGER, &format!("Finished {mode} repository check, errors found."));
+        }
+        Ok(errors == 0 || repair)
+    }
+
+    /// Reads a corrupt object once more; deletes it if it is still corrupt. Returns whether it
+    /// is (still) corrupt.
+    fn repair_object(&mut self, key: &str, name: &str, log: &Log) -> Result<bool, Error> {
+        match self.store.load(key, 0, None, false) {
+            Err(store::Error::ObjectNotFound(_)) => {
+                log.error(LOGGER, &format!("Repo object {name} is corrupted: existing object vanished."));
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+            Ok(again) if repoobj::verify(&again).is_empty() => {
+                log.error(LOGGER, &format!("Repo object {name} is corrupted: reloading did help, inconsistent behaviour detected!"));
+                Ok(false)
+            }
+            Ok(_) => {
+                log.error(LOGGER, &format!("Repo object {name} is corrupted: reloading did not help, deleting it!"));
+                self.store.delete(key, false)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn forget_last_key_checked(&mut self) -> Result<(), Error> {
+        match self.store.delete(LAST_KEY_CHECKED, false) {
+            Ok(()) | Err(store::Error::ObjectNotFound(_)) => Ok(()),
+            // read-only mode may not delete it; a stale checkpoint only affects partial checks.
+            Err(store::Error::PermissionDenied { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a chunk index of exactly `ids` and deletes every other cached index.
+    fn write_chunk_index(&mut self, ids: &[[u8; 32]], log: &Log) -> Result<(), Error> {
+        let data = chunkindex::serialize(ids.iter());
+        let name = chunkindex::cache_name(&data);
+        log.debug(LOGGER, &format!("caching chunks index as {name} in repository..."));
+        match self.store.store(&name, &data) {
+            Ok(()) => {}
+            // borg check in read-only mode: nothing may be written, the check itself still counts.
+            Err(store::Error::PermissionDenied { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let own = name.trim_start_matches("cache/").to_string();
+        for info in self.store.list("cache", false)? {
+            if info.name.starts_with("chunks.") && info.name != own {
+                match self.store.delete(&format!("cache/{}", info.name), false) {
+                    Ok(()) | Err(store::Error::ObjectNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! The chunk-index cache file (`cache/chunks.<xxh64 hex>`) in borghash's `HashTableNT` v1 format.
+//!
+//! Clients merge every `cache/chunks.*` they find into their idea of which chunks exist, so a
+//! full `check` writes a fresh one listing exactly the objects present. Layout:
+//! `b"BORGHASH"`, u32 version 1, u32 metadata length (little endian), the metadata as Python's
+//! `json.dumps` writes it, then per key 32 key bytes + flags u32 + size u32. The file's name is
+//! the xxh64 (seed 3) of its bytes, which the client verifies before trusting it.
+
+/// Seed of the xxh64 that names a chunk-index file (`CHUNKINDEX_HASH_SEED`).
+pub const HASH_SEED: u64 = 3;
+
+/// The capacity borghash would have grown to holding `used` keys: it starts at 1000 and
+/// doubles whenever more than half of it is used.
+fn capacity_for(used: usize) -> usize {
+    let mut capacity = 1000usize;
+    while used > capacity / 2 {
+        capacity *= 2;
+    }
+    capacity
+}
+
+/// Serialises a chunk index holding `ids` (flags and size 0, as borg writes its cache).
+pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8> {
+    let used = ids.len();
+    let meta = format!(
+        "{{\"key_size\": 32, \"value_size\": 8, \"byte_order\": \"little\", \"value_type_name\": \"ChunkIndexEntry\", \
+\"value_type_fields\": [\"flags\", \"size\"], \"value_format_name\": \"ChunkIndexEntryFormatT\", \
+\"value_format_fields\": [\"flags\", \"size\"], \"value_format\": [\"I\", \"I\"], \"capacity\": {}, \"used\": {}}}",
+        capacity_for(used),
+        used
+    );
+    let mut out = Vec::with_capacity(16 + meta.len() + used * 40);
+    out.extend_from_slice(b"BORGHASH");
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta.as_bytes());
+    for id in ids {
+        out.extend_from_slice(id);
+        out.extend_from_slice(&[0u8; 8]);
+    }
+    out
+}
+
+/// The store name of a serialised index: `cache/chunks.<xxh64(seed 3) hex>`.
+pub fn cache_name(data: &[u8]) -> String {
+    format!("cache/chunks.{:016x}", xxhash_rust::xxh64::xxh64(data, HASH_SEED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_index_is_byte_identical_to_python() {
+        // produced by borg 2.0.0b21: ChunkIndex().write(f)
+        let data = serialize(std::iter::empty());
+        let expected = b"BORGHASH\x01\x00\x00\x00\x19\x01\x00\x00{\"key_size\": 32, \"value_size\": 8, \"byte_order\": \"little\", \"value_type_name\": \"ChunkIndexEntry\", \"value_type_fields\": [\"flags\", \"size\"], \"value_format_name\": \"ChunkIndexEntryFormatT\", \"value_format_fields\": [\"flags\", \"size\"], \"value_format\": [\"I\", \"I\"], \"capacity\": 1000, \"used\": 0}";
+        assert_eq!(data, expected.to_vec());
+        assert_eq!(cache_name(&data), "cache/chunks.a283591f50db914c");
+    }
+
+    #[test]
+    fn capacity_grows_like_borghash() {
+        for (used, cap) in [(0, 1000), (500, 1000), (501, 2000), (1001, 4000), (5000, 16000), (100000, 256000)] {
+            assert_eq!(capacity_for(used), cap, "{used}");
+        }
+        let ids = [[7u8; 32], [9u8; 32]];
+        let data = serialize(ids.iter());
+        assert_eq!(data.len(), 16 + 0x119 + 80);
+    }
+}

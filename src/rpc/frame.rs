@@ -1,0 +1,182 @@
+//! Bytes ↔ whole msgpack messages over a stream, with a hard size limit.
+//!
+//! The reader owns the receive buffer and nothing else. It hands out complete messages only, tells
+//! a clean end of stream (nothing buffered) apart from a peer that vanished mid-message, and never
+//! grows its buffer beyond the message size limit, whatever a length header announces.
+
+use std::io::{self, Read};
+
+use super::msgpack::{self, DecodeError};
+
+/// Why no further message can be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer closed the stream in the middle of a message.
+    #[error("connection closed in the middle of a message ({0} bytes buffered)")]
+    Truncated(usize),
+    /// A message larger than the limit was announced.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The bytes are not msgpack we accept.
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading failed.
+    #[error("read from client: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads whole messages from `R`, keeping at most `limit` bytes of one message in memory.
+pub struct FrameReader<R> {
+    inner: R,
+    /// Storage; `buf[start..end]` holds received bytes not yet consumed. Bytes past `end` are
+    /// initialised scratch space, so reads never pay for zeroing memory again.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: usize,
+    /// Bytes the message at `start` needs at least, from the last check (avoids rescans).
+    needed: usize,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl<R: Read> FrameReader<R> {
+    /// A reader for messages of at most `limit` bytes.
+    pub fn new(inner: R, limit: usize) -> FrameReader<R> {
+        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1 }
+    }
+
+    /// The length of the next complete message if one is buffered; never reads.
+    pub fn buffered_frame(&mut self) -> Result<Option<usize>, FrameError> {
+        if self.end - self.start < self.needed {
+            return Ok(None);
+        }
+        match msgpack::check(&self.buf[self.start..self.end], self.limit) {
+            Ok(n) => Ok(Some(n)),
+            Err(DecodeError::Incomplete { needed }) => {
+                self.needed = needed;
+                Ok(None)
+            }
+            Err(e @ DecodeError::TooLarge { .. }) => Err(FrameError::TooLarge(e.to_string())),
+            Err(e @ DecodeError::Invalid(_)) => Err(FrameError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The bytes of the message [`buffered_frame`](Self::buffered_frame) measured.
+    pub fn frame(&self, len: usize) -> &[u8] {
+        &self.buf[self.start..self.start + len]
+    }
+
+    /// Drops a handled message from the buffer.
+    pub fn consume(&mut self, len: usize) {
+        self.start += len;
+        self.needed = 1;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream.
+    pub fn fill(&mut self) -> Result<bool, FrameError> {
+        // move a partial message to the front so the buffer never grows past one message.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let want = self.needed.max(self.end + READ_CHUNK).min(self.limit.max(READ_CHUNK));
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        } else if self.buf.len() > 4 * READ_CHUNK && want <= READ_CHUNK {
+            // give back the memory of a large message once it is handled
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.end + READ_CHUNK, 0);
+        }
+        let n = self.inner.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        if n == 0 {
+            return if self.end == 0 { Ok(false) } else { Err(FrameError::Truncated(self.end)) };
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::msgpack::encode;
+
+    fn two_messages() -> Vec<u8> {
+        let mut out = Vec::new();
+        encode::map(&mut out, 1);
+        encode::str(&mut out, "i");
+        encode::int(&mut out, 1);
+        encode::bin(&mut out, &vec![5u8; 300_000]);
+        out
+    }
+
+    /// Delivers its bytes in tiny pieces, as a slow pipe would.
+    struct Trickle(Vec<u8>, usize);
+    impl Read for Trickle {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            let n = b.len().min(7).min(self.0.len() - self.1);
+            b[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn messages_split_anywhere_are_reassembled() {
+        let bytes = two_messages();
+        let mut r = FrameReader::new(Trickle(bytes, 0), 1 << 20);
+        let mut lens = Vec::new();
+        loop {
+            match r.buffered_frame().unwrap() {
+                Some(n) => {
+                    lens.push(n);
+                    r.consume(n);
+                }
+                None => {
+                    if !r.fill().unwrap() {
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(lens.len(), 2);
+        assert_eq!(lens[1], 300_005);
+    }
+
+    #[test]
+    fn truncated_and_oversized_messages_are_errors() {
+        let bytes = two_messages();
+        let mut r = FrameReader::new(&bytes[..bytes.len() - 1], 1 << 20);
+        let mut seen = 0;
+        let err = loop {
+            match r.buffered_frame() {
+                Ok(Some(n)) => {
+                    seen += 1;
+                    r.consume(n);
+                }
+                Ok(None) => match r.fill() {
+                    Ok(true) => {}
+                    Ok(false) => panic!("clean EOF"),
+                    Err(e) => break e,
+                },
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(seen, 1);
+        assert!(matches!(err, FrameError::Truncated(_)));
+        let mut r = FrameReader::new(&bytes[..], 1000);
+        r.fill().unwrap();
+        let n = r.buffered_frame().unwrap().unwrap();
+        r.consume(n);
+        assert!(matches!(r.buffered_frame(), Err(FrameError::TooLarge(_))));
+    }
+}

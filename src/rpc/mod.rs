@@ -1,0 +1,358 @@
+//! borg's msgpack RPC: message types, the method table and how answers are encoded.
+//!
+//! Requests are maps `{"i": msgid, "m": method, "a": {named args}}`; answers are
+//! `{"i": msgid, "r": result}` or an exception map (see [`wire`]); log records travel as
+//! `{"l": {...}}` (see `crate::log`). Arguments are named, never positional; unknown ones are
+//! ignored, as the client expects.
+
+pub mod frame;
+pub mod msgpack;
+pub mod wire;
+
+use msgpack::{encode, Value};
+
+/// borg's version tuple for 2.0.0b21 (`parse_version`): beta is -3.
+pub const SERVER_VERSION: [i64; 5] = [2, 0, 0, -3, 21];
+
+/// Every method a borg 2.0.0b21 client may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Negotiate,
+    Open,
+    Close,
+    Info,
+    List,
+    Get,
+    Put,
+    Delete,
+    Check,
+    Destroy,
+    SaveKey,
+    LoadKey,
+    BreakLock,
+    GetManifest,
+    PutManifest,
+    StoreList,
+    StoreLoad,
+    StoreStore,
+    StoreDelete,
+    StoreMove,
+    InjectException,
+    Len,
+}
+
+impl Method {
+    /// The method of a wire name; `None` for anything not in the b21 server's table.
+    pub fn from_name(name: &str) -> Option<Method> {
+        Some(match name {
+            "negotiate" => Method::Negotiate,
+            "open" => Method::Open,
+            "close" => Method::Close,
+            "info" => Method::Info,
+            "list" => Method::List,
+            "get" => Method::Get,
+            "put" => Method::Put,
+            "delete" => Method::Delete,
+            "check" => Method::Check,
+            "destroy" => Method::Destroy,
+            "save_key" => Method::SaveKey,
+            "load_key" => Method::LoadKey,
+            "break_lock" => Method::BreakLock,
+            "get_manifest" => Method::GetManifest,
+            "put_manifest" => Method::PutManifest,
+            "store_list" => Method::StoreList,
+            "store_load" => Method::StoreLoad,
+            "store_store" => Method::StoreStore,
+            "store_delete" => Method::StoreDelete,
+            "store_move" => Method::StoreMove,
+            "inject_exception" => Method::InjectException,
+            "__len__" => Method::Len,
+            _ => return None,
+        })
+    }
+
+    /// Whether the method may be called before a repository is open.
+    pub fn allowed_before_open(self) -> bool {
+        matches!(self, Method::Negotiate | Method::Open | Method::Close)
+    }
+}
+
+/// A request that at least carried a usable message id (so it can be answered).
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub msgid: i64,
+    pub method: &'a str,
+    pub args: Args<'a>,
+}
+
+/// Why a message cannot be taken as a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Not even a message id: the message cannot be answered, the connection must end.
+    #[error("unexpected RPC data format from client: {0}")]
+    Unanswerable(String),
+    /// A message id, but no valid method or arguments: answered with an error.
+    #[error("{why}")]
+    Malformed { msgid: i64, why: String },
+}
+
+impl<'a> Request<'a> {
+    /// Interprets a decoded message.
+    pub fn from_value(v: Value<'a>) -> Result<Request<'a>, RequestError> {
+        let Value::Map(entries) = v else {
+            return Err(RequestError::Unanswerable(format!("expected a map, got {}", v.type_name())));
+        };
+        let mut msgid = None;
+        let mut method = None;
+        let mut args = None;
+        for (k, val) in entries {
+            match k {
+                Value::Str("i") => msgid = Some(val),
+                Value::Str("m") => method = Some(val),
+                Value::Str("a") => args = Some(val),
+                _ => {}
+            }
+        }
+        let msgid = match msgid {
+            Some(Value::Int(i)) => i64::try_from(i).map_err(|_| RequestError::Unanswerable("message id out of range".into()))?,
+            Some(other) => return Err(RequestError::Unanswerable(format!("message id must be an int, got {}", other.type_name()))),
+            None => return Err(RequestError::Unanswerable("message has no id (\"i\")".into())),
+        };
+        let method = match method {
+            Some(Value::Str(m)) => m,
+            Some(other) => return Err(RequestError::Malformed { msgid, why: format!("method name must be a str, got {}", other.type_name()) }),
+            None => return Err(RequestError::Malformed { msgid, why: "message has no method (\"m\")".into() }),
+        };
+        let args = match args {
+            Some(Value::Map(entries)) => {
+                let mut named = Vec::with_capacity(entries.len());
+                for (k, v) in entries {
+                    match k {
+                        Value::Str(name) => named.push((name, v)),
+                        other => {
+                            return Err(RequestError::Malformed { msgid, why: format!("argument names must be str, got {}", other.type_name()) })
+                        }
+                    }
+                }
+                Args(named)
+            }
+            None | Some(Value::Nil) => Args(Vec::new()),
+            Some(other) => return Err(RequestError::Malformed { msgid, why: format!("arguments must be a map, got {}", other.type_name()) }),
+        };
+        Ok(Request { msgid, method, args })
+    }
+}
+
+/// A wrongly typed or missing argument.
+#[derive(Debug, thiserror::Error)]
+#[error("argument '{name}' {why}")]
+pub struct ArgError {
+    pub name: &'static str,
+    pub why: String,
+}
+
+/// Named arguments of a request, with typed accessors that name the argument on error.
+#[derive(Debug, Default)]
+pub struct Args<'a>(Vec<(&'a str, Value<'a>)>);
+
+impl<'a> Args<'a> {
+    fn get(&self, name: &str) -> Option<&Value<'a>> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    fn wrong(name: &'static str, want: &str, got: &Value<'_>) -> ArgError {
+        ArgError { name, why: format!("must be {want}, got {}", got.type_name()) }
+    }
+
+    /// A required binary argument.
+    pub fn bytes(&self, name: &'static str) -> Result<&'a [u8], ArgError> {
+        match self.get(name) {
+            Some(Value::Bin(b)) => Ok(b),
+            Some(other) => Err(Self::wrong(name, "bytes", other)),
+            None => Err(ArgError { name, why: "is missing".into() }),
+        }
+    }
+
+    /// An optional binary argument (`None` also for nil).
+    pub fn opt_bytes(&self, name: &'static str) -> Result<Option<&'a [u8]>, ArgError> {
+        match self.get(name) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(Value::Bin(b)) => Ok(Some(b)),
+            Some(other) => Err(Self::wrong(name, "bytes or None", other)),
+        }
+    }
+
+    /// A required string argument (a path may also come as bytes, as Python allows).
+    pub fn str(&self, name: &'static str) -> Result<&'a str, ArgError> {
+        match self.opt_str(name)? {
+            Some(s) => Ok(s),
+            None => Err(ArgError { name, why: "is missing".into() }),
+        }
+    }
+
+    /// An optional string argument.
+    pub fn opt_str(&self, name: &'static str) -> Result<Option<&'a str>, ArgError> {
+        match self.get(name) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s)),
+            Some(Value::Bin(b)) => std::str::from_utf8(b).map(Some).map_err(|_| ArgError { name, why: "is not valid utf-8".into() }),
+            Some(other) => Err(Self::wrong(name, "str", other)),
+        }
+    }
+
+    /// A boolean argument with Python truthiness for nil and ints.
+    pub fn bool_or(&self, name: &'static str, default: bool) -> Result<bool, ArgError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(Value::Nil) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::Int(i)) => Ok(*i != 0),
+            Some(other) => Err(Self::wrong(name, "bool", other)),
+        }
+    }
+
+    /// An optional non-negative integer argument.
+    pub fn opt_uint(&self, name: &'static str) -> Result<Option<u64>, ArgError> {
+        match self.get(name) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(Value::Int(i)) => u64::try_from(*i).map(Some).map_err(|_| ArgError { name, why: "must not be negative".into() }),
+            Some(other) => Err(Self::wrong(name, "int", other)),
+        }
+    }
+
+    /// An optional number of seconds (int or float).
+    pub fn opt_seconds(&self, name: &'static str) -> Result<Option<f64>, ArgError> {
+        match self.get(name) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(Value::Int(i)) => Ok(Some(*i as f64)),
+            Some(Value::Float(f)) if f.is_finite() => Ok(Some(*f)),
+            Some(other) => Err(Self::wrong(name, "a number of seconds", other)),
+        }
+    }
+
+    /// The raw value of an argument (for `negotiate`'s free-form client data).
+    pub fn raw(&self, name: &str) -> Option<&Value<'a>> {
+        self.get(name)
+    }
+}
+
+/// A successful result, in the shapes the b21 server returns.
+#[derive(Debug)]
+pub enum Reply {
+    /// Python `None`.
+    Nil,
+    Bool(bool),
+    Bytes(Vec<u8>),
+    /// `negotiate`: `{"server_version": (2, 0, 0, -3, 21)}`.
+    Version,
+    /// `info`: `{"id": bytes, "version": int}`.
+    Info { id: [u8; 32], version: u32 },
+    /// `list`: `[(id, size), ...]`.
+    Ids(Vec<([u8; 32], u64)>),
+    /// `store_list`: `[(name, exists, size, directory), ...]` (ItemInfo tuples).
+    Items(Vec<crate::store::ItemInfo>),
+}
+
+/// Encodes `{"i": msgid, "r": ...}`; large binaries are returned separately so the caller can
+/// write them without copying them into the header buffer.
+pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Option<&'r [u8]> {
+    encode::map(out, 2);
+    encode::str(out, "i");
+    encode::int(out, msgid);
+    encode::str(out, "r");
+    match reply {
+        Reply::Nil => encode::nil(out),
+        Reply::Bool(b) => encode::bool(out, *b),
+        Reply::Bytes(b) => {
+            encode::bin_header(out, b.len());
+            return Some(b);
+        }
+        Reply::Version => {
+            encode::map(out, 1);
+            encode::str(out, "server_version");
+            encode::array(out, SERVER_VERSION.len());
+            for v in SERVER_VERSION {
+                encode::int(out, v);
+            }
+        }
+        Reply::Info { id, version } => {
+            encode::map(out, 2);
+            encode::str(out, "id");
+            encode::bin(out, id);
+            encode::str(out, "version");
+            encode::uint(out, u64::from(*version));
+        }
+        Reply::Ids(ids) => {
+            encode::array(out, ids.len());
+            for (id, size) in ids {
+                encode::array(out, 2);
+                encode::bin(out, id);
+                encode::uint(out, *size);
+            }
+        }
+        Reply::Items(items) => {
+            encode::array(out, items.len());
+            for i in items {
+                encode::array(out, 4);
+                encode::str(out, &i.name);
+                encode::bool(out, i.exists);
+                encode::uint(out, i.size);
+                encode::bool(out, i.directory);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(bytes: &[u8]) -> Result<Request<'_>, RequestError> {
+        Request::from_value(msgpack::parse(bytes).unwrap())
+    }
+
+    #[test]
+    fn requests_are_validated_field_by_field() {
+        let mut b = Vec::new();
+        encode::array(&mut b, 0);
+        assert!(matches!(request(&b), Err(RequestError::Unanswerable(_))));
+        let mut b = Vec::new();
+        encode::map(&mut b, 1);
+        encode::str(&mut b, "m");
+        encode::str(&mut b, "get");
+        assert!(matches!(request(&b), Err(RequestError::Unanswerable(_))));
+        let mut b = Vec::new();
+        encode::map(&mut b, 2);
+        encode::str(&mut b, "i");
+        encode::int(&mut b, 3);
+        encode::str(&mut b, "m");
+        encode::int(&mut b, 5);
+        assert!(matches!(request(&b), Err(RequestError::Malformed { msgid: 3, .. })));
+        let mut b = Vec::new();
+        encode::map(&mut b, 3);
+        encode::str(&mut b, "i");
+        encode::int(&mut b, 4);
+        encode::str(&mut b, "m");
+        encode::str(&mut b, "get");
+        encode::str(&mut b, "a");
+        encode::map(&mut b, 2);
+        encode::str(&mut b, "id");
+        encode::str(&mut b, "not bytes");
+        encode::str(&mut b, "unknown_arg");
+        encode::int(&mut b, 1);
+        let r = request(&b).unwrap();
+        assert_eq!((r.msgid, r.method), (4, "get"));
+        assert!(r.args.bytes("id").is_err());
+        assert!(r.args.bool_or("read_data", true).unwrap());
+    }
+
+    #[test]
+    fn negotiate_reply_carries_the_b21_version_tuple() {
+        let mut out = Vec::new();
+        assert!(encode_reply(1, &Reply::Version, &mut out).is_none());
+        let v = msgpack::parse(&out).unwrap();
+        let sv = v.get("r").unwrap().get("server_version").unwrap();
+        assert_eq!(sv, &Value::Array(vec![Value::Int(2), Value::Int(0), Value::Int(0), Value::Int(-3), Value::Int(21)]));
+    }
+}

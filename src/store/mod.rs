@@ -1,0 +1,340 @@
+//! The borgstore key/value model: a tiny [`Backend`] contract and the [`Store`] policy above it.
+//!
+//! As in Python's borgstore, a backend only knows flat names and files; the store adds what every
+//! backend should get for free: per-namespace nesting levels, soft deletion (`.del` suffix),
+//! recursive listing, name validation, the permission table, and the durability policy (which
+//! writes must reach the disk before which — see [`Durability`]).
+
+mod name;
+mod permissions;
+mod posixfs;
+
+pub use name::{nest, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
+pub use permissions::{Mode, Permissions};
+pub use posixfs::PosixFs;
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the store, with the name or path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The item does not exist (borgstore's `ObjectNotFound`).
+    #[error("Object not found: {0}")]
+    ObjectNotFound(String),
+    /// The permission mode does not allow this operation on this name.
+    #[error("Permission denied ({mode} mode): {op} of '{name}' needs one of the permissions '{required}'")]
+    PermissionDenied { mode: Mode, op: &'static str, name: String, required: &'static str },
+    /// The client named something that is not a valid store name.
+    #[error("Invalid store name {name:?}: {why}")]
+    InvalidName { name: String, why: String },
+    /// `create` found something already there.
+    #[error("store base path is not empty: {0}")]
+    AlreadyExists(PathBuf),
+    /// `open`/`destroy` found nothing there.
+    #[error("store base path does not exist or is not a directory: {0}")]
+    DoesNotExist(PathBuf),
+    /// The file system said no.
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// What `list` and `info` report about an item (borgstore's `ItemInfo`, in its field order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemInfo {
+    pub name: String,
+    pub exists: bool,
+    pub size: u64,
+    pub directory: bool,
+}
+
+/// When written data is forced to stable storage (`borgd serve --fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// Data objects are written without fsync; before anything that can reference them
+    /// (manifest, archives, keys, config, cache) is written, and on close/check/destroy, every
+    /// write since the last barrier is made durable. Referencing items are fsynced themselves.
+    Barrier,
+    /// Every object is fsynced (file and directory) before it is acknowledged.
+    Always,
+    /// Never fsync: Python borgstore's behaviour; a power cut can lose acknowledged data.
+    Never,
+}
+
+/// The storage contract a backend fulfils; names are already nested and validated.
+pub trait Backend: Send {
+    /// Creates the store's base (an existing empty directory is fine).
+    fn create(&mut self) -> Result<(), Error>;
+    /// Removes the store and everything in it.
+    fn destroy(&mut self) -> Result<(), Error>;
+    /// Checks that the store exists.
+    fn open(&mut self) -> Result<(), Error>;
+    /// Size and kind of one item; `exists == false` if it is not there.
+    fn info(&self, name: &str) -> Result<ItemInfo, Error>;
+    /// Reads `size` bytes (all if `None`) from `offset`.
+    fn load(&self, name: &str, offset: u64, size: Option<usize>) -> Result<Vec<u8>, Error>;
+    /// Writes an item atomically (never visible half-written); `durable` asks for it to be on
+    /// stable storage before returning.
+    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error>;
+    /// Deletes an item.
+    fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
+    /// Renames an item, replacing the target.
+    fn rename(&mut self, from: &str, to: &str, durable: bool) -> Result<(), Error>;
+    /// Lists a directory non-recursively, sorted by name, hiding invalid names (temp files).
+    fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error>;
+    /// Makes every write since the last barrier durable.
+    fn barrier(&mut self) -> Result<(), Error>;
+    /// Human-readable location, used in lock and error messages.
+    fn describe(&self) -> String;
+}
+
+/// The per-namespace nesting configuration borg 2 uses, longest namespace first.
+pub fn borg_levels(data_levels: usize) -> Vec<(String, Vec<usize>)> {
+    vec![
+        ("archives/".into(), vec![0]),
+        ("cache/".into(), vec![0]),
+        ("config/".into(), vec![0]),
+        ("data/".into(), vec![data_levels]),
+        ("keys/".into(), vec![0]),
+        ("locks/".into(), vec![0]),
+    ]
+}
+
+/// A backend plus the borgstore policy: levels, soft delete, permissions, durability ordering.
+pub struct Store {
+    backend: Box<dyn Backend>,
+    levels: Vec<(String, Vec<usize>)>,
+    permissions: Permissions,
+    durability: Durability,
+}
+
+impl Store {
+    /// Wraps a backend with a levels configuration, a permission table and a durability mode.
+    pub fn new(
+        backend: Box<dyn Backend>,
+        mut levels: Vec<(String, Vec<usize>)>,
+        permissions: Permissions,
+        durability: Durability,
+    ) -> Store {
+        levels.sort_by_key(|(ns, _)| std::cmp::Reverse(ns.len()));
+        Store { backend, levels, permissions, durability }
+    }
+
+    /// Where the store lives, for messages.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn check(&self, op: &'static str, name: &str, required: &'static str) -> Result<(), Error> {
+        if self.permissions.allows(name, required) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied { mode: self.permissions.mode(), op, name: name.to_string(), required })
+        }
+    }
+
+    /// Items that can reference data objects: they must never be durable before that data.
+    fn references_data(name: &str) -> bool {
+        !(name.starts_with("data/") || name.starts_with("locks/"))
+    }
+
+    fn levels_of(&self, name: &str) -> Result<&[usize], Error> {
+        self.levels
+            .iter()
+            .find(|(ns, _)| name.starts_with(ns.as_str()))
+            .map(|(_, l)| l.as_slice())
+            .ok_or_else(|| Error::InvalidName { name: name.to_string(), why: "no such namespace".into() })
+    }
+
+    /// The nested backend name of an item: where it is if it exists at any configured level,
+    /// else where it would be written (the last level), as borgstore's `find`.
+    fn find(&self, name: &str, deleted: bool) -> Result<String, Error> {
+        validate_name(name)?;
+        let levels = self.levels_of(name)?;
+        let suffix = deleted.then_some(DEL_SUFFIX);
+        let (last, others) = levels.split_last().ok_or_else(|| Error::InvalidName {
+            name: name.to_string(),
+            why: "namespace has no levels".into(),
+        })?;
+        for level in others {
+            let nested = nest(name, *level, suffix);
+            if self.backend.info(&nested)?.exists {
+                return Ok(nested);
+            }
+        }
+        Ok(nest(name, *last, suffix))
+    }
+
+    /// Creates a new, empty store (needs `w`/`W` on the root).
+    pub fn create(&mut self) -> Result<(), Error> {
+        self.check("create", "", "wW")?;
+        self.backend.create()
+    }
+
+    /// Removes the store entirely (needs `D` on the root).
+    pub fn destroy(&mut self) -> Result<(), Error> {
+        self.check("destroy", "", "D")?;
+        self.backend.destroy()
+    }
+
+    /// Checks that the store exists.
+    pub fn open(&mut self) -> Result<(), Error> {
+        self.backend.open()
+    }
+
+    /// Information about one item.
+    pub fn info(&self, name: &str, deleted: bool) -> Result<ItemInfo, Error> {
+        self.check("info", name, "lr")?;
+        let nested = self.find(name, deleted)?;
+        self.backend.info(&nested)
+    }
+
+    /// Reads an item (or a part of it).
+    pub fn load(&self, name: &str, offset: u64, size: Option<usize>, deleted: bool) -> Result<Vec<u8>, Error> {
+        self.check("load", name, "r")?;
+        let nested = self.find(name, deleted)?;
+        self.backend.load(&nested, offset, size)
+    }
+
+    /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
+    pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        let nested = self.find(name, false)?;
+        if self.permissions.mode() != Mode::All {
+            let exists = self.backend.info(&nested)?.exists;
+            self.check("store", name, if exists { "W" } else { "wW" })?;
+        }
+        let durable = self.ordered_write(name)?;
+        self.backend.store(&nested, value, durable)
+    }
+
+    /// Deletes an item for good (see [`Store::soft_delete`] for the undoable kind).
+    pub fn delete(&mut self, name: &str, deleted: bool) -> Result<(), Error> {
+        self.check("delete", name, "D")?;
+        let nested = self.find(name, deleted)?;
+        let durable = self.durability != Durability::Never && Self::references_data(name);
+        self.backend.delete(&nested, durable)
+    }
+
+    /// borgstore's `move`: soft delete, undelete, or a generic rename.
+    pub fn move_item(
+        &mut self,
+        name: &str,
+        new_name: Option<&str>,
+        delete: bool,
+        undelete: bool,
+        deleted: bool,
+    ) -> Result<(), Error> {
+        let (from, to, target_name) = if delete {
+            let from = self.find(name, false)?;
+            let to = format!("{from}{DEL_SUFFIX}");
+            (from, to, name.to_string())
+        } else if undelete {
+            let from = self.find(name, true)?;
+            let to = from.strip_suffix(DEL_SUFFIX).unwrap_or(&from).to_string();
+            (from, to, name.to_string())
+        } else {
+            let new_name = new_name.filter(|n| !n.is_empty()).ok_or_else(|| Error::InvalidName {
+                name: name.to_string(),
+                why: "generic move requires new_name to be given".into(),
+            })?;
+            (self.find(name, deleted)?, self.find(new_name, deleted)?, new_name.to_string())
+        };
+        self.check("move", name, "D")?;
+        if self.permissions.mode() != Mode::All {
+            let exists = self.backend.info(&to)?.exists;
+            self.check("move", &target_name, if exists { "W" } else { "wW" })?;
+        }
+        // a rename of a referencing item makes (or unmakes) references: order it like a write.
+        let durable = self.ordered_write(&target_name)? || self.ordered_write(name)?;
+        self.backend.rename(&from, &to, durable)
+    }
+
+    /// Lists all items below `name`, recursing into nesting directories, sorted by name;
+    /// `deleted` selects soft-deleted items (their names reported without the suffix).
+    pub fn list(&self, name: &str, deleted: bool) -> Result<Vec<ItemInfo>, Error> {
+        validate_name(name).or_else(|e| if name.is_empty() { Ok(()) } else { Err(e) })?;
+        self.check("list", name, "l")?;
+        let mut out = Vec::new();
+        self.list_into(name, deleted, &mut out)?;
+        Ok(out)
+    }
+
+    /// Visits the (not deleted) items below `name` in sorted order without collecting them,
+    /// starting after the key `after` and skipping nesting directories that can only hold
+    /// smaller keys; `visit` returns `false` to stop. Memory stays flat however large the store.
+    pub fn walk(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(ItemInfo) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        validate_name(name)?;
+        self.check("list", name, "l")?;
+        self.walk_dir(name, "", after, visit).map(|_| ())
+    }
+
+    fn walk_dir(
+        &self,
+        dir: &str,
+        prefix: &str,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(ItemInfo) -> Result<bool, Error>,
+    ) -> Result<bool, Error> {
+        for info in self.backend.list(dir)? {
+            if info.directory {
+                let sub_prefix = format!("{prefix}{}", info.name);
+                if let Some(a) = after {
+                    let cut = a.len().min(sub_prefix.len());
+                    if sub_prefix.as_str() < &a[..cut] {
+                        continue;
+                    }
+                }
+                if !self.walk_dir(&format!("{dir}/{}", info.name), &sub_prefix, after, visit)? {
+                    return Ok(false);
+                }
+            } else if !info.name.ends_with(DEL_SUFFIX) && after.is_none_or(|a| info.name.as_str() > a) && !visit(info)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn list_into(&self, name: &str, deleted: bool, out: &mut Vec<ItemInfo>) -> Result<(), Error> {
+        for mut info in self.backend.list(name)? {
+            if info.directory {
+                let sub = if name.is_empty() { info.name.clone() } else { format!("{name}/{}", info.name) };
+                self.list_into(&sub, deleted, out)?;
+            } else if let Some(stem) = info.name.strip_suffix(DEL_SUFFIX) {
+                if deleted {
+                    info.name = stem.to_string();
+                    out.push(info);
+                }
+            } else if !deleted {
+                out.push(info);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (no-op with `--fsync=never`).
+    pub fn barrier(&mut self) -> Result<(), Error> {
+        if self.durability == Durability::Barrier {
+            self.backend.barrier()?;
+        }
+        Ok(())
+    }
+
+    /// Before a write of `name`: if it can reference data, first make all data durable, and ask
+    /// for the write itself to be durable. Returns whether it must be durable.
+    fn ordered_write(&mut self, name: &str) -> Result<bool, Error> {
+        match self.durability {
+            Durability::Never => Ok(false),
+            Durability::Always => Ok(true),
+            Durability::Barrier if Self::references_data(name) => {
+                self.backend.barrier()?;
+                Ok(true)
+            }
+            Durability::Barrier => Ok(false),
+        }
+    }
+}

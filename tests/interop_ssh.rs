@@ -1,0 +1,201 @@
+//! The real borg 2.0.0b21 client over ssh:// (rsh shim) against borgd: the whole life of a
+//! repository in each encryption mode, on-disk compatibility with Python borg both ways, server
+//! logs on the client, and no lock left behind by a killed client.
+
+mod support;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{assert_same_tree, files_below, make_source, Env};
+
+fn lifecycle(mode: &str) {
+    let env = Env::new();
+    let src = env.path("src");
+    make_source(&src);
+    let repo_dir = env.path("repo");
+    let url = env.ssh_url(&repo_dir);
+    let r = |args: &[&str]| {
+        let mut v = vec!["-r", url.as_str()];
+        v.extend_from_slice(args);
+        env.ok(&v)
+    };
+    let src_s = src.to_str().unwrap();
+
+    r(&["repo-create", "-e", mode]);
+    assert!(repo_dir.join("config/readme").exists() && repo_dir.join("cache").is_dir());
+
+    let data_bytes = || files_below(&repo_dir.join("data")).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>();
+    r(&["create", "a1", src_s]);
+    let after_first = data_bytes();
+    assert!(after_first > 21 * 1024 * 1024 || mode != "none", "the 21 MiB of noise must be stored");
+    std::fs::write(src.join("small.txt"), b"hello borgd, changed\n").unwrap();
+    r(&["create", "a2", src_s]);
+    let added = data_bytes() - after_first;
+    assert!(added < 200_000, "second backup must deduplicate, it added {added} bytes");
+
+    let list = r(&["repo-list"]);
+    assert!(list.contains("a1") && list.contains("a2"), "{list}");
+    let files = r(&["list", "a1"]);
+    assert!(files.contains("big.bin") && files.contains("empty") && files.contains("dup2"), "{files}");
+    let info = r(&["info", "a1"]);
+    assert!(info.contains("a1"), "{info}");
+
+    let out = env.path("extract");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut ex = env.command(&["-r", &url, "extract", "a1"]);
+    let status = ex.current_dir(&out).status().unwrap();
+    assert!(status.success());
+    let extracted = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::metadata(extracted.join("empty")).unwrap().len(), 0);
+    assert_eq!(std::fs::read(extracted.join("big.bin")).unwrap(), support::noise(1, 21 * 1024 * 1024 + 12345));
+    std::fs::write(src.join("small.txt"), b"hello borgd\n").unwrap(); // a1's content
+    assert_same_tree(&src, &extracted);
+
+    let diff = r(&["diff", "a1", "a2"]);
+    assert!(diff.contains("small.txt"), "{diff}");
+
+    r(&["rename", "a2", "a3"]);
+    let list = r(&["repo-list"]);
+    assert!(list.contains("a3") && !list.contains("a2 "), "{list}");
+
+    r(&["delete", "a1"]);
+    assert!(!r(&["repo-list"]).contains("a1"));
+    r(&["undelete", "a1"]);
+    assert!(r(&["repo-list"]).contains("a1"));
+
+    r(&["create", "a4", src_s]);
+    r(&["prune", "--keep-last", "1"]);
+    let list = r(&["repo-list"]);
+    assert!(list.contains("a4") && !list.contains("a1") && !list.contains("a3"), "{list}");
+    let before = files_below(&repo_dir.join("data")).len();
+    r(&["compact"]);
+    let after = files_below(&repo_dir.join("data")).len();
+    assert!(after < before, "compact must remove the changed small file's chunk ({before} -> {after})");
+
+    r(&["check"]);
+    r(&["check", "--repository-only"]);
+    r(&["check", "--archives-only"]);
+
+    if mode != "none" {
+        let key = env.path("key.export");
+        r(&["key", "export", key.to_str().unwrap()]);
+        let exported = std::fs::read_to_string(&key).unwrap();
+        assert!(exported.contains("BORG_KEY"), "{exported}");
+        r(&["key", "import", key.to_str().unwrap()]);
+    }
+
+    // with-lock: the command runs while a lock is in the store; afterwards none is left.
+    let locks = repo_dir.join("locks");
+    let probe = format!("test -n \"$(ls {})\"", locks.display());
+    r(&["with-lock", "sh", "-c", &probe]);
+    assert!(files_below(&locks).is_empty());
+    // break-lock removes a lock a (pretend) dead foreign client left.
+    std::fs::write(locks.join("0123456789abcdef"), br#"{"exclusive": true, "hostid": "elsewhere@1", "processid": 1, "threadid": 0, "time": "2099-01-01T00:00:00.000+00:00"}"#).unwrap();
+    env.fails(&["-r", &url, "--lock-wait", "1", "list", "a4"]);
+    r(&["break-lock"]);
+    assert!(files_below(&locks).is_empty());
+
+    let ri = r(&["repo-info"]);
+    assert!(ri.contains("Repository ID"), "{ri}");
+    r(&["repo-space", "--reserve", "1M"]);
+    assert!(files_below(&repo_dir.join("config")).iter().any(|p| p.to_string_lossy().contains("space-reserve")));
+    r(&["repo-space", "--free"]);
+
+    // Python borg, locally on the same directory, accepts what borgd wrote.
+    env.ok(&["-r", repo_dir.to_str().unwrap(), "check"]);
+
+    // corrupt a data object on disk: check finds it, --repair removes it, the store checks clean.
+    let victim = files_below(&repo_dir.join("data")).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let damaged = env.fails(&["-r", &url, "check", "--repository-only"]);
+    assert!(damaged.contains("corrupted"), "{damaged}");
+    let _ = env.run(&["-r", &url, "check", "--repair"]);
+    assert!(!victim.exists(), "repair deletes the corrupt object");
+    r(&["check", "--repository-only"]);
+
+    r(&["repo-delete"]);
+    assert!(!repo_dir.join("config").exists());
+}
+
+#[test]
+fn lifecycle_unencrypted() {
+    lifecycle("none");
+}
+
+#[test]
+fn lifecycle_repokey_aes_ocb() {
+    lifecycle("repokey-aes-ocb");
+}
+
+#[test]
+fn lifecycle_repokey_blake2_chacha20_poly1305() {
+    lifecycle("repokey-blake2-chacha20-poly1305");
+}
+
+#[test]
+fn repository_made_by_python_borg_is_served() {
+    let env = Env::new();
+    let repo = env.path("pyrepo");
+    env.ok(&["-r", repo.to_str().unwrap(), "repo-create", "-e", "repokey-aes-ocb"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), support::noise(7, 2_000_000)).unwrap();
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "create", "via-borgd", src.to_str().unwrap()]);
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(env.command(&["-r", &url, "extract", "via-borgd"]).current_dir(&out).status().unwrap().success());
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn debug_shows_server_log_records() {
+    let env = Env::new();
+    let url = env.ssh_url(&env.path("repo"));
+    let out = env.run(&["-r", &url, "--debug", "repo-create", "-e", "none"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // these lines only borgd writes, and they arrive as log records, not as raw stderr
+    assert!(stderr.contains("LOCK-ACQUIRE: success"), "{stderr}");
+    assert!(stderr.contains("opened repository"), "{stderr}");
+    assert!(!stderr.contains("stderr:"), "server wrote to stderr: {stderr}");
+    // without --debug, none of that is sent
+    let quiet = env.run(&["-r", &url, "repo-info"]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("LOCK-"));
+}
+
+#[test]
+fn killed_client_leaves_no_blocking_lock() {
+    let env = Env::new();
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    // a create reading an endless stream from stdin, killed with SIGKILL mid-backup
+    let mut child = env.command(&["-r", &url, "create", "killed", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        n += 1;
+        if stdin.write_all(&support::noise(n, 1 << 20)).is_err() {
+            break;
+        }
+    }
+    assert!(!repo.join("locks").read_dir().unwrap().next().is_none(), "the backup held a lock while running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    // the next backup gets the lock within the default wait
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    env.ok(&["-r", &url, "--lock-wait", "10", "create", "after", src.to_str().unwrap()]);
+    assert!(files_below(&repo.join("locks")).is_empty());
+    env.ok(&["-r", &url, "check"]);
+}
