@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// largest message a client may send, in MiB (a put is at most 20 MiB; store_store of a large chunk index more)
     #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 256)]
     pub max_message_mib: usize,
+    /// socket mode: most sessions served at once; more connections get a clear "busy" error
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
 }
 
 /// Everything the server needs to know, after argv, the environment and the forced-command merge.

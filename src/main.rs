@@ -1,5 +1,6 @@
 //! `borgd serve`: see the crate documentation and README.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(opts.umask as libc::mode_t);
     }
-    if let Err(e) = borgd::signals::install() {
+    if let Err(e) = borgd::signals::install(opts.socket.is_none()) {
         eprintln!("borgd: cannot install signal handlers: {e}");
         return ExitCode::from(2);
     }
@@ -38,9 +39,16 @@ fn main() -> ExitCode {
         lock_wait: opts.lock_wait,
     });
     let logcfg = LogConfig { level: opts.level, topics: opts.debug_topics.clone() };
-    if opts.socket.is_some() {
-        eprintln!("borgd: socket mode is not implemented yet");
-        return ExitCode::from(2);
+    if let Some(sock) = &opts.socket {
+        let path = if sock.is_empty() { server::socket::default_socket_path() } else { PathBuf::from(sock) };
+        let max = opts.serve.max_connections as usize;
+        return match server::socket::serve_socket(cfg, &logcfg, &path, max, &borgd::signals::STOP) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("borgd: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     match server::serve_stdio(cfg, &logcfg, &borgd::signals::STOP) {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,9 +17,17 @@ extern "C" fn on_signal(sig: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Installs the handlers for SIGTERM, SIGINT and SIGHUP.
-pub fn install() -> std::io::Result<()> {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+/// Installs the handlers for SIGTERM, SIGINT and SIGHUP; with `hup_stops` false (socket mode,
+/// where no terminal or ssh connection ties us to a client) SIGHUP is ignored instead.
+pub fn install(hup_stops: bool) -> std::io::Result<()> {
+    if !hup_stops {
+        // SAFETY: setting a signal's disposition to SIG_IGN is always valid.
+        if unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let signals: &[libc::c_int] = if hup_stops { &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP] } else { &[libc::SIGTERM, libc::SIGINT] };
+    for &sig in signals {
         // SAFETY: a zeroed sigaction with a valid handler and an empty mask is well-formed; the
         // handler only touches atomics.
         let r = unsafe {

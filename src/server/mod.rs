@@ -8,6 +8,7 @@
 
 pub mod paths;
 pub mod session;
+pub mod socket;
 
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsFd;

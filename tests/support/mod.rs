@@ -153,3 +153,123 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A `borgd serve --socket=PATH` child process, stopped (SIGTERM) when dropped.
+pub struct SocketServer {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl SocketServer {
+    /// Starts borgd on a socket in the environment's directory and waits until it listens.
+    pub fn start(env: &Env, extra: &[&str]) -> SocketServer {
+        let socket = env.path("borgd.sock");
+        Self::start_at(env, &socket, &[&format!("--socket={}", socket.display())], extra, &[])
+    }
+
+    /// Starts borgd with `socket_args` (e.g. a bare `--socket`) and a server environment, and
+    /// waits until `socket` accepts connections.
+    pub fn start_at(env: &Env, socket: &Path, socket_args: &[&str], extra: &[&str], server_env: &[(&str, &str)]) -> SocketServer {
+        let socket = socket.to_path_buf();
+        let mut cmd = Command::new(&env.borgd);
+        cmd.env_remove("BORG_RUNTIME_DIR").env_remove("BORG_BASE_DIR").env_remove("XDG_RUNTIME_DIR");
+        for (k, v) in server_env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .arg("serve")
+            .args(socket_args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start borgd");
+        let started = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd did not start listening");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        SocketServer { child, socket }
+    }
+
+    /// The client options that reach this server for a repository path.
+    pub fn args(&self, repo: &Path) -> Vec<String> {
+        vec![format!("--socket={}", self.socket.display()), "-r".into(), format!("socket://{}", repo.display())]
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a valid pid of our own child and a valid signal number.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then waits (at most 20 s) and returns the exit status and what it wrote to stderr.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "borgd did not stop on SIGTERM");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `borg` with string arguments (a convenience over `Env::ok`).
+pub fn ok_args(env: &Env, args: &[String]) -> String {
+    let v: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.ok(&v)
+}
+
+/// `prefix` followed by `rest`, as owned strings.
+pub fn cat(prefix: &[String], rest: &[&str]) -> Vec<String> {
+    prefix.iter().cloned().chain(rest.iter().map(|s| s.to_string())).collect()
+}
+
+/// Starts a `borg create NAME -` fed with noise until `feed` elapses; returns the running child
+/// (the caller kills or waits for it) — a backup that is guaranteed to be in progress.
+pub fn slow_create(env: &Env, repo_args: &[String], name: &str, feed: std::time::Duration) -> std::process::Child {
+    use std::io::Write;
+    let args = cat(repo_args, &["create", name, "-"]);
+    let v: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = env.command(&v).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn borg");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < feed {
+            n += 1;
+            if stdin.write_all(&noise(n, 256 * 1024)).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    child
+}
+
+/// Waits until `dir` holds at least one file (e.g. a lock appeared), at most 20 s.
+pub fn wait_for_file(dir: &Path) {
+    let started = std::time::Instant::now();
+    while files_below(dir).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "nothing appeared in {}", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

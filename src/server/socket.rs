@@ -1,0 +1,260 @@
+//! The unix-socket transport for `socket://` clients: many sessions at once, one thread each.
+//!
+//! Python's `borg serve --socket` serves one connection at a time; borgd runs every connection as
+//! its own session (same protocol, options, restrictions and permissions as stdio mode), so a slow
+//! or stuck client never delays another. Each session gets its own non-zero lock thread id, so
+//! locks of different sessions of this process stay distinguishable.
+//!
+//! Lifecycle: a stale socket file (nobody accepts on it) is replaced, a live one makes us refuse to
+//! start; the socket is made mode 0770 (group members may connect) and a PID file is written beside
+//! it. SIGTERM/SIGINT stop accepting, end every session (their locks are released), remove both
+//! files and exit 0; SIGHUP is ignored. Connections beyond `--max-connections` are answered with a
+//! clear error and closed.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{serve_stream, Config, LogConfig, ServeError};
+use crate::rpc::frame::FrameReader;
+use crate::rpc::msgpack;
+use crate::rpc::wire::{encode_exception, Exception};
+use crate::rpc::{encode_reply, Reply, Request};
+
+/// Socket-mode failures that prevent serving at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another borg serve is already listening on {0} (its PID file: {1})")]
+    InUse(PathBuf, PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A runtime directory platformdirs would accept: a real directory we own, private to us.
+fn private_dir_ok(p: &Path, missing_ok: bool) -> bool {
+    match std::fs::symlink_metadata(p) {
+        Ok(md) => md.is_dir() && md.uid() == euid() && md.mode() & 0o077 == 0,
+        Err(_) => missing_ok,
+    }
+}
+
+/// The socket path a borg 2.0.0b21 client uses with plain `--socket`:
+/// `$BORG_RUNTIME_DIR/borg.sock`, else `$BORG_BASE_DIR/.cache/borg/borg.sock`, else
+/// platformdirs' user runtime dir: `$XDG_RUNTIME_DIR/borg` (if it is a private directory of
+/// ours), `/run/user/<uid>/borg` (likewise), or `$TMPDIR/runtime-<uid>/borg`.
+pub fn default_socket_path() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let runtime = if let Some(d) = var("BORG_RUNTIME_DIR") {
+        d
+    } else if let Some(base) = var("BORG_BASE_DIR") {
+        base.join(".cache").join("borg")
+    } else {
+        let uid = euid();
+        let base = match var("XDG_RUNTIME_DIR").filter(|x| private_dir_ok(x, true)) {
+            Some(x) => x,
+            None => {
+                let run = PathBuf::from(format!("/run/user/{uid}"));
+                if private_dir_ok(&run, false) {
+                    run
+                } else {
+                    var("TMPDIR").unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("runtime-{uid}"))
+                }
+            }
+        };
+        base.join("borg")
+    };
+    runtime.join("borg.sock")
+}
+
+/// The PID file beside a socket: `.sock` replaced by `.pid` (appended if there is none).
+pub fn pid_file_for(socket: &Path) -> PathBuf {
+    let s = socket.to_string_lossy();
+    PathBuf::from(format!("{}.pid", s.strip_suffix(".sock").unwrap_or(&s)))
+}
+
+/// Owns the socket and PID files; removes them when dropped.
+struct Files {
+    socket: PathBuf,
+    pid: PathBuf,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.pid);
+    }
+}
+
+fn bind(path: &Path) -> Result<(UnixListener, Files), SocketError> {
+    let io_err = |op, source| SocketError::Io { op, path: path.to_path_buf(), source };
+    let pid = pid_file_for(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("create directory for", e))?;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        match UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_path_buf(), pid)),
+            // nobody accepts on it: a stale socket of a server that died
+            Err(_) => std::fs::remove_file(path).map_err(|e| io_err("remove stale socket", e))?,
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io_err("bind", e))?;
+    let files = Files { socket: path.to_path_buf(), pid: pid.clone() };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770)).map_err(|e| io_err("chmod", e))?;
+    std::fs::write(&pid, std::process::id().to_string()).map_err(|e| SocketError::Io { op: "write PID file", path: pid, source: e })?;
+    Ok((listener, files))
+}
+
+/// Answers the requests of a connection we cannot serve with an error (and its `close` with
+/// success, so the client reports our error rather than a closed connection), then hangs up.
+fn refuse(stream: UnixStream, message: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = FrameReader::new(stream, 1 << 20);
+    let error = Exception::from(&crate::error::CallError::Unsupported(message.to_string()));
+    for _ in 0..8 {
+        let Ok(Some(n)) = next_frame(&mut reader) else { break };
+        let request = msgpack::parse(reader.frame(n)).ok().and_then(|v| Request::from_value(v).ok()).map(|r| (r.msgid, r.method == "close"));
+        reader.consume(n);
+        let Some((msgid, is_close)) = request else { break };
+        let mut out = Vec::new();
+        if is_close {
+            encode_reply(msgid, &Reply::Nil, &mut out);
+        } else {
+            encode_exception(msgid, &error, &mut out);
+        }
+        if writer.write_all(&out).is_err() || is_close {
+            break;
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+fn next_frame(reader: &mut FrameReader<UnixStream>) -> Result<Option<usize>, crate::rpc::frame::FrameError> {
+    loop {
+        if let Some(n) = reader.buffered_frame()? {
+            return Ok(Some(n));
+        }
+        if !reader.fill()? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Serves `socket://` clients on `path` until `stop` is set.
+pub fn serve_socket(
+    cfg: Arc<Config>,
+    logcfg: &LogConfig,
+    path: &Path,
+    max_connections: usize,
+    stop: &'static AtomicBool,
+) -> Result<(), SocketError> {
+    let (listener, _files) = bind(path)?;
+    listener.set_nonblocking(true).map_err(|e| SocketError::Io { op: "configure", path: path.to_path_buf(), source: e })?;
+    eprintln!("borgd serve: PID {}, listening on socket {} ...", std::process::id(), path.display());
+    let sessions: Arc<Mutex<HashMap<i64, UnixStream>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut handles = Vec::new();
+    let mut next_id: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                std::thread::sleep(Duration::from_millis(50));
+                handles.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
+                continue;
+            }
+            Err(e) => {
+                eprintln!("borgd: accept on {}: {e}", path.display());
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let active = sessions.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        if active >= max_connections {
+            eprintln!("borgd: refusing a connection: {active} sessions active (--max-connections {max_connections})");
+            let msg = format!("borgd: server busy: {active} sessions active, the limit is {max_connections} (--max-connections); try again later");
+            std::thread::spawn(move || refuse(stream, &msg));
+            continue;
+        }
+        next_id += 1;
+        let id = next_id;
+        let (Ok(reader), Ok(registered)) = (stream.try_clone(), stream.try_clone()) else { continue };
+        if let Ok(mut s) = sessions.lock() {
+            s.insert(id, registered);
+        }
+        eprintln!("borgd: accepted connection {id} on socket {}", path.display());
+        let cfg = cfg.clone();
+        let logcfg = logcfg.clone();
+        let registry = sessions.clone();
+        let spawned = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
+            let result = serve_stream(cfg, &logcfg, reader, stream, id, stop);
+            match result {
+                Ok(()) | Err(ServeError::Stopped) => eprintln!("borgd: finished connection {id}"),
+                Err(e) => eprintln!("borgd: connection {id} ended: {e}"),
+            }
+            if let Ok(mut s) = registry.lock() {
+                s.remove(&id);
+            }
+        });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                eprintln!("borgd: cannot start a session thread: {e}");
+                if let Ok(mut s) = sessions.lock() {
+                    s.remove(&id);
+                }
+            }
+        }
+    }
+    eprintln!("borgd: stopping: ending {} session(s)", sessions.lock().map(|s| s.len()).unwrap_or(0));
+    drop(listener);
+    // wake every session blocked reading its client: it sees end of input and closes in order.
+    if let Ok(s) = sessions.lock() {
+        for stream in s.values() {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_replaces_the_sock_suffix() {
+        assert_eq!(pid_file_for(Path::new("/run/borg/borg.sock")), PathBuf::from("/run/borg/borg.pid"));
+        assert_eq!(pid_file_for(Path::new("/x/sock")), PathBuf::from("/x/sock.pid"));
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_and_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sock");
+        {
+            let _stale = UnixListener::bind(&p).unwrap();
+        } // listener closed, file stays: stale
+        let (live, files) = bind(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o770);
+        assert!(files.pid.exists());
+        assert!(matches!(bind(&p), Err(SocketError::InUse(..))));
+        drop(live);
+        drop(files);
+        assert!(!p.exists() && !dir.path().join("s.pid").exists());
+    }
+}

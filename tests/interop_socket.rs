@@ -1,0 +1,170 @@
+//! The real borg 2.0.0b21 client over socket:// against `borgd serve --socket`: the repository
+//! life cycle, many clients at once, shared/exclusive locks between clients, limits and SIGTERM.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use support::{cat, files_below, make_source, ok_args, slow_create, wait_for_file, Env, SocketServer};
+
+#[test]
+fn socket_lifecycle_mode_and_clean_stop() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &[]);
+    let mode = std::fs::metadata(&server.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o770, "group members may connect");
+    let pid_file = env.path("borgd.pid");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), server.child.id().to_string());
+
+    let repo = env.path("repo");
+    let src = env.path("src");
+    make_source(&src);
+    let a = server.args(&repo);
+    ok_args(&env, &cat(&a, &["repo-create", "-e", "repokey-aes-ocb"]));
+    ok_args(&env, &cat(&a, &["create", "one", src.to_str().unwrap()]));
+    assert!(ok_args(&env, &cat(&a, &["list", "one"])).contains("big.bin"));
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let args = cat(&a, &["extract", "one"]);
+    let v: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(env.command(&v).current_dir(&out).status().unwrap().success());
+    support::assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    ok_args(&env, &cat(&a, &["check"]));
+    ok_args(&env, &cat(&a, &["repo-delete"]));
+    assert!(!repo.join("config").exists());
+
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "exit status {status}: {stderr}");
+    assert!(stderr.contains("listening on socket"), "{stderr}");
+    assert!(!env.path("borgd.sock").exists() && !pid_file.exists());
+}
+
+#[test]
+fn eight_clients_back_up_at_once() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        std::fs::write(src.join(format!("f{i}")), support::noise(i, 3_000_000)).unwrap();
+    }
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (env, server, src) = (&env, &server, &src);
+            s.spawn(move || {
+                let a = server.args(&env.path(&format!("repo{i}")));
+                ok_args(env, &cat(&a, &["repo-create", "-e", "none"]));
+                ok_args(env, &cat(&a, &["create", "backup", src.to_str().unwrap()]));
+            });
+        }
+    });
+    for i in 0..8 {
+        let repo = env.path(&format!("repo{i}"));
+        ok_args(&env, &cat(&server.args(&repo), &["check"]));
+        // and Python borg, locally, agrees
+        env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+        assert!(files_below(&repo.join("locks")).is_empty());
+    }
+}
+
+#[test]
+fn shared_and_exclusive_locks_between_clients() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &[]);
+    let repo = env.path("repo");
+    let a = server.args(&repo);
+    ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    ok_args(&env, &cat(&a, &["create", "first", src.to_str().unwrap()]));
+
+    // a create (shared lock) in progress does not stop a list (shared lock)
+    let mut create = slow_create(&env, &a, "running", Duration::from_secs(4));
+    wait_for_file(&repo.join("locks"));
+    assert!(ok_args(&env, &cat(&a, &["repo-list"])).contains("first"));
+    assert!(create.wait().unwrap().success());
+
+    // an exclusive holder (with-lock) makes compact (exclusive) give up after --lock-wait ...
+    let holder_args = cat(&a, &["with-lock", "sleep", "6"]);
+    let v: Vec<&str> = holder_args.iter().map(String::as_str).collect();
+    let mut holder = env.command(&v).spawn().unwrap();
+    wait_for_file(&repo.join("locks"));
+    let denied = cat(&a, &["--lock-wait", "1", "compact"]);
+    let v: Vec<&str> = denied.iter().map(String::as_str).collect();
+    let text = env.fails(&v);
+    assert!(text.contains("Failed to create/acquire the lock"), "{text}");
+    // ... and wait for it when the wait is long enough
+    let waited = std::time::Instant::now();
+    ok_args(&env, &cat(&a, &["--lock-wait", "30", "compact"]));
+    assert!(holder.try_wait().unwrap().is_some(), "compact ran only after the exclusive holder finished");
+    assert!(waited.elapsed() > Duration::from_secs(1));
+    assert!(holder.wait().unwrap().success());
+    assert!(files_below(&repo.join("locks")).is_empty());
+}
+
+#[test]
+fn sigterm_ends_active_sessions_and_releases_locks() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &[]);
+    let repo = env.path("repo");
+    let a = server.args(&repo);
+    ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
+    let mut create = slow_create(&env, &a, "interrupted", Duration::from_secs(30));
+    wait_for_file(&repo.join("locks"));
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!create.wait().unwrap().success(), "the client notices its server went away");
+    assert!(files_below(&repo.join("locks")).is_empty(), "no lock left behind");
+    assert!(!env.path("borgd.sock").exists() && !env.path("borgd.pid").exists());
+    // SIGHUP does no harm in socket mode
+    let server = SocketServer::start(&env, &[]);
+    server.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(200));
+    ok_args(&env, &cat(&server.args(&repo), &["check"]));
+}
+
+#[test]
+fn connections_beyond_the_limit_get_a_clear_error() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &["--max-connections", "1"]);
+    let repo = env.path("repo");
+    let a = server.args(&repo);
+    ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
+    let mut create = slow_create(&env, &a, "busy", Duration::from_secs(4));
+    wait_for_file(&repo.join("locks"));
+    let busy = cat(&a, &["repo-list"]);
+    let v: Vec<&str> = busy.iter().map(String::as_str).collect();
+    let text = env.fails(&v);
+    assert!(text.contains("server busy") && text.contains("--max-connections"), "{text}");
+    assert!(create.wait().unwrap().success());
+    ok_args(&env, &cat(&a, &["repo-list"]));
+}
+
+#[test]
+fn bare_socket_option_uses_the_path_the_client_computes() {
+    // BORG_BASE_DIR: both sides use $BORG_BASE_DIR/.cache/borg/borg.sock
+    let env = Env::new();
+    let base = env.path("base");
+    let expected = base.join(".cache/borg/borg.sock");
+    let server = SocketServer::start_at(&env, &expected, &["--socket"], &[], &[("BORG_BASE_DIR", base.to_str().unwrap())]);
+    let repo = format!("socket://{}", env.path("repo").display());
+    env.ok(&["--socket", "-r", &repo, "repo-create", "-e", "none"]);
+    drop(server);
+
+    // only XDG_RUNTIME_DIR (a private directory): $XDG_RUNTIME_DIR/borg/borg.sock
+    let mut env = Env::new();
+    let xdg = env.path("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let home = env.path("home");
+    std::fs::create_dir(&home).unwrap();
+    env.set_env("BORG_BASE_DIR", "");
+    env.set_env("HOME", home.to_str().unwrap());
+    env.set_env("XDG_RUNTIME_DIR", xdg.to_str().unwrap());
+    let expected = xdg.join("borg/borg.sock");
+    let _server = SocketServer::start_at(&env, &expected, &["--socket"], &[], &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]);
+    let repo = format!("socket://{}", env.path("repo").display());
+    env.ok(&["--socket", "-r", &repo, "repo-create", "-e", "none"]);
+}
