@@ -7,6 +7,7 @@
 
 mod name;
 mod permissions;
+mod beneath;
 mod posixfs;
 
 pub use name::{nest, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};

@@ -1,5 +1,8 @@
 //! The posix file system backend: one file per item below a base directory.
 //!
+//! The base directory is opened once; every item is then reached beneath that descriptor without
+//! following symlinks (see [`super::beneath`]), so nothing outside the repository can be touched.
+//!
 //! Every write goes to a temp file (`<name>.<random>.tmp`) in the target directory and is renamed
 //! into place, so a half-written item is never visible under its name; temp names end in `.tmp`,
 //! which is never a valid item name, so listings never show them. Files are created 0600 and
@@ -10,23 +13,19 @@
 //! remembered and fsynced by the next [`Backend::barrier`].
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::beneath::Dir;
 use super::{name, Backend, Durability, Error, ItemInfo};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
     base: PathBuf,
+    root: Option<Dir>,
     track_dirty: bool,
-    dirty_files: Vec<PathBuf>,
-    dirty_dirs: BTreeSet<PathBuf>,
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { op, path: path.to_path_buf(), source }
+    dirty_files: Vec<String>,
+    dirty_dirs: BTreeSet<String>,
 }
 
 fn random_hex() -> String {
@@ -40,256 +39,261 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("fsync directory", dir))
+/// `data/ab/cd/abcd` → (`data/ab/cd`, `abcd`); a name without `/` lives in the root ("").
+fn split(name: &str) -> (&str, &str) {
+    name.rsplit_once('/').unwrap_or(("", name))
+}
+
+fn not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
 }
 
 impl PosixFs {
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new() }
+        PosixFs { base, root: None, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new() }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        if name.is_empty() {
-            self.base.clone()
-        } else {
-            self.base.join(name)
-        }
+    fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
+        Error::Io { op, path: if name.is_empty() { self.base.clone() } else { self.base.join(name) }, source }
     }
 
-    /// Creates missing directories up to `dir`, remembering (or syncing) the parents they
-    /// were added to.
-    fn make_dirs(&mut self, dir: &Path, durable: bool) -> Result<(), Error> {
-        let mut missing = Vec::new();
-        let mut d = dir;
-        while !d.exists() && d != self.base {
-            missing.push(d.to_path_buf());
-            match d.parent() {
-                Some(p) => d = p,
-                None => break,
-            }
-        }
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        for m in missing.iter().rev() {
-            if let Some(parent) = m.parent() {
-                if durable {
-                    fsync_dir(parent)?;
-                } else if self.track_dirty {
-                    self.dirty_dirs.insert(parent.to_path_buf());
-                }
-            }
+    fn root(&self) -> Result<&Dir, Error> {
+        self.root.as_ref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))
+    }
+
+    fn open_root(&mut self) -> Result<(), Error> {
+        if self.root.is_none() {
+            let base = self.base.clone();
+            self.root = Some(Dir::open_root(&base).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::DoesNotExist(base.clone()),
+                _ => Error::Io { op: "open", path: base.clone(), source: e },
+            })?);
         }
         Ok(())
     }
 
-    fn write_temp(dir: &Path, file_name: &str, value: &[u8], durable: bool) -> io::Result<PathBuf> {
-        let tmp = dir.join(format!("{file_name}.{}{}", random_hex(), name::TMP_SUFFIX));
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        let written = f.write_all(value).and_then(|_| if durable { f.sync_all() } else { Ok(()) });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+    /// Opens directory `dir`, creating it (and parents) if missing.
+    fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
+        let root = self.root()?;
+        match root.dir(dir) {
+            Ok(d) => Ok(d),
+            Err(e) if not_found(&e) => {
+                let changed = root.make_dirs(dir).map_err(|e| self.err("create directory", dir, e))?;
+                for parent in changed {
+                    if durable {
+                        let root = self.root()?;
+                        root.dir(&parent).and_then(|d| d.sync()).map_err(|e| self.err("fsync directory", &parent, e))?;
+                    } else if self.track_dirty {
+                        self.dirty_dirs.insert(parent);
+                    }
+                }
+                self.root()?.dir(dir).map_err(|e| self.err("open directory", dir, e))
+            }
+            Err(e) => Err(self.err("open directory", dir, e)),
         }
-        Ok(tmp)
     }
 
-    fn note_dirty(&mut self, file: Option<PathBuf>, dir: &Path) {
+    fn note_dirty(&mut self, file: Option<&str>, dir: &str) {
         if self.track_dirty {
             if let Some(f) = file {
-                self.dirty_files.push(f);
+                self.dirty_files.push(f.to_string());
             }
-            self.dirty_dirs.insert(dir.to_path_buf());
+            self.dirty_dirs.insert(dir.to_string());
         }
     }
 }
 
 impl Backend for PosixFs {
     fn create(&mut self) -> Result<(), Error> {
-        fs::create_dir_all(&self.base).map_err(io_err("create directory", &self.base))?;
-        let mut entries = fs::read_dir(&self.base).map_err(io_err("list", &self.base))?;
-        if entries.next().is_some() {
+        std::fs::create_dir_all(&self.base).map_err(|e| self.err("create directory", "", e))?;
+        self.open_root()?;
+        let root = self.root()?;
+        if !root.entries().map_err(|e| self.err("list", "", e))?.is_empty() {
             return Err(Error::AlreadyExists(self.base.clone()));
+        }
+        if let Some(parent) = self.base.parent() {
+            // make the new repository directory itself durable in its parent
+            if let Ok(d) = Dir::open_root(parent) {
+                let _ = d.sync();
+            }
         }
         Ok(())
     }
 
     fn destroy(&mut self) -> Result<(), Error> {
-        if !self.base.is_dir() {
-            return Err(Error::DoesNotExist(self.base.clone()));
+        self.open_root()?;
+        let root = self.root()?;
+        for (n, _) in root.entries().map_err(|e| self.err("list", "", e))? {
+            root.remove_tree(&n).map_err(|e| self.err("remove", &n, e))?;
         }
-        // remove the contents; the base directory itself may stay if we lack the right to
-        // remove it (create accepts an existing empty directory).
-        for entry in fs::read_dir(&self.base).map_err(io_err("list", &self.base))? {
-            let entry = entry.map_err(io_err("list", &self.base))?;
-            let p = entry.path();
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            let r = if is_dir { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-            r.map_err(io_err("remove", &p))?;
-        }
-        let _ = fs::remove_dir(&self.base);
+        // the base directory itself may stay if we lack the right to remove it (create accepts
+        // an existing empty directory); it is removed only if it is still the one we emptied.
+        self.root = None;
+        let _ = std::fs::remove_dir(&self.base);
         self.dirty_files.clear();
         self.dirty_dirs.clear();
         if let Some(parent) = self.base.parent() {
-            let _ = fsync_dir(parent);
+            if let Ok(d) = Dir::open_root(parent) {
+                let _ = d.sync();
+            }
         }
         Ok(())
     }
 
     fn open(&mut self) -> Result<(), Error> {
-        if self.base.is_dir() {
-            Ok(())
-        } else {
-            Err(Error::DoesNotExist(self.base.clone()))
-        }
+        self.open_root()
     }
 
     fn info(&self, name: &str) -> Result<ItemInfo, Error> {
-        let path = self.path(name);
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        match fs::metadata(&path) {
-            Ok(md) => Ok(ItemInfo { name: file_name, exists: true, size: md.len(), directory: md.is_dir() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Ok(ItemInfo { name: file_name, exists: false, size: 0, directory: false })
-            }
-            Err(e) => Err(Error::Io { op: "stat", path, source: e }),
+        let (dir, file) = split(name);
+        let absent = ItemInfo { name: file.to_string(), exists: false, size: 0, directory: false };
+        let d = match self.root()?.dir(dir) {
+            Ok(d) => d,
+            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(absent),
+            Err(e) => return Err(self.err("stat", name, e)),
+        };
+        match d.stat(file).map_err(|e| self.err("stat", name, e))? {
+            None => Ok(absent),
+            Some(st) => Ok(ItemInfo { name: file.to_string(), exists: true, size: st.size, directory: st.is_dir }),
         }
     }
 
     fn load(&self, name: &str, offset: u64, size: Option<usize>) -> Result<Vec<u8>, Error> {
-        let path = self.path(name);
-        let mut f = match File::open(&path) {
+        let mut f = match self.root()?.open_file(name) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(Error::Io { op: "open", path, source: e }),
+            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Err(Error::ObjectNotFound(name.to_string())),
+            Err(e) => return Err(self.err("open", name, e)),
         };
         if offset > 0 {
-            f.seek(SeekFrom::Start(offset)).map_err(io_err("seek", &path))?;
+            f.seek(SeekFrom::Start(offset)).map_err(|e| self.err("seek", name, e))?;
         }
         let mut buf = Vec::new();
         match size {
             Some(n) => {
                 buf.reserve(n);
-                f.take(n as u64).read_to_end(&mut buf).map_err(io_err("read", &path))?;
+                f.take(n as u64).read_to_end(&mut buf).map_err(|e| self.err("read", name, e))?;
             }
             None => {
                 if let Ok(md) = f.metadata() {
                     buf.reserve(md.len() as usize);
                 }
-                f.read_to_end(&mut buf).map_err(io_err("read", &path))?;
+                f.read_to_end(&mut buf).map_err(|e| self.err("read", name, e))?;
             }
         }
         Ok(buf)
     }
 
     fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error> {
-        let path = self.path(name);
-        let dir = path.parent().unwrap_or(&self.base).to_path_buf();
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = match Self::write_temp(&dir, &file_name, value, durable) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.make_dirs(&dir, durable)?;
-                Self::write_temp(&dir, &file_name, value, durable).map_err(io_err("write", &path))?
+        let (dir_name, file) = split(name);
+        let dir = self.dir_creating(dir_name, durable)?;
+        let tmp = format!("{file}.{}{}", random_hex(), name::TMP_SUFFIX);
+        let written = dir.create_new(&tmp).and_then(|mut f| {
+            f.write_all(value)?;
+            if durable {
+                f.sync_all()?;
             }
-            Err(e) => return Err(Error::Io { op: "write", path, source: e }),
-        };
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::Io { op: "rename", path, source: e });
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = dir.unlink(&tmp);
+            return Err(self.err("write", name, e));
+        }
+        if let Err(e) = dir.rename(&tmp, &dir, file) {
+            let _ = dir.unlink(&tmp);
+            return Err(self.err("rename", name, e));
         }
         if durable {
-            fsync_dir(&dir)?;
+            dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
         } else {
-            self.note_dirty(Some(path), &dir);
+            self.note_dirty(Some(name), dir_name);
         }
         Ok(())
     }
 
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
-        let path = self.path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(Error::Io { op: "delete", path, source: e }),
+        let (dir_name, file) = split(name);
+        let missing = || Error::ObjectNotFound(name.to_string());
+        let dir = match self.root()?.dir(dir_name) {
+            Ok(d) => d,
+            Err(e) if not_found(&e) => return Err(missing()),
+            Err(e) => return Err(self.err("delete", name, e)),
+        };
+        match dir.stat(file).map_err(|e| self.err("delete", name, e))? {
+            None => return Err(missing()),
+            Some(st) if st.is_dir => return Err(self.err("delete", name, io::Error::from_raw_os_error(libc::EISDIR))),
+            Some(_) => dir.unlink(file).map_err(|e| if not_found(&e) { missing() } else { self.err("delete", name, e) })?,
         }
-        let dir = path.parent().unwrap_or(&self.base).to_path_buf();
         if durable {
-            fsync_dir(&dir)?;
+            dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
         } else {
-            self.note_dirty(None, &dir);
+            self.note_dirty(None, dir_name);
         }
         Ok(())
     }
 
     fn rename(&mut self, from: &str, to: &str, durable: bool) -> Result<(), Error> {
-        let (src, dst) = (self.path(from), self.path(to));
-        let dst_dir = dst.parent().unwrap_or(&self.base).to_path_buf();
-        let src_dir = src.parent().unwrap_or(&self.base).to_path_buf();
-        let mut result = fs::rename(&src, &dst);
-        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) && src.exists() {
-            self.make_dirs(&dst_dir, durable)?;
-            result = fs::rename(&src, &dst);
+        let (src_name, src_file) = split(from);
+        let (dst_name, dst_file) = split(to);
+        let src = match self.root()?.dir(src_name) {
+            Ok(d) => d,
+            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(from.to_string())),
+            Err(e) => return Err(self.err("rename", from, e)),
+        };
+        if src.stat(src_file).map_err(|e| self.err("rename", from, e))?.is_none() {
+            return Err(Error::ObjectNotFound(from.to_string()));
         }
-        match result {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::ObjectNotFound(from.to_string())),
-            Err(e) => return Err(Error::Io { op: "rename", path: src, source: e }),
-        }
+        let dst = self.dir_creating(dst_name, durable)?;
+        src.rename(src_file, &dst, dst_file).map_err(|e| if not_found(&e) { Error::ObjectNotFound(from.to_string()) } else { self.err("rename", from, e) })?;
         if durable {
-            fsync_dir(&dst_dir)?;
-            if src_dir != dst_dir {
-                fsync_dir(&src_dir)?;
+            dst.sync().map_err(|e| self.err("fsync directory", dst_name, e))?;
+            if src_name != dst_name {
+                src.sync().map_err(|e| self.err("fsync directory", src_name, e))?;
             }
         } else {
-            self.note_dirty(None, &dst_dir);
-            self.note_dirty(None, &src_dir);
+            self.note_dirty(None, dst_name);
+            self.note_dirty(None, src_name);
         }
         Ok(())
     }
 
     fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error> {
-        let path = self.path(name);
-        let rd = match fs::read_dir(&path) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(Error::Io { op: "list", path, source: e }),
+        let dir = match self.root()?.dir(name) {
+            Ok(d) => d,
+            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(name.to_string())),
+            Err(e) => return Err(self.err("list", name, e)),
         };
-        let mut out = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(io_err("list", &path))?;
-            let Ok(file_name) = entry.file_name().into_string() else { continue };
-            if name::validate(&file_name).is_err() {
-                continue; // a temp file in progress, or not ours
-            }
-            // symlinks are never created by borg: do not follow them out of the store.
-            let md = match entry.metadata() {
-                Ok(md) if !md.file_type().is_symlink() => md,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::Io { op: "stat", path: entry.path(), source: e }),
-            };
-            out.push(ItemInfo { name: file_name, exists: true, size: md.len(), directory: md.is_dir() });
-        }
+        let mut out: Vec<ItemInfo> = dir
+            .entries()
+            .map_err(|e| self.err("list", name, e))?
+            .into_iter()
+            // invalid names are temp files in progress or not ours; symlinks are never borg's
+            .filter(|(n, st)| !st.is_symlink && name::validate(n).is_ok())
+            .map(|(n, st)| ItemInfo { name: n, exists: true, size: st.size, directory: st.is_dir })
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     fn barrier(&mut self) -> Result<(), Error> {
-        for f in std::mem::take(&mut self.dirty_files) {
-            match File::open(&f) {
-                Ok(file) => file.sync_all().map_err(io_err("fsync", &f))?,
+        let files = std::mem::take(&mut self.dirty_files);
+        let dirs = std::mem::take(&mut self.dirty_dirs);
+        let root = self.root()?;
+        for f in &files {
+            match root.open_file(f) {
+                Ok(file) => file.sync_all().map_err(|e| self.err("fsync", f, e))?,
                 // deleted or renamed since: its directory entry change is synced below.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { op: "fsync", path: f, source: e }),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(self.err("fsync", f, e)),
             }
         }
         // deepest directories first, so new subdirectories are durable before their parents
         // point at them.
-        for d in std::mem::take(&mut self.dirty_dirs).iter().rev() {
-            match fsync_dir(d) {
-                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-                other => other?,
+        for d in dirs.iter().rev() {
+            match root.dir(d) {
+                Ok(dir) => dir.sync().map_err(|e| self.err("fsync directory", d, e))?,
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(self.err("fsync directory", d, e)),
             }
         }
         Ok(())
@@ -328,5 +332,31 @@ mod tests {
         assert!(matches!(fs.load("config/nope", 0, None), Err(Error::ObjectNotFound(_))));
         assert!(matches!(fs.delete("config/nope", false), Err(Error::ObjectNotFound(_))));
         assert!(matches!(fs.rename("config/a", "config/b", false), Err(Error::ObjectNotFound(_))));
+        assert!(matches!(PosixFs::new(dir.path().join("none"), Durability::Never).open(), Err(Error::DoesNotExist(_))));
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_after_open_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("config")).unwrap();
+        std::fs::write(outside.path().join("config/secret"), b"outside").unwrap();
+        let repo = dir.path().join("repo");
+        let mut fs = PosixFs::new(repo.clone(), Durability::Never);
+        fs.create().unwrap();
+        fs.store("config/id", b"x", false).unwrap();
+        // swap the config directory for a symlink out of the repository
+        std::fs::remove_dir_all(repo.join("config")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("config"), repo.join("config")).unwrap();
+        assert!(fs.load("config/secret", 0, None).is_err());
+        assert!(fs.store("config/planted", b"x", false).is_err());
+        assert!(!outside.path().join("config/planted").exists());
+        assert!(fs.list("config").is_err());
+        // swap the whole repository path: we keep working on the directory we opened
+        let moved = dir.path().join("moved");
+        std::fs::rename(&repo, &moved).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &repo).unwrap();
+        fs.store("keys/repokey", b"k", false).unwrap();
+        assert!(moved.join("keys/repokey").exists() && !outside.path().join("keys").exists());
     }
 }

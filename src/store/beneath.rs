@@ -1,0 +1,279 @@
+//! File system calls confined beneath one directory, never following symlinks.
+//!
+//! The repository directory is opened once (its path was resolved and checked against
+//! `--restrict-to-*` when the client opened it); every later access resolves names relative to
+//! that directory descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`. So a symlink
+//! swapped into the repository after `open`, or the repository path itself being replaced, can
+//! never lead a client outside the directory it was admitted to. Kernels without `openat2`
+//! (before 5.6) get the same guarantee from a component-by-component `O_NOFOLLOW` walk.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// `struct open_how` of linux/openat2.h (libc's is non-exhaustive, so we declare the layout).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn openat_nofollow(dirfd: RawFd, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    loop {
+        // SAFETY: c is a valid NUL-terminated string; the returned fd is owned by us.
+        let r = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC, mode as libc::c_uint) };
+        match cvt(r) {
+            // SAFETY: r is a fresh descriptor nobody else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens `rel` (a `/`-separated relative path, or "" for the directory itself) beneath `dirfd`.
+fn open_beneath(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { "." } else { rel };
+    let c = cstr(rel)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: u64::from(mode),
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: pointers to a valid C string and a correctly laid out open_how of the size given.
+        let r = unsafe { libc::syscall(libc::SYS_openat2, dirfd, c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
+        if r >= 0 {
+            // SAFETY: a fresh descriptor nobody else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+            // no openat2 (old kernel), or a seccomp filter that refuses it
+            Some(libc::ENOSYS) | Some(libc::EPERM) => return walk(dirfd, rel, flags, mode),
+            // a symlink on the way: say so plainly
+            Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: refusing to follow a symlink inside the repository")))
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The fallback of [`open_beneath`]: one `openat(O_NOFOLLOW)` per component.
+fn walk(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.iter().any(|p| *p == "..") {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: '..' is not allowed")));
+    }
+    let mut cur = openat_nofollow(dirfd, ".", libc::O_DIRECTORY | libc::O_RDONLY, 0)?;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let f = if last { flags } else { libc::O_DIRECTORY | libc::O_RDONLY };
+        cur = openat_nofollow(cur.as_raw_fd(), part, f, if last { mode } else { 0 }).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: refusing to follow a symlink inside the repository"))
+            } else {
+                e
+            }
+        })?;
+    }
+    Ok(cur)
+}
+
+/// What `fstatat(AT_SYMLINK_NOFOLLOW)` says about a directory entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub size: u64,
+    pub is_dir: bool,
+    pub is_symlink: bool,
+}
+
+/// A directory opened beneath the root; all its operations take plain names (no `/`).
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+impl Dir {
+    /// The root itself: opens `path` (which must not be a symlink in its last component).
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+        // SAFETY: valid C string; the fd becomes ours.
+        let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) })?;
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// A subdirectory `rel` ("" for this directory) beneath this one.
+    pub fn dir(&self, rel: &str) -> io::Result<Dir> {
+        Ok(Dir { fd: open_beneath(self.fd.as_raw_fd(), rel, libc::O_DIRECTORY | libc::O_RDONLY, 0)? })
+    }
+
+    /// A file `rel` beneath this directory, for reading.
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        Ok(File::from(open_beneath(self.fd.as_raw_fd(), rel, libc::O_RDONLY, 0)?))
+    }
+
+    /// Creates `rel` and any missing parents beneath this directory; returns the directories
+    /// (relative to this one, "" for itself) that got a new entry.
+    pub fn make_dirs(&self, rel: &str) -> io::Result<Vec<String>> {
+        let mut changed = Vec::new();
+        let mut prefix = String::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            let parent = self.dir(&prefix)?;
+            let c = cstr(part)?;
+            // SAFETY: valid directory fd and C string.
+            match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
+                Ok(_) => changed.push(prefix.clone()),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+        }
+        Ok(changed)
+    }
+
+    /// Creates a new file `name` (fails if it exists), mode 0600.
+    pub fn create_new(&self, name: &str) -> io::Result<File> {
+        Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?))
+    }
+
+    /// Renames `from` in this directory to `to` in `target` (replacing it).
+    pub fn rename(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid directory fds and C strings.
+        cvt(unsafe { libc::renameat(self.fd.as_raw_fd(), f.as_ptr(), target.fd.as_raw_fd(), t.as_ptr()) }).map(|_| ())
+    }
+
+    /// Removes the file (or symlink) `name`.
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: valid directory fd and C string.
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+    }
+
+    /// `lstat` of an entry; `None` if it does not exist.
+    pub fn stat(&self, name: &str) -> io::Result<Option<Stat>> {
+        let c = cstr(name)?;
+        // SAFETY: st is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd, C string and stat buffer.
+        match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
+            Ok(_) => Ok(Some(Stat {
+                size: st.st_size as u64,
+                is_dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                is_symlink: st.st_mode & libc::S_IFMT == libc::S_IFLNK,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All entries (but `.` and `..`) with their `lstat`, unsorted.
+    pub fn entries(&self) -> io::Result<Vec<(String, Stat)>> {
+        let dup = self.fd.try_clone()?;
+        // SAFETY: fdopendir takes ownership of the duplicated descriptor; closedir releases it.
+        let dirp = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+        if dirp.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        std::mem::forget(dup); // now owned by dirp
+        let mut names = Vec::new();
+        loop {
+            // SAFETY: dirp is a valid DIR*; readdir's result is valid until the next call.
+            let ent = unsafe { libc::readdir(dirp) };
+            if ent.is_null() {
+                break;
+            }
+            // SAFETY: d_name is NUL-terminated within the dirent.
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+            if let Ok(s) = name.to_str() {
+                if s != "." && s != ".." {
+                    names.push(s.to_string());
+                }
+            }
+        }
+        // SAFETY: dirp came from fdopendir and is closed exactly once.
+        unsafe { libc::closedir(dirp) };
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(st) = self.stat(&n)? {
+                out.push((n, st));
+            }
+        }
+        Ok(out)
+    }
+
+    /// fsync of the directory (makes entry changes durable).
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: valid fd.
+        cvt(unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(|_| ())
+    }
+
+    /// Removes `name` and, if it is a directory, everything below it, never following symlinks.
+    pub fn remove_tree(&self, name: &str) -> io::Result<()> {
+        match self.stat(name)? {
+            None => Ok(()),
+            Some(st) if st.is_dir => {
+                let sub = Dir { fd: openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)? };
+                for (n, _) in sub.entries()? {
+                    sub.remove_tree(&n)?;
+                }
+                let c = cstr(name)?;
+                // SAFETY: valid fd and C string.
+                cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }).map(|_| ())
+            }
+            Some(_) => self.unlink(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_inside_are_refused_and_parents_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        assert_eq!(root.make_dirs("data/ab/cd").unwrap(), ["", "data", "data/ab"]);
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("data/ab/evil")).unwrap();
+        let e = root.open_file("data/ab/evil/secret").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert!(root.open_file("../etc/passwd").is_err());
+        assert!(root.dir("data/ab/evil").is_err());
+        // the fallback walk refuses the same
+        assert!(walk(root.fd.as_raw_fd(), "data/ab/evil/secret", libc::O_RDONLY, 0).is_err());
+        assert!(walk(root.fd.as_raw_fd(), "data/ab", libc::O_DIRECTORY | libc::O_RDONLY, 0).is_ok());
+        let st = root.dir("data/ab").unwrap().stat("evil").unwrap().unwrap();
+        assert!(st.is_symlink && !st.is_dir);
+        // remove_tree deletes the link, not what it points to
+        root.remove_tree("data").unwrap();
+        assert!(outside.path().join("secret").exists());
+        assert!(root.entries().unwrap().is_empty());
+    }
+}
