@@ -273,3 +273,33 @@ pub fn wait_for_file(dir: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+impl Env {
+    /// Makes the client start `borgd <client args> <server_args>`: server-side options the
+    /// client cannot see or change, as a forced command would add them.
+    pub fn with_server_args(&mut self, server_args: &[&str]) {
+        let script = self.path(&format!("borgd-wrapper-{}", server_args.len() + self.env.len()));
+        let quoted: Vec<String> = server_args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        std::fs::write(&script, format!("#!/bin/sh\nexec '{}' \"$@\" {}\n", self.borgd.display(), quoted.join(" "))).expect("write wrapper");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod wrapper");
+        self.remote_path = script.display().to_string();
+    }
+
+    /// Back to plain `borgd`.
+    pub fn without_server_args(&mut self) {
+        self.remote_path = self.borgd.display().to_string();
+    }
+}
+
+/// Every file below `dir` except lock files, with size and modification time: a fingerprint of
+/// what a read-only client must not change.
+pub fn snapshot_without_locks(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| !p.starts_with(dir.join("locks")))
+        .map(|p| {
+            let md = std::fs::metadata(&p).expect("stat");
+            (p, md.len(), md.modified().expect("mtime"))
+        })
+        .collect()
+}

@@ -1,0 +1,324 @@
+//! Hostile clients: raw msgpack sent straight to `borgd serve`, for everything a real borg client
+//! never sends. Each case must get a clear error answer or a clean disconnect — never a panic,
+//! never a file touched outside the allowed tree, never a lock left behind — and the repository
+//! must still pass Python borg's own `borg check` afterwards.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use borgd::rpc::msgpack::{self, encode, Value};
+use support::{files_below, Env};
+
+/// A msgpack argument value for requests.
+enum Arg<'a> {
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+}
+
+struct Raw {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+    buf: Vec<u8>,
+    next_id: i64,
+}
+
+impl Raw {
+    fn start(args: &[&str]) -> Raw {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_borgd"))
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        Raw { child, stdin, stdout, buf: Vec::new(), next_id: 0 }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let w = self.stdin.as_mut().unwrap();
+        w.write_all(bytes)?;
+        w.flush()
+    }
+
+    fn request(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> Vec<u8> {
+        self.next_id += 1;
+        let mut out = Vec::new();
+        encode::map(&mut out, 3);
+        encode::str(&mut out, "i");
+        encode::int(&mut out, self.next_id);
+        encode::str(&mut out, "m");
+        encode::str(&mut out, method);
+        encode::str(&mut out, "a");
+        encode::map(&mut out, args.len());
+        for (k, v) in args {
+            encode::str(&mut out, k);
+            match v {
+                Arg::Str(s) => encode::str(&mut out, s),
+                Arg::Bin(b) => encode::bin(&mut out, b),
+                Arg::Bool(b) => encode::bool(&mut out, *b),
+                Arg::Int(i) => encode::int(&mut out, *i),
+            }
+        }
+        out
+    }
+
+    /// Reads the next non-log message; `None` when the server closed the connection.
+    fn read_answer(&mut self) -> Option<Vec<u8>> {
+        loop {
+            match msgpack::check(&self.buf, 1 << 30) {
+                Ok(n) => {
+                    let msg: Vec<u8> = self.buf.drain(..n).collect();
+                    if msgpack::parse(&msg).unwrap().get("l").is_some() {
+                        continue; // a log record
+                    }
+                    return Some(msg);
+                }
+                Err(msgpack::DecodeError::Incomplete { .. }) => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.stdout.read(&mut chunk).unwrap();
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => panic!("server sent invalid msgpack: {e}"),
+            }
+        }
+    }
+
+    /// Calls and returns `Ok(result bytes)` or `Err((exception class, exception_short))`.
+    fn call(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> Result<Vec<u8>, (String, String)> {
+        let req = self.request(method, args);
+        self.send_raw(&req).unwrap();
+        let answer = self.read_answer().expect("an answer");
+        let v = msgpack::parse(&answer).unwrap();
+        assert_eq!(v.get("i"), Some(&Value::Int(i128::from(self.next_id))));
+        if let Some(Value::Str(class)) = v.get("exception_class") {
+            let short = match v.get("exception_short") {
+                Some(Value::Array(a)) => a.iter().map(|x| if let Value::Str(s) = x { s.to_string() } else { String::new() }).collect::<Vec<_>>().join("\n"),
+                _ => String::new(),
+            };
+            assert_eq!(v.get("exception_trace").map(|t| matches!(t, Value::Bool(_))), Some(true));
+            return Err((class.to_string(), short));
+        }
+        Ok(answer)
+    }
+
+    fn error_class(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> String {
+        match self.call(method, args) {
+            Ok(_) => panic!("{method} unexpectedly succeeded"),
+            Err((class, short)) => {
+                assert!(!short.is_empty(), "{class} without a message");
+                class
+            }
+        }
+    }
+
+    /// Closes our side and waits; returns (exit success, stderr).
+    fn finish(mut self) -> (bool, String) {
+        drop(self.stdin.take());
+        let mut rest = Vec::new();
+        let _ = self.stdout.read_to_end(&mut rest);
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!err.contains("panicked"), "borgd panicked: {err}");
+        (status.success(), err)
+    }
+}
+
+fn setup() -> (Env, PathBuf, PathBuf, PathBuf) {
+    let env = Env::new();
+    let allowed = env.path("allowed");
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::create_dir_all(outside.join("config")).unwrap();
+    std::fs::write(outside.join("config/manifest"), b"not yours").unwrap();
+    let repo = allowed.join("repo");
+    // made locally by Python borg, so Python's full `borg check` can judge it afterwards
+    env.ok(&["-r", repo.to_str().unwrap(), "repo-create", "-e", "none"]);
+    (env, allowed, outside, repo)
+}
+
+fn open(raw: &mut Raw, repo: &Path) {
+    raw.call("negotiate", &[("client_data", Arg::Str("hostile"))]).unwrap();
+    raw.call("open", &[("path", Arg::Str(repo.to_str().unwrap())), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(1))])
+        .unwrap_or_else(|e| panic!("open {}: {e:?}", repo.display()));
+}
+
+fn assert_outside_untouched(outside: &Path) {
+    let files = files_below(outside);
+    assert_eq!(files, vec![outside.join("config/manifest")], "something was written outside");
+    assert_eq!(std::fs::read(outside.join("config/manifest")).unwrap(), b"not yours");
+}
+
+#[test]
+fn hostile_paths_and_names_get_clear_errors_and_touch_nothing_outside() {
+    let (env, allowed, outside, repo) = setup();
+    let mut raw = Raw::start(&["--restrict-to-path", allowed.to_str().unwrap()]);
+    // methods before open, unknown methods
+    assert_eq!(raw.error_class("get", &[("id", Arg::Bin(&[0; 32]))]), "InvalidRPCMethod");
+    assert_eq!(raw.error_class("rm_rf", &[]), "InvalidRPCMethod");
+    // paths out of the allowed tree: .., symlinks, siblings sharing a prefix
+    std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
+    for p in [format!("{}/../outside", allowed.display()), format!("{}/link", allowed.display()), format!("{}bar", allowed.display()), "/".to_string()] {
+        assert_eq!(raw.error_class("open", &[("path", Arg::Str(&p)), ("create", Arg::Bool(true))]), "PathNotAllowed", "{p}");
+    }
+    open(&mut raw, &repo);
+    // store names a client must never be able to use
+    let long = "config/".to_string() + &"x".repeat(100);
+    for name in ["/etc/passwd", "../outside/config/manifest", "config/../../outside", "config/a b", "config\\x", "config/Manifest", "config/x.tmp", "locks/x.hid", long.as_str(), "nonamespace", ""] {
+        let class = raw.error_class("store_store", &[("name", Arg::Str(name)), ("value", Arg::Bin(b"evil"))]);
+        assert_eq!(class, "ValueError", "{name:?}");
+        let class = raw.error_class("store_load", &[("name", Arg::Str(name))]);
+        assert!(class == "ValueError", "{name:?}: {class}");
+    }
+    // wrong argument types and missing arguments
+    assert_eq!(raw.error_class("get", &[("id", Arg::Str("not bytes"))]), "TypeError");
+    assert_eq!(raw.error_class("put", &[("id", Arg::Bin(&[1; 32]))]), "TypeError");
+    assert_eq!(raw.error_class("list", &[("limit", Arg::Int(-5))]), "TypeError");
+    assert_eq!(raw.error_class("get", &[("id", Arg::Bin(&[1; 5]))]), "IntegrityError");
+    // put above MAX_DATA_SIZE
+    let big = vec![0u8; 20_971_480];
+    assert_eq!(raw.error_class("put", &[("id", Arg::Bin(&[2; 32])), ("data", Arg::Bin(&big))]), "IntegrityError");
+    // a symlink swapped in after open leads nowhere
+    std::fs::rename(repo.join("config"), env.path("config-moved")).unwrap();
+    std::os::unix::fs::symlink(outside.join("config"), repo.join("config")).unwrap();
+    let class = raw.error_class("get_manifest", &[]);
+    assert_ne!(class, "NoManifestError", "must not look through the symlink");
+    raw.error_class("put_manifest", &[("data", Arg::Bin(b"planted"))]);
+    raw.error_class("store_move", &[("name", Arg::Str("config/manifest")), ("new_name", Arg::Str("data/x"))]);
+    assert_outside_untouched(&outside);
+    raw.call("close", &[]).unwrap();
+    let (ok, err) = raw.finish();
+    assert!(ok, "{err}");
+    assert!(files_below(&repo.join("locks")).is_empty());
+    std::fs::remove_file(repo.join("config")).unwrap();
+    std::fs::rename(env.path("config-moved"), repo.join("config")).unwrap();
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn malformed_messages_end_the_session_cleanly_and_release_the_lock() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("reserved byte", vec![0xc1]),
+        ("a non-map message", { let mut v = Vec::new(); encode::array(&mut v, 2); encode::int(&mut v, 1); encode::int(&mut v, 2); v }),
+        ("a map without id", { let mut v = Vec::new(); encode::map(&mut v, 1); encode::str(&mut v, "m"); encode::str(&mut v, "close"); v }),
+        ("an ext type", vec![0xd4, 0x01, 0x02]),
+        ("invalid utf-8 in a str", vec![0xa2, 0xff, 0xfe]),
+        ("gigabytes announced", vec![0xc6, 0xff, 0xff, 0xff, 0xf0, 1, 2, 3]),
+        ("nesting bomb", vec![0x91; 10_000]),
+    ];
+    let (env, _allowed, _outside, repo) = setup();
+    for (what, bytes) in cases {
+        let mut raw = Raw::start(&[]);
+        open(&mut raw, &repo);
+        assert!(!files_below(&repo.join("locks")).is_empty());
+        let _ = raw.send_raw(&bytes);
+        assert!(raw.read_answer().is_none(), "{what}: the server hangs up");
+        let (ok, err) = raw.finish();
+        assert!(!ok, "{what}: a protocol violation is an error exit");
+        assert!(err.contains("borgd:"), "{what}: a clear message on stderr: {err}");
+        assert!(files_below(&repo.join("locks")).is_empty(), "{what}: lock released");
+    }
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn malformed_but_answerable_requests_get_errors() {
+    let (_env, _allowed, _outside, repo) = setup();
+    let mut raw = Raw::start(&[]);
+    // a method that is not a str, arguments that are not a map
+    let mut v = Vec::new();
+    encode::map(&mut v, 2);
+    encode::str(&mut v, "i");
+    encode::int(&mut v, 77);
+    encode::str(&mut v, "m");
+    encode::int(&mut v, 5);
+    raw.send_raw(&v).unwrap();
+    let answer = raw.read_answer().unwrap();
+    let a = msgpack::parse(&answer).unwrap();
+    assert_eq!(a.get("i"), Some(&Value::Int(77)));
+    assert_eq!(a.get("exception_class"), Some(&Value::Str("TypeError")));
+    let mut v = Vec::new();
+    encode::map(&mut v, 3);
+    encode::str(&mut v, "i");
+    encode::int(&mut v, 78);
+    encode::str(&mut v, "m");
+    encode::str(&mut v, "open");
+    encode::str(&mut v, "a");
+    encode::array(&mut v, 0);
+    raw.send_raw(&v).unwrap();
+    let answer = raw.read_answer().unwrap();
+    assert_eq!(msgpack::parse(&answer).unwrap().get("exception_class"), Some(&Value::Str("TypeError")));
+    // still usable afterwards
+    open(&mut raw, &repo);
+    assert_eq!(raw.error_class("open", &[("path", Arg::Str(repo.to_str().unwrap())), ("create", Arg::Bool(true))]), "AlreadyExists");
+    open(&mut raw, &repo);
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+}
+
+#[test]
+fn memory_stays_bounded_by_the_message_limit() {
+    let (_env, _allowed, _outside, repo) = setup();
+    let mut raw = Raw::start(&["--max-message-mib", "4"]);
+    open(&mut raw, &repo);
+    // a 64 MiB store_store is refused as soon as its header arrives, not buffered
+    let mut header = Vec::new();
+    raw.next_id += 1;
+    encode::map(&mut header, 3);
+    encode::str(&mut header, "i");
+    encode::int(&mut header, raw.next_id);
+    encode::str(&mut header, "m");
+    encode::str(&mut header, "store_store");
+    encode::str(&mut header, "a");
+    encode::map(&mut header, 2);
+    encode::str(&mut header, "name");
+    encode::str(&mut header, "cache/x");
+    encode::str(&mut header, "value");
+    encode::bin_header(&mut header, 64 << 20);
+    raw.send_raw(&header).unwrap();
+    let pid = raw.child.id();
+    let chunk = vec![7u8; 1 << 20];
+    let mut sent = 0;
+    for _ in 0..64 {
+        if raw.send_raw(&chunk).is_err() {
+            break; // the server hung up, as it should
+        }
+        sent += 1;
+    }
+    let hwm_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()));
+    let (ok, err) = raw.finish();
+    assert!(!ok && err.contains("exceeds the limit"), "{err}");
+    if let Some(kib) = hwm_kib {
+        assert!(kib < 32 * 1024, "peak RSS {kib} KiB after {sent} MiB sent: memory must stay bounded");
+    }
+    assert!(files_below(&repo.join("locks")).is_empty());
+    assert!(!repo.join("cache/x").exists());
+}
+
+#[test]
+fn client_vanishing_mid_message_releases_the_lock_and_leaves_a_checkable_repo() {
+    let (env, _allowed, _outside, repo) = setup();
+    let mut raw = Raw::start(&[]);
+    open(&mut raw, &repo);
+    let full = raw.request("put", &[("id", Arg::Bin(&[3; 32])), ("data", Arg::Bin(&vec![1u8; 100_000]))]);
+    raw.send_raw(&full[..full.len() / 2]).unwrap();
+    let (ok, err) = raw.finish();
+    assert!(!ok && err.contains("in the middle of a message"), "{err}");
+    assert!(files_below(&repo.join("locks")).is_empty());
+    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}

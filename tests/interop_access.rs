@@ -1,0 +1,133 @@
+//! Access control with the real borg 2.0.0b21 client: `--permissions` modes as a user sees them,
+//! `--restrict-to-path` and `--restrict-to-repository`, and the environment variable that sets the
+//! mode. The server options are added on the server side (a wrapper, as a forced command would).
+
+mod support;
+
+use support::{files_below, make_source, snapshot_without_locks, Env};
+
+/// A repository with one archive `a1` made with full permissions.
+fn repo_with_archive(env: &mut Env) -> (std::path::PathBuf, String, String) {
+    let src = env.path("src");
+    make_source(&src);
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "repokey-aes-ocb"]);
+    env.ok(&["-r", &url, "create", "a1", src.to_str().unwrap()]);
+    (repo, url, src.display().to_string())
+}
+
+#[test]
+fn no_delete_creates_but_never_deletes() {
+    let mut env = Env::new();
+    let (repo, url, src) = repo_with_archive(&mut env);
+    env.with_server_args(&["--permissions=no-delete"]);
+    env.ok(&["-r", &url, "create", "a2", &src]);
+    assert!(env.ok(&["-r", &url, "list", "a1"]).contains("big.bin"), "no-delete can read");
+    let denied = env.fails(&["-r", &url, "delete", "a1"]);
+    assert!(denied.contains("Permission denied") && denied.contains("no-delete"), "{denied}");
+    let data_before = files_below(&repo.join("data"));
+    let _ = env.run(&["-r", &url, "compact"]);
+    assert_eq!(files_below(&repo.join("data")), data_before, "compact removed nothing");
+    let list = env.ok(&["-r", &url, "repo-list"]);
+    assert!(list.contains("a1") && list.contains("a2"), "{list}");
+    env.ok(&["-r", &url, "check"]);
+}
+
+#[test]
+fn write_only_backs_up_but_cannot_read() {
+    let mut env = Env::new();
+    let src = env.path("src");
+    make_source(&src);
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "repokey-aes-ocb"]);
+    env.with_server_args(&["--permissions=write-only"]);
+    env.ok(&["-r", &url, "create", "secret-backup", src.to_str().unwrap()]);
+    for args in [&["list", "secret-backup"][..], &["extract", "secret-backup"][..], &["repo-list"][..]] {
+        let mut v = vec!["-r", url.as_str()];
+        v.extend_from_slice(args);
+        let denied = env.fails(&v);
+        assert!(denied.contains("Permission denied") && denied.contains("write-only"), "{args:?}: {denied}");
+    }
+    // borg 2.0.0b21's client reads existing archives' metadata (data/) when it creates an
+    // archive, which write-only forbids: the second backup is refused exactly as by Python's
+    // `borg serve --permissions=write-only`, with a clear message instead of a traceback.
+    let second = env.fails(&["-r", &url, "create", "second", src.to_str().unwrap()]);
+    assert!(second.contains("Permission denied") && second.contains("load"), "{second}");
+    // the data is intact for an unrestricted reader
+    env.without_server_args();
+    assert!(env.ok(&["-r", &url, "list", "secret-backup"]).contains("big.bin"));
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn read_only_reads_and_changes_nothing_but_its_lock() {
+    let mut env = Env::new();
+    let (repo, url, src) = repo_with_archive(&mut env);
+    let before = snapshot_without_locks(&repo);
+    env.with_server_args(&["--permissions=read-only"]);
+    assert!(env.ok(&["-r", &url, "repo-list"]).contains("a1"));
+    assert!(env.ok(&["-r", &url, "list", "a1"]).contains("big.bin"));
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(env.command(&["-r", &url, "extract", "a1"]).current_dir(&out).status().unwrap().success());
+    support::assert_same_tree(std::path::Path::new(&src), &out.join(src.trim_start_matches('/')));
+    env.ok(&["-r", &url, "check"]);
+    for args in [&["create", "a2", src.as_str()][..], &["delete", "a1"][..], &["rename", "a1", "b1"][..], &["compact"][..]] {
+        let mut v = vec!["-r", url.as_str()];
+        v.extend_from_slice(args);
+        let denied = env.fails(&v);
+        assert!(denied.contains("Permission denied") && denied.contains("read-only"), "{args:?}: {denied}");
+    }
+    assert_eq!(snapshot_without_locks(&repo), before, "read-only changed the repository");
+    assert!(files_below(&repo.join("locks")).is_empty());
+}
+
+#[test]
+fn permissions_from_the_environment_and_the_option_overrides_it() {
+    let mut env = Env::new();
+    let (_repo, url, src) = repo_with_archive(&mut env);
+    // the server's environment (BORG_REPO_PERMISSIONS set where borgd runs)
+    let script = env.path("env-wrapper");
+    std::fs::write(&script, format!("#!/bin/sh\nBORG_REPO_PERMISSIONS=read-only exec '{}' \"$@\"\n", env.borgd.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.remote_path = script.display().to_string();
+    let denied = env.fails(&["-r", &url, "create", "a2", &src]);
+    assert!(denied.contains("read-only"), "{denied}");
+    std::fs::write(&script, format!("#!/bin/sh\nBORG_REPO_PERMISSIONS=read-only exec '{}' \"$@\" --permissions=all\n", env.borgd.display())).unwrap();
+    env.ok(&["-r", &url, "create", "a2", &src]);
+}
+
+#[test]
+fn restrict_to_path_admits_the_tree_and_nothing_else() {
+    let mut env = Env::new();
+    let allowed = env.path("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::create_dir_all(env.path("allowedbar")).unwrap();
+    std::os::unix::fs::symlink(env.path("elsewhere"), allowed.join("escape")).unwrap();
+    env.with_server_args(&["--restrict-to-path", allowed.to_str().unwrap()]);
+    // below the allowed path, even with missing parents: fine
+    let inside = env.ssh_url(&allowed.join("deep/er/repo"));
+    env.ok(&["-r", &inside, "repo-create", "-e", "none"]);
+    env.ok(&["-r", &inside, "repo-info"]);
+    for bad in [env.path("allowedbar/repo"), env.path("other"), allowed.join("../other"), allowed.join("escape/repo")] {
+        let text = env.fails(&["-r", &env.ssh_url(&bad), "repo-create", "-e", "none"]);
+        assert!(text.contains("Repository path not allowed"), "{}: {text}", bad.display());
+    }
+    assert!(!env.path("other").exists() && !env.path("elsewhere").exists() && !env.path("allowedbar/repo").exists());
+}
+
+#[test]
+fn restrict_to_repository_admits_exactly_that_repository() {
+    let mut env = Env::new();
+    let repo = env.path("only/repo");
+    env.with_server_args(&["--restrict-to-repository", repo.to_str().unwrap()]);
+    // it may not exist yet: repo-create works there
+    env.ok(&["-r", &env.ssh_url(&repo), "repo-create", "-e", "none"]);
+    env.ok(&["-r", &env.ssh_url(&repo), "repo-info"]);
+    for bad in [repo.join("sub"), env.path("only"), env.path("only/repo2")] {
+        let text = env.fails(&["-r", &env.ssh_url(&bad), "repo-info"]);
+        assert!(text.contains("Repository path not allowed"), "{}: {text}", bad.display());
+    }
+}
