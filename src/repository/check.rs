@@ -117,6 +117,12 @@ impl Repository {
             }
             cursor = names.last().cloned();
         }
+        if repair {
+            // a crashed writer's temp files: never visible to list, removed here for good.
+            for t in self.store.remove_temp_files()? {
+                log.warning(LOGGER, &format!("Removed leftover temp file {t}."));
+            }
+        }
         if finished {
             log.info(LOGGER, "Finished repository check.");
             self.forget_last_key_checked()?;

@@ -41,6 +41,55 @@ pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8
     out
 }
 
+/// Why an uploaded chunk index is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not the borghash v1 format with 32-byte keys and 8-byte values.
+    Format(String),
+    /// The name does not carry the xxh64 (seed 3) of the contents.
+    Name { expected: String },
+}
+
+/// The keys of a serialised chunk index, after checking its format.
+pub fn parse_keys(data: &[u8]) -> Result<Vec<[u8; 32]>, Invalid> {
+    let bad = |why: &str| Invalid::Format(why.to_string());
+    if data.len() < 16 || &data[..8] != b"BORGHASH" {
+        return Err(bad("no BORGHASH header"));
+    }
+    let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+    if version != 1 {
+        return Err(Invalid::Format(format!("unsupported version {version}")));
+    }
+    let meta_len = u32::from_le_bytes([data[12], data[13], data[14], data[15]]) as usize;
+    let meta = data.get(16..16 + meta_len).ok_or_else(|| bad("metadata truncated"))?;
+    let meta: serde_json::Value = serde_json::from_slice(meta).map_err(|e| Invalid::Format(format!("metadata: {e}")))?;
+    if meta["key_size"] != 32 || meta["value_size"] != 8 {
+        return Err(bad("not a chunk index (key size 32, value size 8)"));
+    }
+    let used = meta["used"].as_u64().ok_or_else(|| bad("no entry count"))? as usize;
+    let entries = &data[16 + meta_len..];
+    if entries.len() != used.saturating_mul(40) {
+        return Err(Invalid::Format(format!("{used} entries announced, {} bytes of entries present", entries.len())));
+    }
+    Ok(entries
+        .chunks_exact(40)
+        .map(|e| {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&e[..32]);
+            k
+        })
+        .collect())
+}
+
+/// Checks an uploaded `cache/chunks.<hash>`: its format, and that its name is its hash.
+pub fn validate_upload(name: &str, data: &[u8]) -> Result<Vec<[u8; 32]>, Invalid> {
+    let expected = cache_name(data);
+    if name != expected {
+        return Err(Invalid::Name { expected });
+    }
+    parse_keys(data)
+}
+
 /// The store name of a serialised index: `cache/chunks.<xxh64(seed 3) hex>`.
 pub fn cache_name(data: &[u8]) -> String {
     format!("cache/chunks.{:016x}", xxhash_rust::xxh64::xxh64(data, HASH_SEED))
@@ -57,6 +106,19 @@ mod tests {
         let expected = b"BORGHASH\x01\x00\x00\x00\x19\x01\x00\x00{\"key_size\": 32, \"value_size\": 8, \"byte_order\": \"little\", \"value_type_name\": \"ChunkIndexEntry\", \"value_type_fields\": [\"flags\", \"size\"], \"value_format_name\": \"ChunkIndexEntryFormatT\", \"value_format_fields\": [\"flags\", \"size\"], \"value_format\": [\"I\", \"I\"], \"capacity\": 1000, \"used\": 0}";
         assert_eq!(data, expected.to_vec());
         assert_eq!(cache_name(&data), "cache/chunks.a283591f50db914c");
+    }
+
+    #[test]
+    fn uploads_are_parsed_and_checked() {
+        let ids = [[7u8; 32], [9u8; 32]];
+        let data = serialize(ids.iter());
+        assert_eq!(validate_upload(&cache_name(&data), &data).unwrap(), ids.to_vec());
+        assert!(matches!(validate_upload("cache/chunks.0000000000000000", &data), Err(Invalid::Name { .. })));
+        let mut short = data.clone();
+        short.pop();
+        assert!(matches!(validate_upload(&cache_name(&short), &short), Err(Invalid::Format(_))));
+        let junk = b"not an index".to_vec();
+        assert!(matches!(validate_upload(&cache_name(&junk), &junk), Err(Invalid::Format(_))));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::lock::{self, Lock, Owner};
 use crate::log::Log;
-use crate::store::{self, borg_levels, Durability, ItemInfo, Permissions, PosixFs, Store};
+use crate::store::{self, borg_levels, Backend, Durability, ItemInfo, Permissions, PosixFs, Store};
 
 /// The README every borg 2 repository has; a different text means "not a borg 2 repository".
 pub const README: &str = "This is a Borg Backup repository.\nSee https://borgbackup.readthedocs.io/\n";
@@ -43,6 +43,9 @@ pub enum Error {
     Integrity(String),
     #[error("Repository has no manifest.")]
     NoManifest,
+    /// A client tried to store a chunk-index cache that would make clients skip uploads.
+    #[error("borgd refuses to store {name}: {why}")]
+    InvalidChunkIndex { name: String, why: String },
     #[error(transparent)]
     Lock(#[from] lock::Error),
     #[error(transparent)]
@@ -68,6 +71,9 @@ pub struct Repository {
     id: [u8; 32],
     version: u32,
     lock: Option<Lock>,
+    /// The last write of this session that failed, named when we refuse a chunk index that
+    /// lists what it did not write (the client reports that refusal, not the original error).
+    last_write_error: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -98,8 +104,12 @@ fn not_found_or(e: store::Error, f: impl FnOnce() -> Error) -> Error {
 impl Repository {
     /// Opens (and with `create`, first creates) the repository at `path`, then takes the lock.
     pub fn open(path: &Path, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
-        let location = path.display().to_string();
         let backend = Box::new(PosixFs::new(path.to_path_buf(), opts.durability));
+        Self::open_backend(backend, path.display().to_string(), opts, owner, log)
+    }
+
+    /// [`Repository::open`] on any backend (tests put the simulated disk here).
+    pub fn open_backend(backend: Box<dyn Backend>, location: String, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
         let mut store = Store::new(backend, borg_levels(opts.data_levels), opts.permissions.clone(), opts.durability);
         if opts.create {
             Self::create(&mut store, &location, log)?;
@@ -130,7 +140,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -254,7 +264,7 @@ impl Repository {
             return Err(Error::Integrity(format!("More than allowed put data [{} > {MAX_DATA_SIZE}]", data.len())));
         }
         let name = Self::data_name(id)?;
-        self.store.store(&name, data)?;
+        self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         Ok(())
     }
 
@@ -321,10 +331,44 @@ impl Repository {
         Ok(self.store.load(name, 0, None, false)?)
     }
 
-    /// `store_store(name, value)`.
+    /// `store_store(name, value)`. A chunk-index cache (`cache/chunks.*`) is stored only if it is
+    /// well-formed, named by its hash, and lists only objects that exist: clients trust it to
+    /// skip uploads, and borg 2.0.0b21 uploads one even after a failed backup, listing objects
+    /// whose puts failed — storing that would make the next backup reference missing chunks.
     pub fn store_store(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
+        if name.starts_with("cache/chunks.") {
+            self.check_chunk_index(name, value, log)?;
+        }
         Ok(self.store.store(name, value)?)
+    }
+
+    fn check_chunk_index(&self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
+        let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
+        let ids = chunkindex::validate_upload(name, value).map_err(|e| match e {
+            chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
+            chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
+        })?;
+        let mut missing = 0usize;
+        let mut example = None;
+        for id in &ids {
+            if !self.store.info(&format!("data/{}", hex(id)), false)?.exists {
+                missing += 1;
+                example.get_or_insert_with(|| hex(id));
+            }
+        }
+        if let Some(example) = example {
+            log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {} listed objects are missing", ids.len()));
+            let cause = match &self.last_write_error {
+                Some(e) => format!("the backup failed writing to the repository: {e}"),
+                None => "this happens when a backup failed".to_string(),
+            };
+            return Err(invalid(format!(
+                "it lists {missing} objects that are not in the repository (e.g. {example}), so clients would skip uploading them. \
+                 {cause}. Once that is fixed, the next backup uploads them"
+            )));
+        }
+        Ok(())
     }
 
     /// `store_delete(name, deleted)`.
@@ -345,5 +389,107 @@ impl Repository {
     ) -> Result<(), Error> {
         self.refresh_lock(log)?;
         Ok(self.store.move_item(name, new_name, delete, undelete, deleted)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::CallError;
+    use crate::rpc::wire::Exception;
+    use crate::store::sim::SimDisk;
+    use crate::store::Mode;
+
+    fn opts(create: bool) -> OpenOptions {
+        OpenOptions {
+            create,
+            lock: true,
+            exclusive: true,
+            lock_wait: Duration::from_secs(1),
+            permissions: Permissions::for_mode(Mode::All),
+            durability: Durability::Barrier,
+            data_levels: 2,
+        }
+    }
+
+    #[test]
+    fn disk_faults_reach_the_client_clearly_and_the_lock_is_still_released() {
+        let (disk, h) = SimDisk::new();
+        let log = Log::silent();
+        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        for errno in [libc::ENOSPC, libc::EIO, libc::EROFS, libc::EACCES] {
+            h.inject("store", "data/", errno);
+            let e = CallError::from(repo.put(&[7; 32], &obj, &log).unwrap_err());
+            let x = Exception::from(&e);
+            let expected = std::io::Error::from_raw_os_error(errno).to_string();
+            assert_eq!(x.class, "OSError");
+            assert!(x.message.contains(&expected) && x.message.contains("data/07"), "{}", x.message);
+        }
+        assert!(!h.live().keys().any(|k| k.starts_with("data/")), "no partial object");
+        repo.put(&[7; 32], &obj, &log).unwrap(); // space freed: the same put succeeds
+        repo.close(&log).unwrap();
+        assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "lock released");
+    }
+
+    #[test]
+    fn a_chunk_index_listing_unwritten_objects_is_refused_with_the_cause() {
+        let (disk, h) = SimDisk::new();
+        let log = Log::silent();
+        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        h.inject("store", "data/", libc::ENOSPC);
+        assert!(repo.put(&[2; 32], &obj, &log).is_err());
+        let bad = chunkindex::serialize([[1u8; 32], [2u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
+        assert!(e.contains("1 objects that are not in the repository") && e.contains("No space left on device"), "{e}");
+        let good = chunkindex::serialize([[1u8; 32]].iter());
+        repo.store_store(&chunkindex::cache_name(&good), &good, &log).unwrap();
+        let e = repo.store_store("cache/chunks.0000000000000000", &good, &log).unwrap_err().to_string();
+        assert!(e.contains("name does not match"), "{e}");
+        // other cache items are not chunk indexes and are stored as they are
+        repo.store_store("cache/last-key-checked", b"data/xx", &log).unwrap();
+    }
+
+    #[test]
+    fn repair_removes_temp_files_that_list_never_shows() {
+        let (disk, h) = SimDisk::new();
+        let log = Log::silent();
+        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        h.plant(&format!("data/01/01/{}.abc123.tmp", hex(&[1; 32])), b"half");
+        h.plant("config/manifest.ff00.tmp", b"half");
+        let listed = repo.list(None, None, &log).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(repo.check(false, 0.0, &log).unwrap());
+        assert_eq!(h.live().keys().filter(|k| k.ends_with(".tmp")).count(), 2, "plain check repairs nothing");
+        assert!(repo.check(true, 0.0, &log).unwrap());
+        assert_eq!(h.live().keys().filter(|k| k.ends_with(".tmp")).count(), 0);
+        assert_eq!(repo.list(None, None, &log).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn partial_check_resumes_where_it_stopped() {
+        let (disk, h) = SimDisk::new();
+        let log = Log::silent();
+        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        for i in 0..5u8 {
+            repo.put(&[i; 32], &repoobj::Header::wrap(b"m", &[i]), &log).unwrap();
+        }
+        // a tiny max_duration stops after the first object and records where
+        assert!(repo.check(false, 1e-9, &log).unwrap());
+        let mark = String::from_utf8(h.live()["cache/last-key-checked"].clone()).unwrap();
+        assert_eq!(mark, format!("data/{}", hex(&[0; 32])));
+        assert!(repo.check(false, 1e-9, &log).unwrap());
+        let mark = String::from_utf8(h.live()["cache/last-key-checked"].clone()).unwrap();
+        assert_eq!(mark, format!("data/{}", hex(&[1; 32])));
+        // a full check forgets the checkpoint and writes an index of all five objects
+        assert!(repo.check(false, 0.0, &log).unwrap());
+        assert!(!h.live().contains_key("cache/last-key-checked"));
+        let caches: Vec<_> = h.live().into_iter().filter(|(k, _)| k.starts_with("cache/chunks.")).collect();
+        assert_eq!(caches.len(), 1);
+        assert_eq!(caches[0].1.len(), 16 + 0x119 + 5 * 40);
     }
 }

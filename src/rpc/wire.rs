@@ -55,6 +55,7 @@ impl From<&CallError> for Exception {
                 RepoError::ObjectNotFound(id, repo) => exc("ObjectNotFound", vec![id.clone(), repo.clone()], msg, true),
                 RepoError::Integrity(m) => exc("IntegrityError", vec![m.clone()], msg, true),
                 RepoError::NoManifest => exc("NoManifestError", vec![], msg, false),
+                RepoError::InvalidChunkIndex { .. } => exc("Error", vec![msg.clone()], msg, false),
                 RepoError::Lock(lock::Error::Timeout(s)) => exc("LockTimeout", vec![s.clone()], msg, false),
                 RepoError::Lock(lock::Error::Corrupt { name, why }) => exc("LockFailed", vec![name.clone(), why.clone()], msg, true),
                 RepoError::Lock(lock::Error::Store(s)) | RepoError::Store(s) => store_exception(s),

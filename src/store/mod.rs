@@ -8,7 +8,11 @@
 mod name;
 mod permissions;
 mod beneath;
+#[cfg(test)]
+mod crash_tests;
 mod posixfs;
+#[cfg(test)]
+pub mod sim;
 
 pub use name::{nest, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
@@ -85,6 +89,9 @@ pub trait Backend: Send {
     fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error>;
     /// Makes every write since the last barrier durable.
     fn barrier(&mut self) -> Result<(), Error>;
+    /// Removes temp files a crashed writer left behind; returns their names. Only safe while
+    /// nobody else writes (the caller holds the exclusive lock).
+    fn remove_temp_files(&mut self) -> Result<Vec<String>, Error>;
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;
 }
@@ -315,6 +322,12 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Removes leftover temp files (needs `D` on the root: `check --repair` in a writable mode).
+    pub fn remove_temp_files(&mut self) -> Result<Vec<String>, Error> {
+        self.check("remove temp files of", "", "D")?;
+        self.backend.remove_temp_files()
     }
 
     /// Makes everything written so far durable (no-op with `--fsync=never`).

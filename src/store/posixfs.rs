@@ -299,6 +299,26 @@ impl Backend for PosixFs {
         Ok(())
     }
 
+    fn remove_temp_files(&mut self) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        let mut dirs = vec![String::new()];
+        while let Some(d) = dirs.pop() {
+            let dir = self.root()?.dir(&d).map_err(|e| self.err("list", &d, e))?;
+            for (n, st) in dir.entries().map_err(|e| self.err("list", &d, e))? {
+                let rel = if d.is_empty() { n.clone() } else { format!("{d}/{n}") };
+                if st.is_dir {
+                    dirs.push(rel);
+                } else if !st.is_symlink && n.ends_with(name::TMP_SUFFIX) {
+                    dir.unlink(&n).map_err(|e| self.err("remove temp file", &rel, e))?;
+                    self.note_dirty(None, &d);
+                    removed.push(rel);
+                }
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.base.display())
     }

@@ -1,0 +1,97 @@
+//! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, and
+//! the same file system remounted read-only. (EIO and EACCES — which root cannot be denied —
+//! are covered by the simulated disk in the unit tests: `repository::tests`.)
+//!
+//! These tests mount tmpfs, so they need root (as CI has).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{files_below, Env};
+
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(at).status().unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn remount(&self, opts: &str) {
+        let ok = Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).status().unwrap();
+        assert!(ok.success(), "remount {opts}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn no_temp_files(repo: &Path) {
+    let tmp: Vec<_> = files_below(repo).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+}
+
+#[test]
+fn disk_full_then_space_freed_then_read_only() {
+    let env = Env::new();
+    let fs = Tmpfs::mount(&env.path("small"), "24m");
+    let repo = fs.0.join("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), support::noise(1, 20 << 20)).unwrap();
+    std::fs::write(src.join("b"), support::noise(2, 20 << 20)).unwrap();
+
+    // disk full: a clear error naming the cause, nothing partial, no lock left
+    let text = env.fails(&["-r", &url, "create", "full", src.to_str().unwrap()]);
+    assert!(text.contains("No space left on device"), "{text}");
+    no_temp_files(&repo);
+    assert!(files_below(&repo.join("locks")).is_empty(), "lock released");
+    assert!(!files_below(&repo.join("archives")).iter().any(|_| true), "no archive from the failed backup");
+
+    // space freed: the same backup succeeds, and Python borg's own check agrees
+    fs.remount("size=200m");
+    env.ok(&["-r", &url, "create", "full", src.to_str().unwrap()]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+
+    // read-only file system: a clear error, then fine again once writable
+    fs.remount("ro");
+    let text = env.fails(&["-r", &url, "create", "ro", src.to_str().unwrap()]);
+    assert!(text.contains("Read-only file system"), "{text}");
+    fs.remount("rw");
+    no_temp_files(&repo);
+    env.ok(&["-r", &url, "create", "rw-again", src.to_str().unwrap()]);
+    assert!(files_below(&repo.join("locks")).is_empty());
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn check_repair_cleans_up_a_crashed_writers_temp_files() {
+    let env = Env::new();
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), support::noise(5, 100_000)).unwrap();
+    env.ok(&["-r", &url, "create", "a", src.to_str().unwrap()]);
+    // what a writer killed between write and rename leaves behind
+    let some_dir = files_below(&repo.join("data"))[0].parent().unwrap().to_path_buf();
+    std::fs::write(some_dir.join("0123abcd.4f2a9c.tmp"), b"half an object").unwrap();
+    std::fs::write(repo.join("config/manifest.77aa.tmp"), b"half a manifest").unwrap();
+    // ignored by listings and by check ...
+    env.ok(&["-r", &url, "check"]);
+    assert!(env.ok(&["-r", &url, "repo-list"]).contains('a'));
+    // ... and removed by check --repair
+    env.ok(&["-r", &url, "check", "--repair"]);
+    no_temp_files(&repo);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
