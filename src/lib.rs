@@ -10,6 +10,7 @@ pub mod error;
 pub mod host;
 pub mod lock;
 pub mod log;
+pub mod output;
 pub mod repository;
 pub mod rpc;
 pub mod server;

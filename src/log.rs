@@ -5,9 +5,8 @@
 //! Records below the level the client asked for (`--debug`, `--info`, ...) are not sent at all;
 //! `--debug-topic` enables debug records of `borg.debug.<topic>` loggers.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
+use crate::output::SharedOutput;
 use crate::rpc::msgpack::encode;
 
 /// Python logging levels, as numbers on the wire.
@@ -20,21 +19,19 @@ pub enum Level {
     Critical = 50,
 }
 
-/// Where encoded messages (responses and log records alike) go: one buffered writer per session.
-pub type Output = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// A session's logger: filters by level and topic, encodes, and writes into the session output.
 pub struct Log {
     level: Level,
     topics: Vec<String>,
-    out: Option<Output>,
+    out: Option<SharedOutput>,
     /// Also print records on our stderr (socket mode, where there is no client to read them).
     stderr: bool,
 }
 
 impl Log {
     /// A logger sending records at or above `level` (and debug records of `topics`) to `out`.
-    pub fn new(level: Level, topics: Vec<String>, out: Option<Output>, stderr: bool) -> Log {
+    pub fn new(level: Level, topics: Vec<String>, out: Option<SharedOutput>, stderr: bool) -> Log {
         let topics = topics
             .into_iter()
             .map(|t| if t.contains('.') { t } else { format!("borg.debug.{t}") })
@@ -125,7 +122,10 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::Output;
     use crate::rpc::msgpack::{check, parse, Value};
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
 
     struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
@@ -141,12 +141,13 @@ mod tests {
     #[test]
     fn records_are_filtered_and_look_like_python_logrecords() {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let out: Output = Arc::new(Mutex::new(Box::new(Shared(buf.clone()))));
+        let out = Output::shared(Box::new(Shared(buf.clone())), None);
         let log = Log::new(Level::Info, vec!["repository".into()], Some(out), false);
         log.debug("borg.repository", "hidden");
         log.info("borg.repository", "shown");
         log.debug("borg.debug.repository", "topic shown");
         log.debug("borg.debug.other", "topic hidden");
+        log.flush();
         let bytes = buf.lock().unwrap().clone();
         let first = check(&bytes, 1 << 20).unwrap();
         let rec = parse(&bytes[..first]).unwrap();

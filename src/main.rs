@@ -25,6 +25,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::umask(opts.umask as libc::mode_t);
     }
+    // Chunks are up to 20 MiB: keep buffers of 256 KiB and more in their own mappings, returned
+    // to the system when freed, instead of glibc's adaptive threshold moving them onto the heap
+    // (which then stays as large as the largest chunk ever seen).
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
     if let Err(e) = borgd::signals::install(opts.socket.is_none()) {
         eprintln!("borgd: cannot install signal handlers: {e}");
         return ExitCode::from(2);

@@ -322,3 +322,37 @@ fn client_vanishing_mid_message_releases_the_lock_and_leaves_a_checkable_repo() 
     assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
+
+#[test]
+fn streamed_puts_fail_cleanly_and_keep_the_stream_in_step() {
+    let (env, _allowed, _outside, repo) = setup();
+    // over MAX_DATA_SIZE but within the message limit: answered with an error after the data is
+    // drained, and the next request works
+    let mut raw = Raw::start(&[]);
+    open(&mut raw, &repo);
+    let big = vec![5u8; 20_971_480];
+    assert_eq!(raw.error_class("put", &[("id", Arg::Bin(&[4; 32])), ("data", Arg::Bin(&big))]), "IntegrityError");
+    let obj = borgd::repository::repoobj::Header::wrap(b"m", &vec![6u8; 3_000_000]);
+    raw.call("put", &[("id", Arg::Bin(&[5; 32])), ("data", Arg::Bin(&obj))]).unwrap();
+    let got = raw.call("get", &[("id", Arg::Bin(&[5; 32]))]).unwrap();
+    assert!(got.ends_with(&obj), "a streamed put stores exactly what was sent");
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+    // denied by the permission mode: the data is drained, the answer names the denial
+    let mut raw = Raw::start(&["--permissions=read-only"]);
+    open(&mut raw, &repo);
+    assert_eq!(raw.error_class("put", &[("id", Arg::Bin(&[7; 32])), ("data", Arg::Bin(&obj))]), "PathPermissionDenied");
+    raw.call("get", &[("id", Arg::Bin(&[5; 32]))]).unwrap();
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+    // a client vanishing halfway through a large put: no temp file, no lock, a clean repository
+    let mut raw = Raw::start(&[]);
+    open(&mut raw, &repo);
+    let full = raw.request("put", &[("id", Arg::Bin(&[8; 32])), ("data", Arg::Bin(&obj))]);
+    raw.send_raw(&full[..full.len() / 2]).unwrap();
+    let (ok, err) = raw.finish();
+    assert!(!ok && err.contains("in the middle of a message"), "{err}");
+    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
+    assert!(files_below(&repo.join("locks")).is_empty());
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}

@@ -128,7 +128,7 @@ fn forced_read_only_permissions_hold() {
     env.ok(&["-r", repo.to_str().unwrap(), "create", "a", src.to_str().unwrap()]);
     let sshd = Sshd::start(&env, &[("ro_key", format!("command=\"{borgd} serve --permissions=read-only\",restrict"))]);
     let url = sshd.client(&mut env, "ro_key", &repo);
-    assert!(env.ok(&["-r", &url, "repo-list"]).contains('a'));
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["a"]);
     let text = env.fails(&["-r", &url, "create", "b", src.to_str().unwrap()]);
     assert!(text.contains("Permission denied") && text.contains("read-only"), "{text}");
     env.remote_path = format!("{borgd} serve --permissions=all --debug-topic");
@@ -158,5 +158,5 @@ fn forced_command_with_environment_prefix() {
     env.remote_path = format!("BORG_REPO_PERMISSIONS=all {borgd}");
     let text = env.fails(&["-r", &url, "delete", "kept"]);
     assert!(text.contains("no-delete"), "{text}");
-    assert!(env.ok(&["-r", &url, "repo-list"]).contains("kept"));
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["kept"]);
 }

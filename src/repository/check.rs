@@ -51,35 +51,27 @@ impl Repository {
         let (mut checked, mut errors) = (0u64, 0u64);
         let mut kept: Vec<[u8; 32]> = Vec::new();
         let mut finished = true;
-        let mut names = Vec::new();
-        // Collect names in bounded batches so we never hold the store's listing borrow while
-        // deleting, and never hold more than a batch in memory.
+        let mut names: Vec<String>;
+        // a partial check stops within a batch, so keep its batches small
+        let batch = if partial { 64 } else { 1024 };
+        // Names come in bounded batches, so never more than a batch is held in memory.
         let mut cursor = after;
         loop {
-            names.clear();
-            let walked = self.store.walk("data", cursor.as_deref(), &mut |info| {
-                names.push(info.name);
-                Ok(names.len() < 1000)
-            });
-            match walked {
-                Ok(()) => {}
+            names = match self.store.list_range("data", cursor.as_deref(), batch) {
+                Ok(items) => items.into_iter().map(|i| i.name).collect(),
                 Err(store::Error::ObjectNotFound(_)) => break, // no data/ at all yet
                 Err(e) => return Err(e.into()),
-            }
+            };
             if names.is_empty() {
                 break;
             }
-            for name in &names {
+            // load and verify the batch on all cores, then handle results in key order
+            let verdicts = self.verify_batch(&names)?;
+            for (name, verdict) in names.iter().zip(verdicts) {
                 self.refresh_lock(log)?;
                 let key = format!("data/{name}");
-                let obj = match self.store.load(&key, 0, None, false) {
-                    Ok(o) => o,
-                    Err(store::Error::ObjectNotFound(_)) => continue, // vanished since listing
-                    Err(e) => return Err(e.into()),
-                };
+                let Some(problems) = verdict else { continue }; // vanished since listing
                 checked += 1;
-                let problems = repoobj::verify(&obj);
-                drop(obj);
                 let mut corrupt = !problems.is_empty();
                 if corrupt {
                     errors += 1;
@@ -139,6 +131,32 @@ impl Repository {
             log.error(LOGGER, &format!("Finished {mode} repository check, errors found."));
         }
         Ok(errors == 0 || repair)
+    }
+
+    /// Loads and verifies objects on all cores: per name, its problems (`None`: it vanished).
+    fn verify_batch(&self, names: &[String]) -> Result<Vec<Option<Vec<&'static str>>>, Error> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        let store = &self.store;
+        let verify = |name: &String| -> Result<Option<Vec<&'static str>>, Error> {
+            match store.load(&format!("data/{name}"), 0, None, false) {
+                Ok(obj) => Ok(Some(repoobj::verify(&obj))),
+                Err(store::Error::ObjectNotFound(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        };
+        if threads == 1 || names.len() < 2 {
+            return names.iter().map(verify).collect();
+        }
+        let per = names.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<_>, Error>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = names.chunks(per).map(|part| sc.spawn(move || part.iter().map(verify).collect())).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Integrity("a check worker panicked".into())))).collect()
+        });
+        let mut out = Vec::with_capacity(names.len());
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
     }
 
     /// Reads a corrupt object once more; deletes it if it is still corrupt. Returns whether it

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::lock::{self, Lock, Owner};
 use crate::log::Log;
-use crate::store::{self, borg_levels, Backend, Durability, ItemInfo, Permissions, PosixFs, Store};
+use crate::store::{self, borg_levels, Backend, Durability, ItemInfo, Object, Permissions, PosixFs, Store};
 
 /// The README every borg 2 repository has; a different text means "not a borg 2 repository".
 pub const README: &str = "This is a Borg Backup repository.\nSee https://borgbackup.readthedocs.io/\n";
@@ -201,28 +201,24 @@ impl Repository {
     pub fn list(&mut self, limit: Option<usize>, marker: Option<&[u8]>, log: &Log) -> Result<Vec<([u8; 32], u64)>, Error> {
         self.refresh_lock(log)?;
         let after = marker.map(hex);
-        let mut out = Vec::new();
-        if limit == Some(0) {
-            return Ok(out);
-        }
-        let walked = self.store.walk("data", after.as_deref(), &mut |info| {
-            if let Some(id) = unhex32(&info.name) {
-                out.push((id, info.size));
-            }
-            Ok(limit.is_none_or(|l| out.len() < l))
-        });
-        match walked {
-            Ok(()) | Err(store::Error::ObjectNotFound(_)) => Ok(out),
+        match self.store.list_range("data", after.as_deref(), limit.unwrap_or(usize::MAX)) {
+            Ok(items) => Ok(items.into_iter().filter_map(|info| Some((unhex32(&info.name)?, info.size))).collect()),
+            Err(store::Error::ObjectNotFound(_)) => Ok(Vec::new()), // no data/ yet
             Err(e) => Err(e.into()),
         }
     }
 
-    /// `get(id, read_data, raise_missing)`: the object, or (without `read_data`) just its header
-    /// and metadata, reading no more of the file than that needs.
-    pub fn get(&mut self, id: &[u8], read_data: bool, raise_missing: bool, log: &Log) -> Result<Option<Vec<u8>>, Error> {
+    /// `get(id, read_data, raise_missing)`: the object (as an open file where possible, so it
+    /// is sent without being read into memory), or (without `read_data`) just its header and
+    /// metadata, reading no more of the file than that needs.
+    pub fn get(&mut self, id: &[u8], read_data: bool, raise_missing: bool, log: &Log) -> Result<Option<Object>, Error> {
         self.refresh_lock(log)?;
         let name = Self::data_name(id)?;
-        let loaded = if read_data { self.store.load(&name, 0, None, false).map_err(Error::from) } else { self.load_meta(&name, id) };
+        let loaded = if read_data {
+            self.store.read_object(&name).map_err(Error::from)
+        } else {
+            self.load_meta(&name, id).map(Object::Bytes)
+        };
         match loaded {
             Ok(obj) => Ok(Some(obj)),
             Err(Error::Store(store::Error::ObjectNotFound(_))) if !raise_missing => Ok(None),
@@ -265,6 +261,18 @@ impl Repository {
         }
         let name = Self::data_name(id)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
+        Ok(())
+    }
+
+    /// `put` with the `len` data bytes read from `src` as they arrive (a large put is never held
+    /// whole in memory). The caller drains whatever is left unread if this fails.
+    pub fn put_from(&mut self, id: &[u8], len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {
+        self.refresh_lock(log)?;
+        if len > MAX_DATA_SIZE as u64 {
+            return Err(Error::Integrity(format!("More than allowed put data [{len} > {MAX_DATA_SIZE}]")));
+        }
+        let name = Self::data_name(id)?;
+        self.store.store_from(&name, len, src).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         Ok(())
     }
 

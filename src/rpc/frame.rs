@@ -77,6 +77,24 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// The bytes received so far of the message being received.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// How long the message being received is at least (from the last check).
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+
+    /// The last `len` bytes of the message being received, from `offset` into it, as a reader
+    /// that takes what is buffered and then reads the rest from the stream: a large payload
+    /// goes to its destination without ever being held whole. Call [`Payload::finish`].
+    pub fn payload(&mut self, offset: usize, len: usize) -> Payload<'_, R> {
+        let at = self.start + offset;
+        Payload { reader: self, at, remaining: len }
+    }
+
     /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream.
     pub fn fill(&mut self) -> Result<bool, FrameError> {
         // move a partial message to the front so the buffer never grows past one message.
@@ -85,13 +103,12 @@ impl<R: Read> FrameReader<R> {
             self.end -= self.start;
             self.start = 0;
         }
+        // grow to fit the message being received; the buffer then keeps its size for the
+        // session (the largest message sets the peak either way; regrowing for every large
+        // put would only add page faults and zeroing)
         let want = self.needed.max(self.end + READ_CHUNK).min(self.limit.max(READ_CHUNK));
         if self.buf.len() < want {
             self.buf.resize(want, 0);
-        } else if self.buf.len() > 4 * READ_CHUNK && want <= READ_CHUNK {
-            // give back the memory of a large message once it is handled
-            self.buf.truncate(READ_CHUNK);
-            self.buf.shrink_to_fit();
         }
         if self.end == self.buf.len() {
             self.buf.resize(self.end + READ_CHUNK, 0);
@@ -102,6 +119,58 @@ impl<R: Read> FrameReader<R> {
             return if self.end == 0 { Ok(false) } else { Err(FrameError::Truncated(self.end)) };
         }
         Ok(true)
+    }
+}
+
+/// The streamed tail of a message; see [`FrameReader::payload`].
+pub struct Payload<'a, R> {
+    reader: &'a mut FrameReader<R>,
+    /// Position in the reader's buffer of the next buffered payload byte.
+    at: usize,
+    remaining: usize,
+}
+
+impl<R: Read> Read for Payload<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        let want = out.len().min(self.remaining);
+        let n = if self.at < self.reader.end {
+            let n = want.min(self.reader.end - self.at);
+            out[..n].copy_from_slice(&self.reader.buf[self.at..self.at + n]);
+            self.at += n;
+            n
+        } else {
+            let n = self.reader.inner.read(&mut out[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the middle of a message"));
+            }
+            n
+        };
+        self.remaining -= n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Payload<'_, R> {
+    /// Reads and drops what the consumer left unread (the stream stays in step even when
+    /// writing the payload failed), then drops the whole message from the reader.
+    pub fn finish(mut self) -> Result<(), FrameError> {
+        let mut scratch = vec![0u8; 64 * 1024];
+        while self.remaining > 0 {
+            match self.read(&mut scratch) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Truncated(self.remaining)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // everything buffered belonged to this message (it was incomplete)
+        self.reader.start = 0;
+        self.reader.end = 0;
+        self.reader.needed = 1;
+        Ok(())
     }
 }
 
@@ -150,6 +219,25 @@ mod tests {
         }
         assert_eq!(lens.len(), 2);
         assert_eq!(lens[1], 300_005);
+    }
+
+    #[test]
+    fn payloads_stream_from_buffer_then_stream_and_keep_the_stream_in_step() {
+        let mut bytes = vec![0xc6, 0, 0, 0, 10];
+        bytes.extend_from_slice(b"0123456789");
+        bytes.push(0x07); // the next message
+        let mut r = FrameReader::new(Trickle(bytes, 0), 1 << 20);
+        r.fill().unwrap(); // 7 bytes: header and "01"
+        assert!(r.buffered_frame().unwrap().is_none());
+        assert_eq!(r.needed(), 15);
+        let mut p = r.payload(5, 10);
+        let mut first = [0u8; 4];
+        p.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"0123");
+        p.finish().unwrap(); // drains "456789" unread
+        r.fill().unwrap();
+        assert_eq!(r.buffered_frame().unwrap(), Some(1));
+        assert_eq!(r.frame(1), &[0x07]);
     }
 
     #[test]

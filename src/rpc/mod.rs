@@ -251,11 +251,20 @@ pub enum Reply {
     Ids(Vec<([u8; 32], u64)>),
     /// `store_list`: `[(name, exists, size, directory), ...]` (ItemInfo tuples).
     Items(Vec<crate::store::ItemInfo>),
+    /// `get`: an object, possibly still in its file.
+    Object(crate::store::Object),
 }
 
-/// Encodes `{"i": msgid, "r": ...}`; large binaries are returned separately so the caller can
-/// write them without copying them into the header buffer.
-pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Option<&'r [u8]> {
+/// What follows an encoded answer header: nothing, bytes, or the contents of a file.
+pub enum Body<'r> {
+    None,
+    Bytes(&'r [u8]),
+    File(&'r std::fs::File, u64),
+}
+
+/// Encodes `{"i": msgid, "r": ...}`; a binary result's bytes (or file) are returned as the
+/// [`Body`] to send after the header, so they are never copied into the header buffer.
+pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Body<'r> {
     encode::map(out, 2);
     encode::str(out, "i");
     encode::int(out, msgid);
@@ -263,9 +272,13 @@ pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Opti
     match reply {
         Reply::Nil => encode::nil(out),
         Reply::Bool(b) => encode::bool(out, *b),
-        Reply::Bytes(b) => {
+        Reply::Bytes(b) | Reply::Object(crate::store::Object::Bytes(b)) => {
             encode::bin_header(out, b.len());
-            return Some(b);
+            return Body::Bytes(b);
+        }
+        Reply::Object(crate::store::Object::File(f, len)) => {
+            encode::bin_header(out, *len as usize);
+            return Body::File(f, *len);
         }
         Reply::Version => {
             encode::map(out, 1);
@@ -301,7 +314,7 @@ pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Opti
             }
         }
     }
-    None
+    Body::None
 }
 
 #[cfg(test)]
@@ -350,7 +363,7 @@ mod tests {
     #[test]
     fn negotiate_reply_carries_the_b21_version_tuple() {
         let mut out = Vec::new();
-        assert!(encode_reply(1, &Reply::Version, &mut out).is_none());
+        assert!(matches!(encode_reply(1, &Reply::Version, &mut out), Body::None));
         let v = msgpack::parse(&out).unwrap();
         let sv = v.get("r").unwrap().get("server_version").unwrap();
         assert_eq!(sv, &Value::Array(vec![Value::Int(2), Value::Int(0), Value::Int(0), Value::Int(-3), Value::Int(21)]));

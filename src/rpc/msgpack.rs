@@ -227,6 +227,42 @@ pub fn parse(buf: &[u8]) -> Result<Value<'_>, DecodeError> {
     value(&mut c, 0)
 }
 
+/// Where a message's *last* value is a binary whose header is already buffered: returns
+/// (header start, header end, binary length). Everything before it must be complete. Lets a
+/// large `put` be parsed up to its data and the data be streamed to disk as it arrives.
+pub fn trailing_bin(buf: &[u8]) -> Option<(usize, usize, usize)> {
+    fn walk(c: &mut Cursor<'_>, depth: usize, last: bool) -> Result<Option<(usize, usize, usize)>, DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::Invalid("too deep".into()));
+        }
+        let start = c.pos;
+        match head(c)? {
+            Head::Bin(n) if last => return Ok(Some((start, c.pos, n))),
+            Head::Str(n) | Head::Bin(n) => {
+                c.take(n)?;
+            }
+            Head::Array(n) => {
+                for i in 0..n {
+                    if let Some(r) = walk(c, depth + 1, last && i + 1 == n)? {
+                        return Ok(Some(r));
+                    }
+                }
+            }
+            Head::Map(n) => {
+                for i in 0..n.saturating_mul(2) {
+                    if let Some(r) = walk(c, depth + 1, last && i + 1 == 2 * n)? {
+                        return Ok(Some(r));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+    let mut c = Cursor { buf, pos: 0, limit: usize::MAX };
+    walk(&mut c, 0, true).ok().flatten()
+}
+
 /// Appends msgpack encodings to a byte vector; the inverse of [`parse`] for what we send.
 pub mod encode {
     /// Encodes nil (Python `None`).
@@ -409,6 +445,33 @@ mod tests {
         assert!(matches!(check(&[0xc1], 10), Err(DecodeError::Invalid(_))));
         assert!(matches!(check(&[0xd4, 0, 0], 10), Err(DecodeError::Invalid(_))));
         assert!(matches!(parse(&[0xa1, 0xff]), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn trailing_binary_is_found_before_it_arrives() {
+        let mut b = Vec::new();
+        encode::map(&mut b, 3);
+        encode::str(&mut b, "i");
+        encode::int(&mut b, 5);
+        encode::str(&mut b, "m");
+        encode::str(&mut b, "put");
+        encode::str(&mut b, "a");
+        encode::map(&mut b, 2);
+        encode::str(&mut b, "id");
+        encode::bin(&mut b, &[9; 32]);
+        encode::str(&mut b, "data");
+        let start = b.len();
+        encode::bin_header(&mut b, 3_000_000);
+        let end = b.len();
+        b.extend_from_slice(&[1, 2, 3]); // only the first bytes of the data have arrived
+        assert_eq!(trailing_bin(&b), Some((start, end, 3_000_000)));
+        assert_eq!(trailing_bin(&b[..start - 3]), None, "id not complete yet");
+        // the last value is not a binary: no streaming
+        let mut m = Vec::new();
+        encode::map(&mut m, 1);
+        encode::str(&mut m, "i");
+        encode::int(&mut m, 1);
+        assert_eq!(trailing_bin(&m), None);
     }
 
     #[test]

@@ -10,15 +10,16 @@ pub mod paths;
 pub mod session;
 pub mod socket;
 
-use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::log::{Level, Log, Output};
+use crate::log::{Level, Log};
+use crate::output::{Output, SharedOutput};
 use crate::rpc::frame::{FrameError, FrameReader};
 use crate::rpc::wire::{encode_exception, Exception};
-use crate::rpc::{encode_reply, msgpack, Request, RequestError};
+use crate::rpc::{encode_reply, msgpack, Body, Request, RequestError};
 pub use session::{Config, Session};
 
 /// How a session ended, when it did not end cleanly.
@@ -41,20 +42,23 @@ pub struct LogConfig {
     pub topics: Vec<String>,
 }
 
-fn write_all_shared(out: &Output, parts: &[&[u8]]) -> io::Result<()> {
-    let mut w = out.lock().map_err(|_| io::Error::other("output lock poisoned"))?;
-    for p in parts {
-        w.write_all(p)?;
-    }
-    Ok(())
+fn locked(out: &SharedOutput) -> io::Result<std::sync::MutexGuard<'_, Output>> {
+    out.lock().map_err(|_| io::Error::other("output lock poisoned"))
 }
 
-fn flush_shared(out: &Output) -> io::Result<()> {
-    out.lock().map_err(|_| io::Error::other("output lock poisoned"))?.flush()
+/// Writes an answer: its header, then its body (bytes, or a file sent without copying).
+fn write_answer(out: &SharedOutput, header: &[u8], body: Body<'_>) -> io::Result<()> {
+    let mut w = locked(out)?;
+    w.write_all(header)?;
+    match body {
+        Body::None => Ok(()),
+        Body::Bytes(b) => w.write_all(b),
+        Body::File(f, len) => w.send_file(f, len),
+    }
 }
 
 /// Serves one client over `input`/`output` until the stream ends or `stop` is set.
-pub fn serve_stream<R: Read, W: Write + Send + 'static>(
+pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     cfg: Arc<Config>,
     logcfg: &LogConfig,
     input: R,
@@ -62,7 +66,8 @@ pub fn serve_stream<R: Read, W: Write + Send + 'static>(
     thread: i64,
     stop: &AtomicBool,
 ) -> Result<(), ServeError> {
-    let out: Output = Arc::new(Mutex::new(Box::new(BufWriter::with_capacity(256 * 1024, output))));
+    let fd = output.as_raw_fd();
+    let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
     let mut session = Session::new(cfg.clone(), log, thread);
     let result = run(&mut session, &out, FrameReader::new(input, cfg.max_message), stop);
@@ -71,18 +76,21 @@ pub fn serve_stream<R: Read, W: Write + Send + 'static>(
         session.log().error("borgd.server", &format!("borgd: ending session: {e}"));
     }
     session.end();
-    let _ = flush_shared(&out);
+    let _ = locked(&out).and_then(|mut w| w.flush());
     result
 }
 
-fn run<R: Read>(session: &mut Session, out: &Output, mut reader: FrameReader<R>, stop: &AtomicBool) -> Result<(), ServeError> {
+fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, stop: &AtomicBool) -> Result<(), ServeError> {
     let mut header = Vec::with_capacity(256);
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(ServeError::Stopped);
         }
         let Some(len) = reader.buffered_frame()? else {
-            flush_shared(out).map_err(ServeError::Write)?;
+            if reader.needed() >= STREAM_FROM && stream_put(session, out, &mut reader, &mut header)? {
+                continue;
+            }
+            locked(out).and_then(|mut w| w.flush()).map_err(ServeError::Write)?;
             match reader.fill() {
                 Ok(true) => continue,
                 Ok(false) => return Ok(()), // clean end of input
@@ -96,24 +104,56 @@ fn run<R: Read>(session: &mut Session, out: &Output, mut reader: FrameReader<R>,
         match Request::from_value(value) {
             Ok(req) => match session.call(&req) {
                 Ok(reply) => {
-                    // large binaries go out without being copied behind the header
-                    let data = encode_reply(req.msgid, &reply, &mut header).unwrap_or_default();
-                    write_all_shared(out, &[&header, data]).map_err(ServeError::Write)?;
+                    let body = encode_reply(req.msgid, &reply, &mut header);
+                    write_answer(out, &header, body).map_err(ServeError::Write)?;
                 }
                 Err(e) => {
                     encode_exception(req.msgid, &Exception::from(&e), &mut header);
-                    write_all_shared(out, &[&header]).map_err(ServeError::Write)?;
+                    write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
                 }
             },
             Err(RequestError::Malformed { msgid, why }) => {
                 let e = crate::error::CallError::BadRequest { method: "?".into(), why };
                 encode_exception(msgid, &Exception::from(&e), &mut header);
-                write_all_shared(out, &[&header]).map_err(ServeError::Write)?;
+                write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
             }
             Err(e @ RequestError::Unanswerable(_)) => return Err(ServeError::Protocol(e.to_string())),
         }
         reader.consume(len);
     }
+}
+
+/// Messages at least this large are candidates for streaming (see [`stream_put`]).
+const STREAM_FROM: usize = 1024 * 1024;
+
+/// If the message being received is a `put` whose data header has arrived, handles it now,
+/// streaming the data from the connection to disk instead of buffering it whole (chunks are up to
+/// 20 MiB; memory stays flat). Returns whether it did; otherwise the message is buffered as usual.
+fn stream_put<R: Read>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<bool, ServeError> {
+    let Some((bin_start, bin_end, len)) = msgpack::trailing_bin(reader.pending()) else { return Ok(false) };
+    // the request with an empty binary in place of the data: parse it as usual
+    let mut stub = reader.pending()[..bin_start].to_vec();
+    msgpack::encode::bin(&mut stub, &[]);
+    let Ok(value) = msgpack::parse(&stub) else { return Ok(false) };
+    let Ok(req) = Request::from_value(value) else { return Ok(false) };
+    if req.method != "put" {
+        return Ok(false);
+    }
+    let mut payload = reader.payload(bin_end, len);
+    let result = session.put_from(&req, len as u64, &mut payload);
+    payload.finish()?; // drains what was not written (after an error), keeping the stream in step
+    header.clear();
+    match result {
+        Ok(reply) => {
+            let body = encode_reply(req.msgid, &reply, header);
+            write_answer(out, header, body).map_err(ServeError::Write)?;
+        }
+        Err(e) => {
+            encode_exception(req.msgid, &Exception::from(&e), header);
+            write_answer(out, header, Body::None).map_err(ServeError::Write)?;
+        }
+    }
+    Ok(true)
 }
 
 /// Serves one client on this process's stdin/stdout (the ssh case).
@@ -124,5 +164,11 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from).map_err(ServeError::Write);
     let stdin = dup(io::stdin().as_fd())?;
     let stdout = dup(io::stdout().as_fd())?;
+    for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
+        // larger pipes (if these are pipes) mean fewer context switches per 64 KiB object;
+        // failure (not a pipe, over the system limit) just keeps the default.
+        // SAFETY: fcntl on a valid descriptor we own.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+    }
     serve_stream(cfg, logcfg, stdin, stdout, 0, stop)
 }

@@ -122,7 +122,7 @@ impl Session {
                     a.bool_or("raise_missing", true).map_err(bad)?,
                     log,
                 )?;
-                got.map_or(Reply::Nil, Reply::Bytes)
+                got.map_or(Reply::Nil, Reply::Object)
             }
             Method::Put => {
                 repo.put(a.bytes("id").map_err(bad)?, a.bytes("data").map_err(bad)?, log)?;
@@ -178,6 +178,16 @@ impl Session {
                 unreachable!("handled above")
             }
         })
+    }
+
+    /// A `put` whose data (`len` bytes) is read from `data` as it arrives instead of from the
+    /// request; the request's own `data` argument is ignored.
+    pub fn put_from(&mut self, req: &Request<'_>, len: u64, data: &mut dyn std::io::Read) -> Result<Reply, CallError> {
+        let repo = self.repo.as_mut().ok_or_else(|| CallError::InvalidRpcMethod(req.method.to_string()))?;
+        let id = req.args.bytes("id").map_err(|e| CallError::bad_arg(req.method, e))?;
+        self.log.debug(TRACE, &format!("rpc put (msgid {}, {len} bytes streamed)", req.msgid));
+        repo.put_from(id, len, data, &self.log)?;
+        Ok(Reply::Nil)
     }
 
     fn open(&mut self, req: &Request<'_>) -> Result<Reply, CallError> {

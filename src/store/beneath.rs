@@ -111,6 +111,14 @@ pub struct Stat {
 /// A directory opened beneath the root; all its operations take plain names (no `/`).
 pub struct Dir {
     fd: OwnedFd,
+    /// Whether `entries` has read this descriptor (then it must rewind first).
+    listed: std::sync::atomic::AtomicBool,
+}
+
+impl Dir {
+    fn from_fd(fd: OwnedFd) -> Dir {
+        Dir { fd, listed: std::sync::atomic::AtomicBool::new(false) }
+    }
 }
 
 impl Dir {
@@ -120,12 +128,12 @@ impl Dir {
         // SAFETY: valid C string; the fd becomes ours.
         let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) })?;
         // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Dir::from_fd(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     /// A subdirectory `rel` ("" for this directory) beneath this one.
     pub fn dir(&self, rel: &str) -> io::Result<Dir> {
-        Ok(Dir { fd: open_beneath(self.fd.as_raw_fd(), rel, libc::O_DIRECTORY | libc::O_RDONLY, 0)? })
+        Ok(Dir::from_fd(open_beneath(self.fd.as_raw_fd(), rel, libc::O_DIRECTORY | libc::O_RDONLY, 0)?))
     }
 
     /// A file `rel` beneath this directory, for reading.
@@ -133,26 +141,25 @@ impl Dir {
         Ok(File::from(open_beneath(self.fd.as_raw_fd(), rel, libc::O_RDONLY, 0)?))
     }
 
-    /// Creates `rel` and any missing parents beneath this directory; returns the directories
-    /// (relative to this one, "" for itself) that got a new entry.
-    pub fn make_dirs(&self, rel: &str) -> io::Result<Vec<String>> {
-        let mut changed = Vec::new();
-        let mut prefix = String::new();
-        for part in rel.split('/').filter(|p| !p.is_empty()) {
-            let parent = self.dir(&prefix)?;
-            let c = cstr(part)?;
-            // SAFETY: valid directory fd and C string.
-            match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
-                Ok(_) => changed.push(prefix.clone()),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(e),
-            }
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
+    /// Opens directory `rel` beneath this one, creating it and any missing parents. Creation
+    /// starts at the deepest existing parent (usually `data/xx` exists and only `yy` is new).
+    /// `created` receives the directories (relative, "" for this one) that got a new entry.
+    pub fn open_or_make_dir(&self, rel: &str, created: &mut Vec<String>) -> io::Result<Dir> {
+        match self.dir(rel) {
+            Ok(d) => return Ok(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !rel.is_empty() => {}
+            Err(e) => return Err(e),
         }
-        Ok(changed)
+        let (parent_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent = self.open_or_make_dir(parent_rel, created)?;
+        let c = cstr(name)?;
+        // SAFETY: valid directory fd and C string.
+        match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
+            Ok(_) => created.push(parent_rel.to_string()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {} // a concurrent writer made it
+            Err(e) => return Err(e),
+        }
+        Ok(Dir::from_fd(openat_nofollow(parent.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)?))
     }
 
     /// Creates a new file `name` (fails if it exists), mode 0600.
@@ -191,36 +198,54 @@ impl Dir {
         }
     }
 
-    /// All entries (but `.` and `..`) with their `lstat`, unsorted.
+    /// All entries (but `.` and `..`), unsorted. Directory entries carry their type
+    /// (`getdents64`'s `d_type`), so only regular files need an `lstat` (for their size).
     pub fn entries(&self) -> io::Result<Vec<(String, Stat)>> {
-        let dup = self.fd.try_clone()?;
-        // SAFETY: fdopendir takes ownership of the duplicated descriptor; closedir releases it.
-        let dirp = unsafe { libc::fdopendir(dup.as_raw_fd()) };
-        if dirp.is_null() {
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: valid fd; rewinding lets a Dir be listed more than once.
+        if self.listed.swap(true, std::sync::atomic::Ordering::Relaxed) && unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        std::mem::forget(dup); // now owned by dirp
-        let mut names = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut out = Vec::new();
         loop {
-            // SAFETY: dirp is a valid DIR*; readdir's result is valid until the next call.
-            let ent = unsafe { libc::readdir(dirp) };
-            if ent.is_null() {
+            // SAFETY: buf is writable for its length; the kernel fills whole records.
+            let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
                 break;
             }
-            // SAFETY: d_name is NUL-terminated within the dirent.
-            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
-            if let Ok(s) = name.to_str() {
-                if s != "." && s != ".." {
-                    names.push(s.to_string());
+            let mut off = 0usize;
+            while off + 19 < n as usize {
+                // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 || off + reclen > n as usize {
+                    return Err(io::Error::other("malformed directory entry"));
                 }
-            }
-        }
-        // SAFETY: dirp came from fdopendir and is closed exactly once.
-        unsafe { libc::closedir(dirp) };
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            if let Some(st) = self.stat(&n)? {
-                out.push((n, st));
+                let d_type = buf[off + 18];
+                let name_bytes = &buf[off + 19..off + reclen];
+                let name_len = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+                off += reclen;
+                let Ok(name) = std::str::from_utf8(&name_bytes[..name_len]) else { continue };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let st = match d_type {
+                    libc::DT_DIR => Stat { size: 0, is_dir: true, is_symlink: false },
+                    libc::DT_LNK => Stat { size: 0, is_dir: false, is_symlink: true },
+                    // regular files need their size; unknown types (some file systems) a full lstat
+                    _ => match self.stat(name)? {
+                        Some(st) => st,
+                        None => continue, // removed meanwhile
+                    },
+                };
+                out.push((name.to_string(), st));
             }
         }
         Ok(out)
@@ -232,12 +257,19 @@ impl Dir {
         cvt(unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(|_| ())
     }
 
+    /// `syncfs`: makes everything written to this directory's file system durable, in one call
+    /// (errors of earlier writeback are reported, Linux 5.8+).
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        // SAFETY: valid fd.
+        cvt(unsafe { libc::syncfs(self.fd.as_raw_fd()) }).map(|_| ())
+    }
+
     /// Removes `name` and, if it is a directory, everything below it, never following symlinks.
     pub fn remove_tree(&self, name: &str) -> io::Result<()> {
         match self.stat(name)? {
             None => Ok(()),
             Some(st) if st.is_dir => {
-                let sub = Dir { fd: openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)? };
+                let sub = Dir::from_fd(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)?);
                 for (n, _) in sub.entries()? {
                     sub.remove_tree(&n)?;
                 }
@@ -260,7 +292,12 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), b"s").unwrap();
         let root = Dir::open_root(dir.path()).unwrap();
-        assert_eq!(root.make_dirs("data/ab/cd").unwrap(), ["", "data", "data/ab"]);
+        let mut created = Vec::new();
+        root.open_or_make_dir("data/ab/cd", &mut created).unwrap();
+        assert_eq!(created, ["", "data", "data/ab"]);
+        created.clear();
+        root.open_or_make_dir("data/ab/ef", &mut created).unwrap();
+        assert_eq!(created, ["data/ab"], "only the missing tail is created");
         std::os::unix::fs::symlink(outside.path(), dir.path().join("data/ab/evil")).unwrap();
         let e = root.open_file("data/ab/evil/secret").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");

