@@ -70,8 +70,12 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
     let mut session = Session::new(cfg.clone(), log, thread);
-    let result = run(&mut session, &out, FrameReader::new(input, cfg.max_message), stop);
-    if let Err(e) = &result {
+    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message), stop) {
+        // whatever failed while a termination signal was being handled: it is the signal
+        Err(_) if stop.load(Ordering::Relaxed) => Err(ServeError::Stopped),
+        r => r,
+    };
+    if let Some(e) = result.as_ref().err().filter(|e| !matches!(e, ServeError::Stopped)) {
         // tell the client (if it still listens) why we hang up; then end the session.
         session.log().error("borgd.server", &format!("borgd: ending session: {e}"));
     }
@@ -170,5 +174,5 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
         // SAFETY: fcntl on a valid descriptor we own.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
     }
-    serve_stream(cfg, logcfg, stdin, stdout, 0, stop)
+    serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), stdout, 0, stop)
 }
