@@ -16,3 +16,4 @@ pub mod rpc;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod testdata;

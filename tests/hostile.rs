@@ -10,15 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use borgd::rpc::msgpack::{self, encode, Value};
+use borgd::rpc::ArgValue as Arg;
 use support::{files_below, Env};
-
-/// A msgpack argument value for requests.
-enum Arg<'a> {
-    Str(&'a str),
-    Bin(&'a [u8]),
-    Bool(bool),
-    Int(i64),
-}
 
 struct Raw {
     child: Child,
@@ -51,24 +44,7 @@ impl Raw {
 
     fn request(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> Vec<u8> {
         self.next_id += 1;
-        let mut out = Vec::new();
-        encode::map(&mut out, 3);
-        encode::str(&mut out, "i");
-        encode::int(&mut out, self.next_id);
-        encode::str(&mut out, "m");
-        encode::str(&mut out, method);
-        encode::str(&mut out, "a");
-        encode::map(&mut out, args.len());
-        for (k, v) in args {
-            encode::str(&mut out, k);
-            match v {
-                Arg::Str(s) => encode::str(&mut out, s),
-                Arg::Bin(b) => encode::bin(&mut out, b),
-                Arg::Bool(b) => encode::bool(&mut out, *b),
-                Arg::Int(i) => encode::int(&mut out, *i),
-            }
-        }
-        out
+        borgd::rpc::encode_request(self.next_id, method, args)
     }
 
     /// Reads the next non-log message; `None` when the server closed the connection.
@@ -354,5 +330,22 @@ fn streamed_puts_fail_cleanly_and_keep_the_stream_in_step() {
     assert!(!ok && err.contains("in the middle of a message"), "{err}");
     assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
     assert!(files_below(&repo.join("locks")).is_empty());
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+#[test]
+fn termination_signals_end_the_session_and_release_the_lock() {
+    let (env, _allowed, _outside, repo) = setup();
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
+        let mut raw = Raw::start(&[]);
+        open(&mut raw, &repo);
+        assert!(!files_below(&repo.join("locks")).is_empty());
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(raw.child.id() as i32, sig) };
+        assert!(raw.read_answer().is_none(), "signal {sig}: the server hangs up");
+        let (ok, err) = raw.finish();
+        assert!(ok, "signal {sig}: a clean exit: {err}");
+        assert!(files_below(&repo.join("locks")).is_empty(), "signal {sig}: lock released");
+    }
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }

@@ -197,3 +197,56 @@ fn killed_client_leaves_no_blocking_lock() {
     assert!(files_below(&repo.join("locks")).is_empty());
     env.ok(&["-r", &url, "check"]);
 }
+
+#[test]
+fn python_borg_and_borgd_respect_each_others_locks() {
+    let env = Env::new();
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    let local = repo.to_str().unwrap();
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    // Python borg, locally, holds the exclusive lock: a borgd client cannot get it
+    let mut holder = env.command(&["-r", local, "with-lock", "sleep", "5"]).spawn().unwrap();
+    support::wait_for_file(&repo.join("locks"));
+    let text = env.fails(&["-r", &url, "--lock-wait", "1", "compact"]);
+    assert!(text.contains("Failed to create/acquire the lock"), "{text}");
+    assert!(holder.wait().unwrap().success());
+    // a borgd client holds it: Python borg, locally, cannot get it
+    let mut holder = env.command(&["-r", &url, "with-lock", "sleep", "5"]).spawn().unwrap();
+    support::wait_for_file(&repo.join("locks"));
+    let text = env.fails(&["-r", local, "--lock-wait", "1", "compact"]);
+    assert!(text.contains("Failed to create/acquire the lock"), "{text}");
+    assert!(holder.wait().unwrap().success());
+    assert!(files_below(&repo.join("locks")).is_empty());
+    env.ok(&["-r", local, "compact"]);
+}
+
+#[test]
+fn chunk_index_written_by_check_loads_in_python_borg() {
+    let env = Env::new();
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("f{i}")), support::noise(i, 700_000)).unwrap();
+    }
+    env.ok(&["-r", &url, "create", "a", src.to_str().unwrap()]);
+    env.ok(&["-r", &url, "check", "--repository-only"]);
+    let caches: Vec<_> = files_below(&repo.join("cache")).into_iter().filter(|p| p.to_string_lossy().contains("chunks.")).collect();
+    assert_eq!(caches.len(), 1, "check leaves exactly its fresh index: {caches:?}");
+    let objects = files_below(&repo.join("data")).len();
+    let python = std::env::var("BORGD_TEST_PYTHON").expect("BORGD_TEST_PYTHON (set by scripts/test.sh)");
+    let script = "import io, sys, os\n\
+from xxhash import xxh64\n\
+from borg.hashindex import ChunkIndex\n\
+path = sys.argv[1]\n\
+data = open(path, 'rb').read()\n\
+assert xxh64(data, seed=3).hexdigest() == os.path.basename(path).split('.')[1], 'name is not the hash'\n\
+idx = ChunkIndex.read(io.BytesIO(data))\n\
+print(len(idx))\n";
+    let out = std::process::Command::new(python).args(["-c", script]).arg(&caches[0]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), objects.to_string(), "the index lists every object");
+}

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use borgd::repository::repoobj::Header;
 use borgd::rpc::frame::FrameReader;
-use borgd::rpc::msgpack::{self, encode, Value};
+use borgd::rpc::msgpack::{self, Value};
+use borgd::rpc::{encode_request as request, ArgValue as Arg};
+use borgd::testdata::noise;
 
 type Res<T> = Result<T, String>;
 
@@ -36,36 +38,6 @@ struct Server {
     /// Whether answers are copied out (single calls) or only counted (pipelined bulk).
     keep_frames: bool,
     answer_bytes: u64,
-}
-
-enum Arg<'a> {
-    Str(&'a str),
-    Bin(&'a [u8]),
-    Bool(bool),
-    Int(i64),
-    Nil,
-}
-
-fn request(id: i64, method: &str, args: &[(&str, Arg<'_>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + args.iter().map(|(_, a)| if let Arg::Bin(b) = a { b.len() } else { 16 }).sum::<usize>());
-    encode::map(&mut out, 3);
-    encode::str(&mut out, "i");
-    encode::int(&mut out, id);
-    encode::str(&mut out, "m");
-    encode::str(&mut out, method);
-    encode::str(&mut out, "a");
-    encode::map(&mut out, args.len());
-    for (k, v) in args {
-        encode::str(&mut out, k);
-        match v {
-            Arg::Str(s) => encode::str(&mut out, s),
-            Arg::Bin(b) => encode::bin(&mut out, b),
-            Arg::Bool(b) => encode::bool(&mut out, *b),
-            Arg::Int(i) => encode::int(&mut out, *i),
-            Arg::Nil => encode::nil(&mut out),
-        }
-    }
-    out
 }
 
 impl Server {
@@ -218,19 +190,6 @@ fn proc_hwm(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A valid RepoObj of about `size` bytes and its id.
@@ -440,6 +399,20 @@ fn fmt(x: f64) -> String {
     }
 }
 
+/// The header of a results table: one column per server, then each one's ratio to the last.
+fn print_header(title: &str, servers: &[(String, Vec<String>)]) {
+    let last = servers.len() - 1;
+    print!("| {title} |");
+    for (l, _) in servers {
+        print!(" {l} |");
+    }
+    for (l, _) in &servers[..last] {
+        print!(" {l} / {} |", servers[last].0);
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + servers.len() + last));
+}
+
 fn parse_servers(args: &[String]) -> Res<Vec<(String, Vec<String>)>> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -500,15 +473,7 @@ fn protocol(args: &[String]) -> Res<()> {
     }
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
     let last = servers.len() - 1;
-    print!("| metric (median of {reps}, min–max) |");
-    for (l, _) in &servers {
-        print!(" {l} |");
-    }
-    for (l, _) in &servers[..last] {
-        print!(" {l} / {} |", servers[last].0);
-    }
-    println!();
-    println!("|{}", "---|".repeat(1 + servers.len() + last));
+    print_header(&format!("metric (median of {reps}, min–max)"), &servers);
     let stat = |si: usize, m: &str| -> (f64, f64, f64) {
         let mut v: Vec<f64> = results[si].iter().map(|r| r[m]).collect();
         let med = median(&mut v);
@@ -703,15 +668,7 @@ fn e2e(args: &[String]) -> Res<()> {
         }
     }
     let last = servers.len() - 1;
-    print!("| end to end, real borg client (median of {reps}, min–max) |");
-    for (l, _) in &servers {
-        print!(" {l} |");
-    }
-    for (l, _) in &servers[..last] {
-        print!(" {l} / {} |", servers[last].0);
-    }
-    println!();
-    println!("|{}", "---|".repeat(1 + servers.len() + last));
+    print_header(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers);
     let metrics: Vec<&'static str> = samples[0].keys().copied().collect();
     for m in metrics {
         print!("| {m} |");

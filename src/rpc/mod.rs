@@ -236,6 +236,41 @@ impl<'a> Args<'a> {
     }
 }
 
+/// An argument value of a request a client sends (the benchmark and the raw-protocol tests speak
+/// the client's side of the protocol).
+#[derive(Debug, Clone, Copy)]
+pub enum ArgValue<'a> {
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Nil,
+}
+
+/// Encodes a request `{"i": msgid, "m": method, "a": {named args}}` as the borg client does.
+pub fn encode_request(msgid: i64, method: &str, args: &[(&str, ArgValue<'_>)]) -> Vec<u8> {
+    let payload: usize = args.iter().map(|(_, a)| if let ArgValue::Bin(b) = a { b.len() } else { 16 }).sum();
+    let mut out = Vec::with_capacity(64 + payload);
+    encode::map(&mut out, 3);
+    encode::str(&mut out, "i");
+    encode::int(&mut out, msgid);
+    encode::str(&mut out, "m");
+    encode::str(&mut out, method);
+    encode::str(&mut out, "a");
+    encode::map(&mut out, args.len());
+    for (k, v) in args {
+        encode::str(&mut out, k);
+        match v {
+            ArgValue::Str(s) => encode::str(&mut out, s),
+            ArgValue::Bin(b) => encode::bin(&mut out, b),
+            ArgValue::Bool(b) => encode::bool(&mut out, *b),
+            ArgValue::Int(i) => encode::int(&mut out, *i),
+            ArgValue::Nil => encode::nil(&mut out),
+        }
+    }
+    out
+}
+
 /// A successful result, in the shapes the b21 server returns.
 #[derive(Debug)]
 pub enum Reply {

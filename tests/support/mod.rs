@@ -101,19 +101,7 @@ impl Env {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so test data does not compress or dedup away.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use borgd::testdata::noise;
 
 /// A source tree with a file over 20 MiB, an empty file, small files and duplicate content.
 pub fn make_source(root: &Path) {
