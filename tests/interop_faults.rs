@@ -76,9 +76,7 @@ fn disk_full_then_space_freed_then_read_only() {
 #[test]
 fn check_repair_cleans_up_a_crashed_writers_temp_files() {
     let env = Env::new();
-    let repo = env.path("repo");
-    let url = env.ssh_url(&repo);
-    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let (repo, url) = env.new_repo("repo");
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), support::noise(5, 100_000)).unwrap();

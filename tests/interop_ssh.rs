@@ -171,9 +171,7 @@ fn debug_shows_server_log_records() {
 #[test]
 fn killed_client_leaves_no_blocking_lock() {
     let env = Env::new();
-    let repo = env.path("repo");
-    let url = env.ssh_url(&repo);
-    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let (repo, url) = env.new_repo("repo");
     // a create reading an endless stream from stdin, killed with SIGKILL mid-backup
     let mut child = env.command(&["-r", &url, "create", "killed", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -201,10 +199,8 @@ fn killed_client_leaves_no_blocking_lock() {
 #[test]
 fn python_borg_and_borgd_respect_each_others_locks() {
     let env = Env::new();
-    let repo = env.path("repo");
-    let url = env.ssh_url(&repo);
+    let (repo, url) = env.new_repo("repo");
     let local = repo.to_str().unwrap();
-    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
     // Python borg, locally, holds the exclusive lock: a borgd client cannot get it
     let mut holder = env.command(&["-r", local, "with-lock", "sleep", "5"]).spawn().unwrap();
     support::wait_for_file(&repo.join("locks"));
@@ -224,9 +220,7 @@ fn python_borg_and_borgd_respect_each_others_locks() {
 #[test]
 fn chunk_index_written_by_check_loads_in_python_borg() {
     let env = Env::new();
-    let repo = env.path("repo");
-    let url = env.ssh_url(&repo);
-    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let (repo, url) = env.new_repo("repo");
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..40 {

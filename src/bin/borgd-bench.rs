@@ -229,6 +229,15 @@ fn startup(cmd: &[String], dir: &Path) -> Res<(f64, Rusage)> {
     Ok((t.elapsed().as_secs_f64(), ru))
 }
 
+/// Runs prepared requests through the server; returns (wall seconds, server CPU seconds, answer
+/// bytes).
+fn timed_pipeline(s: &mut Server, reqs: &[Vec<u8>], window: usize) -> Res<(f64, f64, u64)> {
+    let cpu0 = proc_cpu(s.pid());
+    let t = Instant::now();
+    let bytes = s.pipeline(reqs, window)?;
+    Ok((t.elapsed().as_secs_f64(), (proc_cpu(s.pid()) - cpu0).as_secs_f64(), bytes))
+}
+
 fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     let mut run = Run::new();
     let (t, ru) = startup(cmd, dir)?;
@@ -252,14 +261,11 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
         let (oid, data) = object(i as u64, 1024);
         request(id, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
     });
-    let cpu0 = proc_cpu(pid);
-    let t = Instant::now();
-    s.pipeline(&reqs, cfg.window)?;
-    let el = t.elapsed().as_secs_f64();
+    let (el, cpu, _) = timed_pipeline(&mut s, &reqs, cfg.window)?;
     drop(reqs);
     run.insert("put1k_s", el);
     run.insert("put1k_per_s", cfg.small as f64 / el);
-    run.insert("put1k_cpu_s", (proc_cpu(pid) - cpu0).as_secs_f64());
+    run.insert("put1k_cpu_s", cpu);
     run.insert("rss_after_put1k_mib", proc_hwm(pid) as f64 / 1024.0);
 
     // 64 KiB puts
@@ -267,13 +273,10 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
         let (oid, data) = object(base + i as u64, 65536);
         request(id, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
     });
-    let cpu0 = proc_cpu(pid);
-    let t = Instant::now();
-    s.pipeline(&reqs, cfg.window)?;
-    let el = t.elapsed().as_secs_f64();
+    let (el, cpu, _) = timed_pipeline(&mut s, &reqs, cfg.window)?;
     drop(reqs);
     run.insert("put64k_mb_per_s", (cfg.large * 65536) as f64 / el / 1e6);
-    run.insert("put64k_cpu_s", (proc_cpu(pid) - cpu0).as_secs_f64());
+    run.insert("put64k_cpu_s", cpu);
 
     // gets, full and metadata only
     for (name, read_data, cpu_name) in [("get64k_mb_per_s", true, "get64k_cpu_s"), ("getmeta_per_s", false, "getmeta_cpu_s")] {
@@ -281,12 +284,9 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
             let (oid, _) = object(base + i as u64, 0);
             request(id, "get", &[("id", Arg::Bin(&oid)), ("read_data", Arg::Bool(read_data)), ("raise_missing", Arg::Bool(true))])
         });
-        let cpu0 = proc_cpu(pid);
-        let t = Instant::now();
-        let bytes = s.pipeline(&reqs, cfg.window)?;
-        let el = t.elapsed().as_secs_f64();
+        let (el, cpu, bytes) = timed_pipeline(&mut s, &reqs, cfg.window)?;
         run.insert(name, if read_data { bytes as f64 / el / 1e6 } else { cfg.large as f64 / el });
-        run.insert(cpu_name, (proc_cpu(pid) - cpu0).as_secs_f64());
+        run.insert(cpu_name, cpu);
     }
     run.insert("rss_after_get_mib", proc_hwm(pid) as f64 / 1024.0);
     // the backup session ends: with --fsync=barrier this is where its writes become durable

@@ -64,6 +64,14 @@ impl Env {
         format!("ssh://localhost/{}", path.display())
     }
 
+    /// Creates an unencrypted repository `rel` through borgd; returns its path and ssh:// URL.
+    pub fn new_repo(&self, rel: &str) -> (PathBuf, String) {
+        let repo = self.path(rel);
+        let url = self.ssh_url(&repo);
+        self.ok(&["-r", &url, "repo-create", "-e", "none"]);
+        (repo, url)
+    }
+
     /// A borg command with this environment, ready to run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.borg);
