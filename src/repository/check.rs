@@ -7,6 +7,9 @@
 //! deleted. A full pass that reaches the end writes a fresh chunk-index cache listing every
 //! object it kept and deletes all other cached indexes, so clients relearn what exists.
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
 use super::{chunkindex, repoobj, Error, Repository, LOGGER};
@@ -49,7 +52,9 @@ impl Repository {
         let mut last_checkpoint = started;
         let mut last_flush = started;
         let (mut checked, mut errors) = (0u64, 0u64);
-        let mut kept: Vec<[u8; 32]> = Vec::new();
+        // the ids of the objects kept, for the fresh chunk index, spooled to a temporary file
+        // (40 bytes each) rather than held: memory stays flat however large the repository
+        let mut kept = Spool::new()?;
         let mut finished = true;
         let mut names: Vec<String>;
         // a partial check stops within a batch, so keep its batches small
@@ -57,8 +62,8 @@ impl Repository {
         // Names come in bounded batches, so never more than a batch is held in memory.
         let mut cursor = after;
         loop {
-            names = match self.store.list_range("data", cursor.as_deref(), batch) {
-                Ok(items) => items.into_iter().map(|i| i.name).collect(),
+            names = match self.store.list_range_map("data", cursor.as_deref(), batch, &|i| Some(i.name)) {
+                Ok(names) => names,
                 Err(store::Error::ObjectNotFound(_)) => break, // no data/ at all yet
                 Err(e) => return Err(e.into()),
             };
@@ -84,7 +89,7 @@ impl Repository {
                 }
                 if !(corrupt && repair) {
                     if let Some(id) = super::unhex32(name) {
-                        kept.push(id);
+                        kept.push(&id)?;
                     }
                 }
                 let now = Instant::now();
@@ -119,7 +124,7 @@ impl Repository {
             log.info(LOGGER, "Finished repository check.");
             self.forget_last_key_checked()?;
             if !partial {
-                self.write_chunk_index(&kept, log)?;
+                self.write_chunk_index(kept, log)?;
             }
         }
         log.info(LOGGER, &format!("Checked {checked} repository objects, {errors} errors."));
@@ -189,12 +194,30 @@ impl Repository {
         }
     }
 
-    /// Stores a chunk index of exactly `ids` and deletes every other cached index.
-    fn write_chunk_index(&mut self, ids: &[[u8; 32]], log: &Log) -> Result<(), Error> {
-        let data = chunkindex::serialize(ids.iter());
-        let name = chunkindex::cache_name(&data);
-        log.debug(LOGGER, &format!("caching chunks index as {name} in repository..."));
-        match self.store.store(&name, &data) {
+    /// Stores a chunk index of exactly the spooled ids and deletes every other cached index.
+    /// The index is never in memory: it is hashed (its name) in one pass over the spool and
+    /// streamed into the store in a second.
+    fn write_chunk_index(&mut self, spool: Spool, log: &Log) -> Result<(), Error> {
+        let (mut file, count) = spool.finish()?;
+        let header = chunkindex::header(count);
+        let len = header.len() as u64 + (count * chunkindex::ENTRY_SIZE) as u64;
+        let io = spool_error;
+        let mut hasher = xxhash_rust::xxh64::Xxh64::new(chunkindex::HASH_SEED);
+        hasher.update(&header);
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let name = format!("cache/chunks.{:016x}", hasher.digest());
+        log.debug(LOGGER, &format!("caching chunks index of {count} objects as {name} in repository..."));
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        let mut src = std::io::Read::chain(&header[..], &mut file);
+        match self.store.store_from(&name, len, &mut src) {
             Ok(()) => {}
             // borg check in read-only mode: nothing may be written, the check itself still counts.
             Err(store::Error::PermissionDenied { .. }) => return Ok(()),
@@ -210,5 +233,46 @@ impl Repository {
             }
         }
         Ok(())
+    }
+}
+
+/// Chunk-index entries written to an unnamed temporary file as a check finds objects.
+struct Spool {
+    w: std::io::BufWriter<File>,
+    count: usize,
+}
+
+fn spool_error(source: std::io::Error) -> Error {
+    store::Error::Io { op: "spool the chunk index in", path: std::env::temp_dir(), source }.into()
+}
+
+impl Spool {
+    fn new() -> Result<Spool, Error> {
+        let dir = std::env::temp_dir();
+        let unnamed = OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(&dir);
+        let file = match unnamed {
+            Ok(f) => f,
+            // no O_TMPFILE on this file system: a named file, unlinked at once
+            Err(_) => {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let path = dir.join(format!("borgd-chunk-index-{}-{nanos}", std::process::id()));
+                let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(spool_error)?;
+                let _ = std::fs::remove_file(&path);
+                f
+            }
+        };
+        Ok(Spool { w: std::io::BufWriter::with_capacity(64 * 1024, file), count: 0 })
+    }
+
+    fn push(&mut self, id: &[u8; 32]) -> Result<(), Error> {
+        self.w.write_all(&chunkindex::entry(id)).map_err(spool_error)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(File, usize), Error> {
+        let count = self.count;
+        let file = self.w.into_inner().map_err(|e| spool_error(e.into_error()))?;
+        Ok((file, count))
     }
 }

@@ -19,9 +19,8 @@ fn capacity_for(used: usize) -> usize {
     capacity
 }
 
-/// Serialises a chunk index holding `ids` (flags and size 0, as borg writes its cache).
-pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8> {
-    let used = ids.len();
+/// The header (magic, version, metadata) of an index of `used` entries.
+pub fn header(used: usize) -> Vec<u8> {
     let meta = format!(
         "{{\"key_size\": 32, \"value_size\": 8, \"byte_order\": \"little\", \"value_type_name\": \"ChunkIndexEntry\", \
 \"value_type_fields\": [\"flags\", \"size\"], \"value_format_name\": \"ChunkIndexEntryFormatT\", \
@@ -29,14 +28,29 @@ pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8
         capacity_for(used),
         used
     );
-    let mut out = Vec::with_capacity(16 + meta.len() + used * 40);
+    let mut out = Vec::with_capacity(16 + meta.len());
     out.extend_from_slice(b"BORGHASH");
     out.extend_from_slice(&1u32.to_le_bytes());
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(meta.as_bytes());
+    out
+}
+
+/// One entry: the key, then flags and size 0 (borg caches keys only).
+pub fn entry(id: &[u8; 32]) -> [u8; ENTRY_SIZE] {
+    let mut e = [0u8; ENTRY_SIZE];
+    e[..32].copy_from_slice(id);
+    e
+}
+
+/// Bytes per entry: 32 key bytes, u32 flags, u32 size.
+pub const ENTRY_SIZE: usize = 40;
+
+/// Serialises a chunk index holding `ids` (flags and size 0, as borg writes its cache).
+pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8> {
+    let mut out = header(ids.len());
     for id in ids {
-        out.extend_from_slice(id);
-        out.extend_from_slice(&[0u8; 8]);
+        out.extend_from_slice(&entry(id));
     }
     out
 }

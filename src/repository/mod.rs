@@ -201,8 +201,9 @@ impl Repository {
     pub fn list(&mut self, limit: Option<usize>, marker: Option<&[u8]>, log: &Log) -> Result<Vec<([u8; 32], u64)>, Error> {
         self.refresh_lock(log)?;
         let after = marker.map(hex);
-        match self.store.list_range("data", after.as_deref(), limit.unwrap_or(usize::MAX)) {
-            Ok(items) => Ok(items.into_iter().filter_map(|info| Some((unhex32(&info.name)?, info.size))).collect()),
+        let compact = |info: ItemInfo| Some((unhex32(&info.name)?, info.size));
+        match self.store.list_range_map("data", after.as_deref(), limit.unwrap_or(usize::MAX), &compact) {
+            Ok(items) => Ok(items),
             Err(store::Error::ObjectNotFound(_)) => Ok(Vec::new()), // no data/ yet
             Err(e) => Err(e.into()),
         }

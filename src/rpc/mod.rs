@@ -290,11 +290,22 @@ pub enum Reply {
     Object(crate::store::Object),
 }
 
-/// What follows an encoded answer header: nothing, bytes, or the contents of a file.
+/// What follows an encoded answer header: nothing, bytes, the contents of a file, or the items
+/// of a `list` answer (encoded as they are written, never all at once).
 pub enum Body<'r> {
     None,
     Bytes(&'r [u8]),
     File(&'r std::fs::File, u64),
+    Ids(&'r [([u8; 32], u64)]),
+}
+
+/// Encodes `list` items (`(id, size)` pairs) — the part of a `list` answer after its header.
+pub fn encode_ids(ids: &[([u8; 32], u64)], out: &mut Vec<u8>) {
+    for (id, size) in ids {
+        encode::array(out, 2);
+        encode::bin(out, id);
+        encode::uint(out, *size);
+    }
 }
 
 /// Encodes `{"i": msgid, "r": ...}`; a binary result's bytes (or file) are returned as the
@@ -332,11 +343,7 @@ pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Body
         }
         Reply::Ids(ids) => {
             encode::array(out, ids.len());
-            for (id, size) in ids {
-                encode::array(out, 2);
-                encode::bin(out, id);
-                encode::uint(out, *size);
-            }
+            return Body::Ids(ids);
         }
         Reply::Items(items) => {
             encode::array(out, items.len());

@@ -54,6 +54,15 @@ fn write_answer(out: &SharedOutput, header: &[u8], body: Body<'_>) -> io::Result
         Body::None => Ok(()),
         Body::Bytes(b) => w.write_all(b),
         Body::File(f, len) => w.send_file(f, len),
+        Body::Ids(ids) => {
+            let mut part = Vec::with_capacity(64 * 1024);
+            for chunk in ids.chunks(1024) {
+                part.clear();
+                crate::rpc::encode_ids(chunk, &mut part);
+                w.write_all(&part)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -124,6 +133,9 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
             Err(e @ RequestError::Unanswerable(_)) => return Err(ServeError::Protocol(e.to_string())),
         }
         reader.consume(len);
+        if header.capacity() > 64 * 1024 {
+            header = Vec::with_capacity(256); // an unusually large answer: do not keep its buffer
+        }
     }
 }
 

@@ -311,6 +311,18 @@ impl Store {
     /// order. Nesting directories that can only hold smaller keys are skipped, and consecutive
     /// top-level directories are walked on several threads (listing is system-call bound).
     pub fn list_range(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<ItemInfo>, Error> {
+        self.list_range_map(name, after, limit, &Some)
+    }
+
+    /// [`Store::list_range`], keeping each item in the form `map` gives it (`None` skips it), so
+    /// a long listing is held only in its compact form.
+    pub fn list_range_map<T: Send>(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+        map: &(dyn Fn(ItemInfo) -> Option<T> + Sync),
+    ) -> Result<Vec<T>, Error> {
         validate_name(name)?;
         self.check("list", name, "l")?;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
@@ -321,7 +333,7 @@ impl Store {
             if !top[i].directory {
                 let info = &top[i];
                 if !info.name.ends_with(DEL_SUFFIX) && after.is_none_or(|a| info.name.as_str() > a) {
-                    out.push(info.clone());
+                    out.extend(map(info.clone()));
                 }
                 i += 1;
                 continue;
@@ -330,11 +342,11 @@ impl Store {
             let group: Vec<&ItemInfo> = top[i..end].iter().filter(|d| !Self::below(&d.name, after)).collect();
             i = end;
             let room = limit - out.len();
-            let walk_part = |part: &[&ItemInfo]| -> Result<Vec<ItemInfo>, Error> {
+            let walk_part = |part: &[&ItemInfo]| -> Result<Vec<T>, Error> {
                 let mut found = Vec::new();
                 for d in part {
                     let mut visit = |info: ItemInfo| {
-                        found.push(info);
+                        found.extend(map(info));
                         Ok(found.len() < room)
                     };
                     if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, &mut visit)? {
@@ -343,7 +355,7 @@ impl Store {
                 }
                 Ok(found)
             };
-            let parts: Vec<Result<Vec<ItemInfo>, Error>> = if threads == 1 || group.len() < 2 {
+            let parts: Vec<Result<Vec<T>, Error>> = if threads == 1 || group.len() < 2 {
                 vec![walk_part(&group)]
             } else {
                 let per = group.len().div_ceil(threads);
@@ -356,11 +368,9 @@ impl Store {
                 })
             };
             for part in parts {
-                for info in part? {
-                    if out.len() < limit {
-                        out.push(info);
-                    }
-                }
+                let part = part?;
+                let take = part.len().min(limit - out.len());
+                out.extend(part.into_iter().take(take));
             }
         }
         Ok(out)
