@@ -35,8 +35,6 @@ struct Server {
     stdin: ChildStdin,
     reader: FrameReader<ChildStdout>,
     next_id: i64,
-    /// Whether answers are copied out (single calls) or only counted (pipelined bulk).
-    keep_frames: bool,
     answer_bytes: u64,
 }
 
@@ -52,7 +50,7 @@ impl Server {
             .map_err(|e| format!("start {cmd:?}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        Ok(Server { child, stdin, reader: FrameReader::new(stdout, 1 << 30), next_id: 0, keep_frames: true, answer_bytes: 0 })
+        Ok(Server { child, stdin, reader: FrameReader::new(stdout, 1 << 30), next_id: 0, answer_bytes: 0 })
     }
 
     fn pid(&self) -> u32 {
@@ -61,40 +59,7 @@ impl Server {
 
     /// Reads the next answer (skipping log records); returns its msgid and whether it failed.
     fn answer(&mut self) -> Res<(i64, Option<String>, Vec<u8>)> {
-        loop {
-            let n = loop {
-                if let Some(n) = self.reader.buffered_frame().map_err(|e| e.to_string())? {
-                    break n;
-                }
-                if !self.reader.fill().map_err(|e| e.to_string())? {
-                    return Err("server closed the connection".into());
-                }
-            };
-            let (id, err, is_log) = {
-                let v = msgpack::parse(self.reader.frame(n)).map_err(|e| e.to_string())?;
-                let id = match v.get("i") {
-                    Some(Value::Int(i)) => *i as i64,
-                    _ => -1,
-                };
-                let err = match (v.get("exception_class"), v.get("exception_short")) {
-                    (Some(Value::Str(c)), Some(Value::Array(s))) => Some(format!("{c}: {:?}", s.first())),
-                    (Some(Value::Str(c)), _) => Some(c.to_string()),
-                    _ => None,
-                };
-                (id, err, v.get("l").is_some())
-            };
-            if is_log {
-                self.reader.consume(n);
-                continue;
-            }
-            if id < 0 {
-                return Err("answer without id".into());
-            }
-            let frame = if self.keep_frames { self.reader.frame(n).to_vec() } else { Vec::new() };
-            self.reader.consume(n);
-            self.answer_bytes += n as u64;
-            return Ok((id, err, frame));
-        }
+        read_answer(&mut self.reader, true, &mut self.answer_bytes)
     }
 
     fn call(&mut self, method: &str, args: &[(&str, Arg<'_>)]) -> Res<Vec<u8>> {
@@ -113,29 +78,42 @@ impl Server {
     }
 
     /// Sends prepared requests with at most `window` unanswered; returns total answer bytes.
+    /// Requests are written by a second thread, so neither side can block the other when both
+    /// pipes are full (many requests in flight, large answers).
     fn pipeline(&mut self, reqs: &[Vec<u8>], window: usize) -> Res<u64> {
-        let mut outstanding = 0usize;
-        let mut next = 0usize;
-        self.keep_frames = false;
+        use std::sync::{Condvar, Mutex};
+        let answered = Mutex::new(0usize);
+        let more = Condvar::new();
         let start_bytes = self.answer_bytes;
-        loop {
-            while next < reqs.len() && outstanding < window {
-                self.stdin.write_all(&reqs[next]).map_err(|e| e.to_string())?;
-                next += 1;
-                outstanding += 1;
+        let Server { stdin, reader, answer_bytes, .. } = self;
+        let result = std::thread::scope(|sc| -> Res<()> {
+            let writer = sc.spawn(|| -> Res<()> {
+                for (i, r) in reqs.iter().enumerate() {
+                    let mut done = answered.lock().map_err(|_| "lock")?;
+                    while i >= *done + window {
+                        done = more.wait(done).map_err(|_| "lock")?;
+                    }
+                    drop(done);
+                    stdin.write_all(r).map_err(|e| e.to_string())?;
+                    if i + 1 == reqs.len() || i + 1 >= *answered.lock().map_err(|_| "lock")? + window {
+                        stdin.flush().map_err(|e| e.to_string())?;
+                    }
+                }
+                stdin.flush().map_err(|e| e.to_string())
+            });
+            for _ in 0..reqs.len() {
+                let (_, err, _) = read_answer(reader, false, answer_bytes)?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                *answered.lock().map_err(|_| "lock")? += 1;
+                more.notify_one();
             }
-            self.stdin.flush().map_err(|e| e.to_string())?;
-            if outstanding == 0 {
-                self.keep_frames = true;
-                self.next_id += reqs.len() as i64;
-                return Ok(self.answer_bytes - start_bytes);
-            }
-            let (_, err, _) = self.answer()?;
-            if let Some(e) = err {
-                return Err(e);
-            }
-            outstanding -= 1;
-        }
+            writer.join().map_err(|_| "writer thread panicked".to_string())?
+        });
+        result?;
+        self.next_id += reqs.len() as i64;
+        Ok(self.answer_bytes - start_bytes)
     }
 
     /// Closes the session; the peak RSS is the server's own VmHWM, read after `close` was
@@ -147,6 +125,45 @@ impl Server {
         wait_rusage(&mut self.child).map(|(ru, _)| Rusage { cpu: ru.cpu, maxrss_kib: hwm })
     }
 }
+
+/// Reads the next answer from a server (skipping log records): its msgid, its error if it
+/// failed, and (with `keep`) its bytes; counts answer bytes.
+fn read_answer(reader: &mut FrameReader<ChildStdout>, keep: bool, answer_bytes: &mut u64) -> Res<(i64, Option<String>, Vec<u8>)> {
+        loop {
+            let n = loop {
+                if let Some(n) = reader.buffered_frame().map_err(|e| e.to_string())? {
+                    break n;
+                }
+                if !reader.fill().map_err(|e| e.to_string())? {
+                    return Err("server closed the connection".into());
+                }
+            };
+            let (id, err, is_log) = {
+                let v = msgpack::parse(reader.frame(n)).map_err(|e| e.to_string())?;
+                let id = match v.get("i") {
+                    Some(Value::Int(i)) => *i as i64,
+                    _ => -1,
+                };
+                let err = match (v.get("exception_class"), v.get("exception_short")) {
+                    (Some(Value::Str(c)), Some(Value::Array(s))) => Some(format!("{c}: {:?}", s.first())),
+                    (Some(Value::Str(c)), _) => Some(c.to_string()),
+                    _ => None,
+                };
+                (id, err, v.get("l").is_some())
+            };
+            if is_log {
+                reader.consume(n);
+                continue;
+            }
+            if id < 0 {
+                return Err("answer without id".into());
+            }
+            let frame = if keep { reader.frame(n).to_vec() } else { Vec::new() };
+            reader.consume(n);
+            *answer_bytes += n as u64;
+            return Ok((id, err, frame));
+        }
+    }
 
 /// CPU time and peak RSS of a finished child, from wait4.
 #[derive(Debug, Clone, Copy, Default)]
