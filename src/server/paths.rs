@@ -80,11 +80,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
         let foo = base.join("foo");
-        assert!(admitted(&base.join("foo/repo"), &[foo.clone()], &[]));
-        assert!(admitted(&foo, &[foo.clone()], &[]));
-        assert!(!admitted(&base.join("foobar"), &[foo.clone()], &[]));
-        assert!(admitted(&foo, &[], &[foo.clone()]));
-        assert!(!admitted(&foo.join("sub"), &[], &[foo.clone()]));
+        let only_foo = std::slice::from_ref(&foo);
+        assert!(admitted(&base.join("foo/repo"), only_foo, &[]));
+        assert!(admitted(&foo, only_foo, &[]));
+        assert!(!admitted(&base.join("foobar"), only_foo, &[]));
+        assert!(admitted(&foo, &[], only_foo));
+        assert!(!admitted(&foo.join("sub"), &[], only_foo));
         assert!(admitted(&base.join("anything"), &[], &[]));
     }
 

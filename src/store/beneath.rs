@@ -82,7 +82,7 @@ fn open_beneath(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t)
 /// The fallback of [`open_beneath`]: one `openat(O_NOFOLLOW)` per component.
 fn walk(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: '..' is not allowed")));
     }
     let mut cur = openat_nofollow(dirfd, ".", libc::O_DIRECTORY | libc::O_RDONLY, 0)?;
