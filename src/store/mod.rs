@@ -303,7 +303,10 @@ impl Store {
         validate_name(name).or_else(|e| if name.is_empty() { Ok(()) } else { Err(e) })?;
         self.check("list", name, "l")?;
         let mut out = Vec::new();
-        self.list_into(name, deleted, &mut out)?;
+        self.walk_dir(name, "", None, deleted, &mut |info| {
+            out.push(info);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -331,10 +334,7 @@ impl Store {
         let mut i = 0;
         while i < top.len() && out.len() < limit {
             if !top[i].directory {
-                let info = &top[i];
-                if !info.name.ends_with(DEL_SUFFIX) && after.is_none_or(|a| info.name.as_str() > a) {
-                    out.extend(map(info.clone()));
-                }
+                out.extend(Self::visible(top[i].clone(), false, after).and_then(map));
                 i += 1;
                 continue;
             }
@@ -349,7 +349,7 @@ impl Store {
                         found.extend(map(info));
                         Ok(found.len() < room)
                     };
-                    if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, &mut visit)? {
+                    if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, false, &mut visit)? {
                         break;
                     }
                 }
@@ -381,11 +381,25 @@ impl Store {
         after.is_some_and(|a| prefix < &a[..a.len().min(prefix.len())])
     }
 
+    /// Whether a listed file is part of a listing of live (or, with `deleted`, soft-deleted)
+    /// items after the key `after`; soft-deleted names are reported without their suffix.
+    fn visible(mut info: ItemInfo, deleted: bool, after: Option<&str>) -> Option<ItemInfo> {
+        match (info.name.strip_suffix(DEL_SUFFIX).map(str::len), deleted) {
+            (Some(stem), true) => info.name.truncate(stem),
+            (None, false) => {}
+            _ => return None,
+        }
+        after.is_none_or(|a| info.name.as_str() > a).then_some(info)
+    }
+
+    /// Visits the files below `dir` in key order, recursing into nesting directories and
+    /// skipping those that can only hold keys up to `after`; `visit` returns `false` to stop.
     fn walk_dir(
         &self,
         dir: &str,
         prefix: &str,
         after: Option<&str>,
+        deleted: bool,
         visit: &mut dyn FnMut(ItemInfo) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
         for info in self.backend.list(dir)? {
@@ -394,31 +408,17 @@ impl Store {
                 if Self::below(&sub_prefix, after) {
                     continue;
                 }
-                if !self.walk_dir(&format!("{dir}/{}", info.name), &sub_prefix, after, visit)? {
+                let sub = if dir.is_empty() { info.name } else { format!("{dir}/{}", info.name) };
+                if !self.walk_dir(&sub, &sub_prefix, after, deleted, visit)? {
                     return Ok(false);
                 }
-            } else if !info.name.ends_with(DEL_SUFFIX) && after.is_none_or(|a| info.name.as_str() > a) && !visit(info)? {
-                return Ok(false);
+            } else if let Some(info) = Self::visible(info, deleted, after) {
+                if !visit(info)? {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
-    }
-
-    fn list_into(&self, name: &str, deleted: bool, out: &mut Vec<ItemInfo>) -> Result<(), Error> {
-        for mut info in self.backend.list(name)? {
-            if info.directory {
-                let sub = if name.is_empty() { info.name.clone() } else { format!("{name}/{}", info.name) };
-                self.list_into(&sub, deleted, out)?;
-            } else if let Some(stem) = info.name.strip_suffix(DEL_SUFFIX) {
-                if deleted {
-                    info.name = stem.to_string();
-                    out.push(info);
-                }
-            } else if !deleted {
-                out.push(info);
-            }
-        }
-        Ok(())
     }
 
     /// Removes leftover temp files (needs `D` on the root: `check --repair` in a writable mode).
@@ -447,5 +447,33 @@ impl Store {
             }
             Durability::Barrier => Ok(false),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listings_split_live_and_soft_deleted_items_and_honour_after() {
+        let (disk, _h) = sim::SimDisk::new();
+        let mut s = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Never);
+        s.create().unwrap();
+        for id in ["aa00", "aa11", "bb00", "cc00"] {
+            s.store(&format!("data/{id}"), b"x").unwrap();
+        }
+        s.store("archives/01", b"a").unwrap();
+        s.store("archives/02", b"b").unwrap();
+        s.move_item("archives/02", None, true, false, false).unwrap();
+        s.move_item("data/bb00", None, true, false, false).unwrap();
+        let names = |v: Vec<ItemInfo>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+        assert_eq!(names(s.list("archives", false).unwrap()), ["01"]);
+        assert_eq!(names(s.list("archives", true).unwrap()), ["02"]);
+        assert_eq!(names(s.list("data", false).unwrap()), ["aa00", "aa11", "cc00"]);
+        assert_eq!(names(s.list("data", true).unwrap()), ["bb00"]);
+        assert_eq!(names(s.list_range("data", Some("aa00"), 10).unwrap()), ["aa11", "cc00"]);
+        assert_eq!(names(s.list_range("data", Some("aa11"), 1).unwrap()), ["cc00"]);
+        // the root lists the namespaces' items too (directories are walked, not reported)
+        assert_eq!(s.list("", false).unwrap().len(), 4);
     }
 }
