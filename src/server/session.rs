@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::CallError;
 use crate::lock::Owner;
-use crate::log::Log;
+use crate::log::{Level, Log};
 use crate::repository::{self, OpenOptions, Repository};
 use crate::rpc::{Method, Reply, Request};
 use crate::server::paths;
@@ -76,10 +76,11 @@ impl Session {
         }
         let a = &req.args;
         let bad = |e| CallError::bad_arg(name, e);
-        if matches!(method, Method::Get | Method::Put | Method::Delete | Method::List) {
-            self.log.debug(TRACE, &format!("rpc {name} (msgid {})", req.msgid));
-        } else {
-            self.log.debug(LOGGER, &format!("rpc {name} (msgid {})", req.msgid));
+        // per-object calls are traced only under --debug-topic=repository; the message is not
+        // even formatted otherwise (this runs for every put and get)
+        let logger = if matches!(method, Method::Get | Method::Put | Method::Delete | Method::List) { TRACE } else { LOGGER };
+        if self.log.enabled(logger, Level::Debug) {
+            self.log.debug(logger, &format!("rpc {name} (msgid {})", req.msgid));
         }
         if method == Method::Negotiate {
             return Ok(Reply::Version);
@@ -185,7 +186,9 @@ impl Session {
     pub fn put_from(&mut self, req: &Request<'_>, len: u64, data: &mut dyn std::io::Read) -> Result<Reply, CallError> {
         let repo = self.repo.as_mut().ok_or_else(|| CallError::InvalidRpcMethod(req.method.to_string()))?;
         let id = req.args.bytes("id").map_err(|e| CallError::bad_arg(req.method, e))?;
-        self.log.debug(TRACE, &format!("rpc put (msgid {}, {len} bytes streamed)", req.msgid));
+        if self.log.enabled(TRACE, Level::Debug) {
+            self.log.debug(TRACE, &format!("rpc put (msgid {}, {len} bytes streamed)", req.msgid));
+        }
         repo.put_from(id, len, data, &self.log)?;
         Ok(Reply::Nil)
     }
