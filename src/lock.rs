@@ -19,7 +19,6 @@ use crate::store::{self, Store};
 const LOGGER: &str = "borg.storelocking";
 /// A lock not refreshed for this long is stale.
 pub const STALE: Duration = Duration::from_secs(30 * 60);
-const RACE_RECHECK: Duration = Duration::from_millis(10);
 const OTHERS_GO_AWAY: Duration = Duration::from_millis(100);
 
 /// Lock failures, as the client knows them.
@@ -156,7 +155,8 @@ fn jitter_sleep(deadline: Instant) {
 
 impl Lock {
     /// Acquires a shared or exclusive lock within `timeout`, with Python's algorithm: create our
-    /// record when no exclusive lock exists, re-check after a short delay to resolve races, and
+    /// record when no exclusive lock exists, re-check (after the store's visibility delay) to
+    /// resolve races, and
     /// (exclusive) wait for shared holders to go away; otherwise retry after 1–5 s.
     pub fn acquire(store: &mut Store, exclusive: bool, timeout: Duration, owner: Owner, log: &Log) -> Result<Lock, Error> {
         log.debug(LOGGER, &format!("LOCK-ACQUIRE: trying to acquire a lock. exclusive: {exclusive}."));
@@ -165,7 +165,7 @@ impl Lock {
         while Instant::now() < deadline {
             if !live_locks(store, log)?.iter().any(|l| l.exclusive) {
                 let (key, time) = create_record(store, exclusive, &owner, log)?;
-                std::thread::sleep(RACE_RECHECK);
+                std::thread::sleep(store.visibility_delay());
                 let exclusives: Vec<_> = live_locks(store, log)?.into_iter().filter(|l| l.exclusive).collect();
                 let lock = Lock { owner: owner.clone(), exclusive, last_refresh: Some(time), store_name: store.describe() };
                 if exclusive {
@@ -298,6 +298,51 @@ mod tests {
         ));
         e.release(&mut s, &log).unwrap();
         assert!(s.list("locks", false).unwrap().is_empty());
+    }
+
+    /// Lockers racing from the same instant (the posix store re-checks without waiting): never
+    /// two exclusive holders, and never a shared holder beside an exclusive one.
+    #[test]
+    fn racing_lockers_never_hold_together() {
+        use std::sync::atomic::{AtomicI32, Ordering};
+        use std::sync::{Arc, Barrier};
+        let dir = tempfile::tempdir().unwrap();
+        drop(store(dir.path()));
+        // >0: shared holders; -1: one exclusive holder
+        let held = Arc::new(AtomicI32::new(0));
+        let start = Arc::new(Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let (path, held, start) = (dir.path().to_path_buf(), held.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let mut s = Store::new(Box::new(PosixFs::new(path, Durability::Never)), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Never);
+                    s.open().unwrap();
+                    let log = Log::silent();
+                    let exclusive = i % 2 == 0;
+                    start.wait();
+                    let l = Lock::acquire(&mut s, exclusive, Duration::from_secs(60), Owner::current(i), &log).unwrap();
+                    if exclusive {
+                        assert_eq!(held.compare_exchange(0, -1, Ordering::SeqCst, Ordering::SeqCst), Ok(0), "exclusive lock granted while another is held");
+                        std::thread::sleep(Duration::from_millis(30));
+                        held.store(0, Ordering::SeqCst);
+                    } else {
+                        assert!(held.fetch_add(1, Ordering::SeqCst) >= 0, "shared lock granted beside an exclusive one");
+                        std::thread::sleep(Duration::from_millis(30));
+                        held.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    l.release(&mut s, &log).unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(store_list_is_empty(dir.path()));
+    }
+
+    fn store_list_is_empty(dir: &std::path::Path) -> bool {
+        let mut s = Store::new(Box::new(PosixFs::new(dir.to_path_buf(), Durability::Never)), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Never);
+        s.open().is_ok() && s.list("locks", false).map(|l| l.is_empty()).unwrap_or(false)
     }
 
     #[test]

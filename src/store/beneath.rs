@@ -167,6 +167,12 @@ impl Dir {
         Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?))
     }
 
+    /// [`create_new`](Self::create_new) with `O_DIRECT` (see `store::direct`). On `EINVAL` the
+    /// file system refuses direct I/O — and may have created the file all the same.
+    pub fn create_new_direct(&self, name: &str) -> io::Result<File> {
+        Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_DIRECT, 0o600)?))
+    }
+
     /// Renames `from` in this directory to `to` in `target` (replacing it).
     pub fn rename(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
         let (f, t) = (cstr(from)?, cstr(to)?);

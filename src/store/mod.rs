@@ -8,6 +8,7 @@
 mod name;
 mod permissions;
 mod beneath;
+mod direct;
 #[cfg(test)]
 mod crash_tests;
 mod posixfs;
@@ -114,6 +115,13 @@ pub trait Backend: Send + Sync {
     fn remove_temp_files(&mut self) -> Result<Vec<String>, Error>;
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;
+    /// How long a new item may take to show up in other clients' listings. A locker waits this
+    /// long after writing its lock before re-checking for competing ones (borg's
+    /// `race_recheck_delay`). Python waits 0.01 s on every store and suggests ≥ 1 s for remote
+    /// ones; the default here is Python's.
+    fn visibility_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(10)
+    }
 }
 
 /// The per-namespace nesting configuration borg 2 uses, longest namespace first.
@@ -151,6 +159,11 @@ impl Store {
     /// Where the store lives, for messages.
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    /// See [`Backend::visibility_delay`].
+    pub fn visibility_delay(&self) -> std::time::Duration {
+        self.backend.visibility_delay()
     }
 
     fn check(&self, op: &'static str, name: &str, required: &'static str) -> Result<(), Error> {
