@@ -11,9 +11,12 @@
 //! the end): start-up (spawn, negotiate, create, close); then a "backup" session: 20 000 puts of
 //! 1 KiB with 100 in flight, 2 000 puts of 64 KiB, gets of those (100 in flight) with and without
 //! `read_data`, close (where borgd's default `--fsync=barrier` makes it all durable); then a
-//! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both. A plain temp-file+rename loop writing the same 1 KiB
-//! objects into the same nested layout gives the file system's own limit for comparison. Medians
-//! and spreads are printed as a markdown table with ratios against the last server given.
+//! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both.
+//! Then 20 000 more 1 KiB puts in a session on the same repository once all its `data/xx/yy`
+//! directories exist ("established": as any repository past a few hundred thousand objects).
+//! A plain temp-file+rename loop writing the same 1 KiB objects into the same nested layout
+//! (fresh, and established) gives the file system's own limit for comparison. Medians and
+//! spreads are printed as a markdown table with ratios against the last server given.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -356,7 +359,41 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     run.insert("rss_check_session_mib", ru2.maxrss_kib as f64 / 1024.0);
     run.insert("peak_rss_mib", ru1.maxrss_kib.max(ru2.maxrss_kib) as f64 / 1024.0);
     run.insert("total_cpu_s", (ru1.cpu + ru2.cpu).as_secs_f64());
+
+    // 1 KiB puts into an established repository: one whose 65 536 data/xx/yy directories all
+    // exist, as in any repository past a few hundred thousand objects (or one borgstore's
+    // create_levels made). The fresh repository above creates a directory for most puts.
+    precreate_data_dirs(&repo)?;
+    let mut s = Server::start(cmd, dir)?;
+    s.call("negotiate", &[("client_data", Arg::Nil)])?;
+    s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(false)), ("exclusive", Arg::Bool(false)), ("lock_wait", Arg::Int(10))])?;
+    let reqs = prepare(s.next_id, cfg.small, &|i, id| {
+        let (oid, data) = object(WARM_SEEDS + i as u64, 1024);
+        request(id, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
+    });
+    let (el, cpu, _) = timed_pipeline(&mut s, &reqs, cfg.window)?;
+    drop(reqs);
+    run.insert("put1k_established_per_s", cfg.small as f64 / el);
+    run.insert("put1k_established_cpu_s", cpu);
+    s.close()?;
     Ok(run)
+}
+
+/// Seeds of the objects put into the established repository (disjoint from the others).
+const WARM_SEEDS: u64 = 2_000_000;
+
+/// Creates every `data/xx/yy` directory of a repository (untimed set-up).
+fn precreate_data_dirs(repo: &Path) -> Res<()> {
+    for a in 0..256 {
+        let top = repo.join("data").join(format!("{a:02x}"));
+        for b in 0..256 {
+            match std::fs::create_dir_all(top.join(format!("{b:02x}"))) {
+                Ok(()) => {}
+                Err(e) => return Err(format!("creating data directories in {}: {e}", repo.display())),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Our own CPU time so far (user + system).
@@ -471,7 +508,8 @@ fn protocol(args: &[String]) -> Res<()> {
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
-    let mut reference: Vec<(f64, f64, f64)> = Vec::new();
+    // per repetition: 1 KiB/s, 1 KiB CPU s, 64 KiB MB/s; 1 KiB/s and CPU s in an established repository
+    let mut reference: Vec<[f64; 5]> = Vec::new();
     for rep in 0..reps {
         // alternate the order of servers between repetitions
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
@@ -485,8 +523,14 @@ fn protocol(args: &[String]) -> Res<()> {
         let dir = root.join(format!("rep{rep}-reference"));
         let (small_rate, small_cpu) = reference_loop(&dir, cfg.small, 1024, 0)?;
         let (large_rate, _) = reference_loop(&dir, cfg.large, 65536, 1_000_000)?;
-        eprintln!("rep {rep} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB", large_rate * 65536.0 / 1e6);
-        reference.push((small_rate, small_cpu, large_rate * 65536.0 / 1e6));
+        let warm = root.join(format!("rep{rep}-reference-established"));
+        precreate_data_dirs(&warm)?;
+        let (warm_rate, warm_cpu) = reference_loop(&warm, cfg.small, 1024, WARM_SEEDS)?;
+        eprintln!(
+            "rep {rep} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB; established repository {warm_rate:.0}/s 1 KiB ({warm_cpu:.2} s CPU)",
+            large_rate * 65536.0 / 1e6
+        );
+        reference.push([small_rate, small_cpu, large_rate * 65536.0 / 1e6, warm_rate, warm_cpu]);
     }
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
     let last = servers.len() - 1;
@@ -507,22 +551,30 @@ fn protocol(args: &[String]) -> Res<()> {
         }
         println!();
     }
-    let column = |f: fn(&(f64, f64, f64)) -> f64| -> (f64, f64, f64) {
-        let mut v: Vec<f64> = reference.iter().map(f).collect();
+    let column = |i: usize| -> (f64, f64, f64) {
+        let mut v: Vec<f64> = reference.iter().map(|r| r[i]).collect();
         let m = median(&mut v);
         (m, v[0], v[v.len() - 1])
     };
-    let (refmed, lo, hi) = column(|r| r.0);
     println!();
     println!("| reference loop (temp file + rename, no RPC) | median (min–max) |");
     println!("|---|---|");
-    println!("| 1 KiB objects per second | {} ({}–{}) |", fmt(refmed), fmt(lo), fmt(hi));
-    let (c, lo, hi) = column(|r| r.1);
-    println!("| 1 KiB loop CPU seconds | {} ({}–{}) |", fmt(c), fmt(lo), fmt(hi));
-    let (m, lo, hi) = column(|r| r.2);
-    println!("| 64 KiB MB per second | {} ({}–{}) |", fmt(m), fmt(lo), fmt(hi));
+    let rows = [
+        "1 KiB objects per second",
+        "1 KiB loop CPU seconds",
+        "64 KiB MB per second",
+        "1 KiB objects per second, established repository",
+        "1 KiB loop CPU seconds, established repository",
+    ];
+    for (i, label) in rows.iter().enumerate() {
+        let (m, lo, hi) = column(i);
+        println!("| {label} | {} ({}–{}) |", fmt(m), fmt(lo), fmt(hi));
+    }
     for (si, (l, _)) in servers.iter().enumerate() {
-        println!("| {l}: 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_per_s").0 / refmed));
+        println!("| {l}: 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_per_s").0 / column(0).0));
+        println!("| {l}: 1 KiB put CPU / reference loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(1).0));
+        println!("| {l}: established 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_established_per_s").0 / column(3).0));
+        println!("| {l}: established 1 KiB put CPU / reference loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(4).0));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
