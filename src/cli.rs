@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// when written data is forced to disk: before anything can reference it (barrier), after every write (always), or never (like Python borg)
     #[arg(long, value_enum, default_value_t = Durability::Barrier)]
     pub fsync: Durability,
+    /// write large objects (512 KiB and more) through the page cache like Python borg, instead of
+    /// around it with O_DIRECT (consider it where synchronous writes are slow: network block
+    /// devices, NFS)
+    #[arg(long = "no-direct-io")]
+    pub no_direct_io: bool,
     /// largest message a client may send, in MiB (a put is at most 20 MiB; store_store of a large chunk index more)
     #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 256)]
     pub max_message_mib: usize,

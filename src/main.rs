@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         restrict_to_repositories: opts.serve.restrict_to_repositories.clone(),
         permissions: opts.permissions,
         durability: opts.serve.fsync,
+        direct_io: !opts.serve.no_direct_io,
         data_levels: opts.data_levels,
         max_message: opts.serve.max_message_mib * 1024 * 1024,
         lock_wait: opts.lock_wait,

@@ -61,6 +61,8 @@ pub struct OpenOptions {
     pub lock_wait: Duration,
     pub permissions: Permissions,
     pub durability: Durability,
+    /// Large objects written around the page cache (see `store::PosixFs::with_direct_io`).
+    pub direct_io: bool,
     pub data_levels: usize,
 }
 
@@ -104,7 +106,7 @@ fn not_found_or(e: store::Error, f: impl FnOnce() -> Error) -> Error {
 impl Repository {
     /// Opens (and with `create`, first creates) the repository at `path`, then takes the lock.
     pub fn open(path: &Path, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
-        let backend = Box::new(PosixFs::new(path.to_path_buf(), opts.durability));
+        let backend = Box::new(PosixFs::new(path.to_path_buf(), opts.durability).with_direct_io(opts.direct_io));
         Self::open_backend(backend, path.display().to_string(), opts, owner, log)
     }
 
@@ -417,6 +419,7 @@ mod tests {
             lock_wait: Duration::from_secs(1),
             permissions: Permissions::for_mode(Mode::All),
             durability: Durability::Barrier,
+            direct_io: true,
             data_levels: 2,
         }
     }

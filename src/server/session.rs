@@ -26,6 +26,8 @@ pub struct Config {
     pub permissions: Mode,
     /// `--fsync`.
     pub durability: Durability,
+    /// Large objects written with O_DIRECT (not `--no-direct-io`).
+    pub direct_io: bool,
     /// `BORG_STORE_DATA_LEVELS`: nesting depth of `data/`.
     pub data_levels: usize,
     /// Largest message accepted from a client, in bytes.
@@ -220,6 +222,7 @@ impl Session {
             lock_wait: Duration::from_secs_f64(lock_wait.min(1e9)),
             permissions: Permissions::for_mode(self.cfg.permissions),
             durability: self.cfg.durability,
+            direct_io: self.cfg.direct_io,
             data_levels: self.cfg.data_levels,
         };
         let repo = Repository::open(&path, &opts, Owner::current(self.thread), &self.log)?;

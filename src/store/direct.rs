@@ -41,6 +41,8 @@ enum Support {
     Unknown,
     Works,
     Refused,
+    /// Switched off by the operator.
+    Off,
 }
 
 /// Per-backend state for direct writes: what the file system said, and the aligned buffer
@@ -64,12 +66,17 @@ pub type Failure = (&'static str, io::Error);
 impl DirectWriter {
     /// Whether a value of `len` bytes should be opened with `O_DIRECT`.
     pub fn wants(&self, len: u64) -> bool {
-        len >= DIRECT_FROM && self.support != Support::Refused
+        len >= DIRECT_FROM && matches!(self.support, Support::Unknown | Support::Works)
     }
 
     /// Opening with `O_DIRECT` failed with `EINVAL`: this file system does not take it.
     pub fn refused_at_open(&mut self) {
         self.support = Support::Refused;
+    }
+
+    /// `--no-direct-io`: every object goes through the page cache.
+    pub fn disable(&mut self) {
+        self.support = Support::Off;
     }
 
     /// Writes exactly `len` bytes from `src` to `f`, which was opened with `O_DIRECT`.

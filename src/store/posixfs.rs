@@ -98,6 +98,14 @@ fn not_found(e: &io::Error) -> bool {
 }
 
 impl PosixFs {
+    /// Whether large objects are written with O_DIRECT (the default; see [`super::direct`]).
+    pub fn with_direct_io(mut self, on: bool) -> PosixFs {
+        if !on {
+            self.direct.disable();
+        }
+        self
+    }
+
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
         PosixFs { base, root: None, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default() }
@@ -457,6 +465,29 @@ mod tests {
         assert!(fs.dirty_overflow && fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
         fs.barrier().unwrap();
         assert!(!fs.dirty_overflow);
+    }
+
+    /// Large values (written with O_DIRECT unless switched off), from memory and streamed, with
+    /// lengths that do and do not end on a block boundary, read back whole.
+    #[test]
+    fn large_values_arrive_whole_with_and_without_direct_io() {
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut fs = PosixFs::new(dir.path().join("repo"), Durability::Barrier).with_direct_io(direct);
+            fs.create().unwrap();
+            for (i, len) in [600_000usize, 1 << 20, 3_000_001].into_iter().enumerate() {
+                let value: Vec<u8> = (0..len).map(|j| (j % 253) as u8 ^ i as u8).collect();
+                fs.store(&format!("data/00/00/{i}a"), &value, false).unwrap();
+                fs.store_from(&format!("data/00/00/{i}b"), len as u64, &mut &value[..], false).unwrap();
+                for suffix in ["a", "b"] {
+                    assert!(fs.load(&format!("data/00/00/{i}{suffix}"), 0, None).unwrap() == value, "length {len} ({suffix}, direct {direct})");
+                }
+            }
+            if !direct {
+                assert!(!fs.direct.wants(1 << 20));
+            }
+            fs.barrier().unwrap();
+        }
     }
 
     #[test]
