@@ -40,27 +40,47 @@ pub struct PosixFs {
 const SYNCFS_ABOVE: usize = 16;
 
 /// Objects at least this large start their writeback right away in barrier mode when they could
-/// not be written directly (see [`super::direct`]): borg's chunks (512 KiB – 8 MiB by default). Smaller ones wait for the barrier's `syncfs`: starting
-/// writeback for each 64 KiB object cost 20% of put throughput in the benchmark.
+/// not be written directly (see [`super::direct`]): borg's chunks (512 KiB – 8 MiB by default).
+/// Smaller ones wait for the barrier's `syncfs`: starting writeback for each 64 KiB object cost
+/// 20% of put throughput in the benchmark.
 const WRITE_BEHIND_FROM: usize = 512 * 1024;
 
-/// A name part unique enough for temp files (which are created with O_EXCL anyway): a random
-/// per-process prefix drawn once, plus a counter — no syscall per write.
-fn temp_token() -> String {
+/// The temp file name for `file`: `file.<token>.tmp`, the token unique enough for temp files
+/// (which are created with O_EXCL anyway): a random per-process prefix drawn once, plus a
+/// counter — no syscall and no formatting machinery per write.
+fn temp_name(file: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
+    let prefix = PREFIX.get_or_init(|| {
         let mut b = [0u8; 8];
         if getrandom::fill(&mut b).is_err() {
             // no randomness source: pid and time still differ between writers
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
             b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
         }
-        u64::from_le_bytes(b)
+        format!("{:016x}", u64::from_le_bytes(b))
     });
-    format!("{prefix:016x}{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut counter = [0u8; 16];
+    let mut at = counter.len();
+    loop {
+        at -= 1;
+        counter[at] = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut tmp = String::with_capacity(file.len() + 1 + prefix.len() + 16 + name::TMP_SUFFIX.len());
+    tmp.push_str(file);
+    tmp.push('.');
+    tmp.push_str(prefix);
+    tmp.extend(counter[at..].iter().map(|&d| char::from(d)));
+    tmp.push_str(name::TMP_SUFFIX);
+    tmp
 }
 
 /// A value to write: in memory, or arriving on a stream.
@@ -149,7 +169,7 @@ impl PosixFs {
     fn write_item(&mut self, name: &str, src: Source<'_>, durable: bool) -> Result<(), Error> {
         let (dir_name, file) = split(name);
         let dir = self.dir_creating(dir_name, durable)?;
-        let tmp = format!("{file}.{}{}", temp_token(), name::TMP_SUFFIX);
+        let tmp = temp_name(file);
         let track = self.track_dirty;
         let len = match &src {
             Source::Slice(v) => v.len() as u64,
@@ -465,6 +485,17 @@ mod tests {
         assert!(fs.dirty_overflow && fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
         fs.barrier().unwrap();
         assert!(!fs.dirty_overflow);
+    }
+
+    #[test]
+    fn temp_names_are_unique_and_never_valid_item_names() {
+        let (a, b) = (temp_name("abcd"), temp_name("abcd"));
+        assert_ne!(a, b);
+        for t in [&a, &b] {
+            let token = t.strip_prefix("abcd.").and_then(|r| r.strip_suffix(name::TMP_SUFFIX)).unwrap();
+            assert!(token.len() > 16 && token.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{t}");
+            assert!(name::validate(t).is_err(), "{t} would be listed");
+        }
     }
 
     /// Large values (written with O_DIRECT unless switched off), from memory and streamed, with
