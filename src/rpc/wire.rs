@@ -37,6 +37,8 @@ fn store_exception(e: &StoreError) -> Exception {
         }
         StoreError::InvalidName { .. } => exc("ValueError", vec![msg.clone()], msg, false),
         StoreError::AlreadyExists(p) => exc("AlreadyExists", vec![p.display().to_string()], msg, false),
+        // never leaves the Store (which turns it into PermissionDenied); named for completeness
+        StoreError::ItemExists(name) => exc("Error", vec![msg.clone()], format!("borgd: {name}: {msg}"), false),
         StoreError::DoesNotExist(p) => exc("DoesNotExist", vec![p.display().to_string()], msg, false),
         StoreError::Io { .. } => exc("OSError", vec![msg.clone()], format!("borgd: {msg}"), false),
     }

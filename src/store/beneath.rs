@@ -180,6 +180,14 @@ impl Dir {
         cvt(unsafe { libc::renameat(self.fd.as_raw_fd(), f.as_ptr(), target.fd.as_raw_fd(), t.as_ptr()) }).map(|_| ())
     }
 
+    /// Like [`rename`](Self::rename), but fails with `EEXIST` instead of replacing `to`
+    /// (atomically: `renameat2(RENAME_NOREPLACE)`). `EINVAL`: this file system cannot.
+    pub fn rename_noreplace(&self, from: &str, target: &Dir, to: &str) -> io::Result<()> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: valid directory fds and C strings.
+        cvt(unsafe { libc::renameat2(self.fd.as_raw_fd(), f.as_ptr(), target.fd.as_raw_fd(), t.as_ptr(), libc::RENAME_NOREPLACE) }).map(|_| ())
+    }
+
     /// Removes the file (or symlink) `name`.
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         let c = cstr(name)?;

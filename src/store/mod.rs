@@ -37,12 +37,27 @@ pub enum Error {
     /// `create` found something already there.
     #[error("store base path is not empty: {0}")]
     AlreadyExists(PathBuf),
+    /// A store that must not replace found the item already there (see [`WriteOptions`]);
+    /// [`Store`] turns it into the permission error it stands for, so it never reaches a client.
+    #[error("item exists and may not be replaced: {0}")]
+    ItemExists(String),
     /// `open`/`destroy` found nothing there.
     #[error("store base path does not exist or is not a directory: {0}")]
     DoesNotExist(PathBuf),
     /// The file system said no.
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+/// How a backend writes an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// On stable storage (file and directory) before returning.
+    pub durable: bool,
+    /// An existing item may be replaced. If not, storing over one fails with
+    /// [`Error::ItemExists`] and changes nothing — decided atomically by the backend, so a
+    /// permission mode without `W` costs no look-up per write and has no check-then-write race.
+    pub replace: bool,
 }
 
 /// What `list` and `info` report about an item (borgstore's `ItemInfo`, in its field order).
@@ -92,15 +107,14 @@ pub trait Backend: Send + Sync {
     fn read_object(&self, name: &str) -> Result<Object, Error> {
         self.load(name, 0, None).map(Object::Bytes)
     }
-    /// Writes an item atomically (never visible half-written); `durable` asks for it to be on
-    /// stable storage before returning.
-    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error>;
+    /// Writes an item atomically (never visible half-written), as `how` says.
+    fn store(&mut self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error>;
     /// Like [`Backend::store`], with the `len` bytes of the value read from `src` as they arrive.
-    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, durable: bool) -> Result<(), Error> {
+    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, how: WriteOptions) -> Result<(), Error> {
         use std::io::Read;
         let mut value = Vec::with_capacity(len as usize);
         std::io::Read::take(src, len).read_to_end(&mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
-        self.store(name, &value, durable)
+        self.store(name, &value, how)
     }
     /// Deletes an item.
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
@@ -246,26 +260,43 @@ impl Store {
 
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
-        let (nested, durable) = self.prepare_store(name)?;
-        self.backend.store(&nested, value, durable)
+        let (nested, how) = self.prepare_store(name)?;
+        let stored = self.backend.store(&nested, value, how);
+        self.overwrite_denied(name, stored)
     }
 
     /// [`Store::store`] with the value streamed from `src` (`len` bytes) as it arrives.
     pub fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<(), Error> {
-        let (nested, durable) = self.prepare_store(name)?;
-        self.backend.store_from(&nested, len, src, durable)
+        let (nested, how) = self.prepare_store(name)?;
+        let stored = self.backend.store_from(&nested, len, src, how);
+        self.overwrite_denied(name, stored)
     }
 
-    /// Where a store of `name` goes, after the permission check, and whether it must be durable
-    /// (making earlier data durable first, if it can reference data).
-    fn prepare_store(&mut self, name: &str) -> Result<(String, bool), Error> {
+    /// Where a store of `name` goes, after the permission check, and how to write it: durable
+    /// (making earlier data durable first, if it can reference data) and whether it may replace
+    /// an existing item (`W`; with only `w` it may not).
+    fn prepare_store(&mut self, name: &str) -> Result<(String, WriteOptions), Error> {
         let nested = self.find(name, false)?;
-        if self.permissions.mode() != Mode::All {
+        let replace = if self.permissions.allows(name, "W") {
+            true
+        } else if self.permissions.allows(name, "w") {
+            false // the backend refuses atomically if the item exists
+        } else {
+            // denied either way; look it up only to name the permission that is missing
             let exists = self.backend.info(&nested)?.exists;
             self.check("store", name, if exists { "W" } else { "wW" })?;
-        }
+            true
+        };
         let durable = self.ordered_write(name)?;
-        Ok((nested, durable))
+        Ok((nested, WriteOptions { durable, replace }))
+    }
+
+    /// A store without `W` found the item there: that is overwriting, which needs `W`.
+    fn overwrite_denied(&self, name: &str, stored: Result<(), Error>) -> Result<(), Error> {
+        match stored {
+            Err(Error::ItemExists(_)) => self.check("store", name, "W"),
+            other => other,
+        }
     }
 
     /// Deletes an item for good (see [`Store::soft_delete`] for the undoable kind).
@@ -466,6 +497,43 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without `W` (no-delete mode's `data/`), a new item is written and an existing one is
+    /// never replaced — refused atomically by the file system, with the same error Python gives,
+    /// the original intact and no temp file left. Without `w` either, nothing is written.
+    #[test]
+    fn items_are_never_replaced_without_w_permission() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let open = |mode| {
+            let mut s = Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Never)), borg_levels(2), Permissions::for_mode(mode), Durability::Never);
+            s.open().map(|_| s)
+        };
+        let mut all = Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Never)), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Never);
+        all.create().unwrap();
+        all.store("data/aabb01", b"first").unwrap();
+
+        let mut s = open(Mode::NoDelete).unwrap();
+        s.store("data/aabb02", b"new").unwrap();
+        let denied = s.store("data/aabb01", b"second").unwrap_err();
+        assert!(matches!(denied, Error::PermissionDenied { required: "W", op: "store", .. }), "{denied}");
+        let denied = s.store_from("data/aabb01", 6, &mut &b"second"[..]).unwrap_err();
+        assert!(matches!(denied, Error::PermissionDenied { required: "W", .. }), "{denied}");
+        assert_eq!(s.load("data/aabb01", 0, None, false).unwrap(), b"first");
+        // config/ has W in no-delete mode: replacing is allowed there
+        all.store("config/manifest", b"m1").unwrap();
+        s.store("config/manifest", b"m2").unwrap();
+        assert_eq!(s.load("config/manifest", 0, None, false).unwrap(), b"m2");
+
+        let mut ro = open(Mode::ReadOnly).unwrap();
+        assert!(matches!(ro.store("data/aabb03", b"x").unwrap_err(), Error::PermissionDenied { required: "wW", .. }));
+        assert!(matches!(ro.store("data/aabb01", b"x").unwrap_err(), Error::PermissionDenied { required: "W", .. }));
+
+        let names: Vec<String> = all.list("data/aa/bb", false).unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["aabb01", "aabb02"]);
+        let leftovers: Vec<_> = std::fs::read_dir(repo.join("data/aa/bb")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
 
     #[test]
     fn listings_split_live_and_soft_deleted_items_and_honour_after() {

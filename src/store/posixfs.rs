@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use super::beneath::Dir;
 use super::direct::DirectWriter;
-use super::{name, Backend, Durability, Error, ItemInfo, Object};
+use super::{name, Backend, Durability, Error, ItemInfo, Object, WriteOptions};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
@@ -166,7 +166,8 @@ impl PosixFs {
     }
 
     /// Writes an item as a temp file renamed into place (see the module docs).
-    fn write_item(&mut self, name: &str, src: Source<'_>, durable: bool) -> Result<(), Error> {
+    fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
+        let durable = how.durable;
         let (dir_name, file) = split(name);
         let dir = self.dir_creating(dir_name, durable)?;
         let tmp = temp_name(file);
@@ -212,8 +213,24 @@ impl PosixFs {
             let _ = dir.unlink(&tmp);
             return Err(self.err(op, name, e));
         }
-        if let Err(e) = dir.rename(&tmp, &dir, file) {
+        let renamed = if how.replace {
+            dir.rename(&tmp, &dir, file)
+        } else {
+            match dir.rename_noreplace(&tmp, &dir, file) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
+                    // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
+                    Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                    Ok(None) => dir.rename(&tmp, &dir, file),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            }
+        };
+        if let Err(e) = renamed {
             let _ = dir.unlink(&tmp);
+            if !how.replace && e.raw_os_error() == Some(libc::EEXIST) {
+                return Err(Error::ItemExists(name.to_string()));
+            }
             return Err(self.err("rename", name, e));
         }
         if durable {
@@ -326,12 +343,12 @@ impl Backend for PosixFs {
         Ok(Object::File(f, len))
     }
 
-    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error> {
-        self.write_item(name, Source::Slice(value), durable)
+    fn store(&mut self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
+        self.write_item(name, Source::Slice(value), how)
     }
 
-    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn Read, durable: bool) -> Result<(), Error> {
-        self.write_item(name, Source::Stream(src, len), durable)
+    fn store_from(&mut self, name: &str, len: u64, src: &mut dyn Read, how: WriteOptions) -> Result<(), Error> {
+        self.write_item(name, Source::Stream(src, len), how)
     }
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
         let (dir_name, file) = split(name);
@@ -465,12 +482,14 @@ impl Backend for PosixFs {
 mod tests {
     use super::*;
 
+    const PLAIN: WriteOptions = WriteOptions { durable: false, replace: true };
+
     #[test]
     fn writes_are_atomic_and_temp_files_are_never_listed() {
         let dir = tempfile::tempdir().unwrap();
         let mut fs = PosixFs::new(dir.path().join("repo"), Durability::Barrier);
         fs.create().unwrap();
-        fs.store("data/ab/cd/abcd", b"hello", false).unwrap();
+        fs.store("data/ab/cd/abcd", b"hello", PLAIN).unwrap();
         std::fs::write(dir.path().join("repo/data/ab/cd/xyz.123.tmp"), b"partial").unwrap();
         let names: Vec<_> = fs.list("data/ab/cd").unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["abcd"]);
@@ -480,7 +499,7 @@ mod tests {
         assert!(fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
         // many writes: names stop being kept, the next barrier syncs the whole file system
         for i in 0..100u32 {
-            fs.store(&format!("data/{:02x}/00/{i:08x}", i % 7), b"x", false).unwrap();
+            fs.store(&format!("data/{:02x}/00/{i:08x}", i % 7), b"x", PLAIN).unwrap();
         }
         assert!(fs.dirty_overflow && fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
         fs.barrier().unwrap();
@@ -508,8 +527,8 @@ mod tests {
             fs.create().unwrap();
             for (i, len) in [600_000usize, 1 << 20, 3_000_001].into_iter().enumerate() {
                 let value: Vec<u8> = (0..len).map(|j| (j % 253) as u8 ^ i as u8).collect();
-                fs.store(&format!("data/00/00/{i}a"), &value, false).unwrap();
-                fs.store_from(&format!("data/00/00/{i}b"), len as u64, &mut &value[..], false).unwrap();
+                fs.store(&format!("data/00/00/{i}a"), &value, PLAIN).unwrap();
+                fs.store_from(&format!("data/00/00/{i}b"), len as u64, &mut &value[..], PLAIN).unwrap();
                 for suffix in ["a", "b"] {
                     assert!(fs.load(&format!("data/00/00/{i}{suffix}"), 0, None).unwrap() == value, "length {len} ({suffix}, direct {direct})");
                 }
@@ -542,19 +561,19 @@ mod tests {
         let repo = dir.path().join("repo");
         let mut fs = PosixFs::new(repo.clone(), Durability::Never);
         fs.create().unwrap();
-        fs.store("config/id", b"x", false).unwrap();
+        fs.store("config/id", b"x", PLAIN).unwrap();
         // swap the config directory for a symlink out of the repository
         std::fs::remove_dir_all(repo.join("config")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("config"), repo.join("config")).unwrap();
         assert!(fs.load("config/secret", 0, None).is_err());
-        assert!(fs.store("config/planted", b"x", false).is_err());
+        assert!(fs.store("config/planted", b"x", PLAIN).is_err());
         assert!(!outside.path().join("config/planted").exists());
         assert!(fs.list("config").is_err());
         // swap the whole repository path: we keep working on the directory we opened
         let moved = dir.path().join("moved");
         std::fs::rename(&repo, &moved).unwrap();
         std::os::unix::fs::symlink(outside.path(), &repo).unwrap();
-        fs.store("keys/repokey", b"k", false).unwrap();
+        fs.store("keys/repokey", b"k", PLAIN).unwrap();
         assert!(moved.join("keys/repokey").exists() && !outside.path().join("keys").exists());
     }
 }

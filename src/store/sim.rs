@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, Error, ItemInfo};
+use super::{Backend, Error, ItemInfo, WriteOptions};
 
 /// One change to the simulated disk.
 #[derive(Debug, Clone)]
@@ -173,9 +173,13 @@ impl Backend for SimDisk {
         })
     }
 
-    fn store(&mut self, name: &str, value: &[u8], durable: bool) -> Result<(), Error> {
+    fn store(&mut self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
+        let durable = how.durable;
         self.with(|i| {
             Self::fault(i, "store", name)?;
+            if !how.replace && i.live.contains_key(name) {
+                return Err(Error::ItemExists(name.to_string()));
+            }
             Self::record(i, Op::Store(name.to_string(), value.to_vec()), durable);
             Ok(())
         })
