@@ -76,7 +76,21 @@ pub struct Repository {
     /// The last write of this session that failed, named when we refuse a chunk index that
     /// lists what it did not write (the client reports that refusal, not the original error).
     last_write_error: Option<String>,
+    /// Uploaded chunk indexes longer than this are checked with one walk of `data/` instead of
+    /// a look-up per id (see [`CHUNK_INDEX_WALK_ABOVE`]; tests lower it).
+    walk_above: usize,
+    /// Ids per step of that walk ([`CHUNK_INDEX_WALK_BATCH`]; tests lower it).
+    walk_batch: usize,
 }
+
+/// Above this many ids an uploaded chunk index is checked against one sorted walk of `data/`
+/// (directory blocks only) instead of a look-up per id (each an inode read when not cached: a
+/// random read per object on a cold cache). 65 536 is the number of `data/xx/yy` directories the
+/// walk reads.
+const CHUNK_INDEX_WALK_ABOVE: usize = 65_536;
+
+/// Ids fetched per step of that walk (32 bytes each: memory stays bounded).
+const CHUNK_INDEX_WALK_BATCH: usize = 65_536;
 
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 * bytes.len());
@@ -154,7 +168,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -371,19 +385,12 @@ impl Repository {
 
     fn check_chunk_index(&self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
-        let ids = chunkindex::validate_upload(name, value).map_err(|e| match e {
+        let mut ids = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
         })?;
-        let mut missing = 0usize;
-        let mut example = None;
-        for id in &ids {
-            if !self.store.info(&format!("data/{}", hex(id)), false)?.exists {
-                missing += 1;
-                example.get_or_insert_with(|| hex(id));
-            }
-        }
-        if let Some(example) = example {
+        let (missing, example) = self.missing_objects(&mut ids)?;
+        if let Some(example) = example.map(|id| hex(&id)) {
             log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {} listed objects are missing", ids.len()));
             let cause = match &self.last_write_error {
                 Some(e) => format!("the backup failed writing to the repository: {e}"),
@@ -395,6 +402,53 @@ impl Repository {
             )));
         }
         Ok(())
+    }
+
+    /// How many of `ids` (duplicates counted once) are not in `data/`, and the first of them: a
+    /// look-up each for a short list, one sorted walk of `data/` merged with the ids for a long
+    /// one.
+    fn missing_objects(&self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, Option<[u8; 32]>), Error> {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut missing = 0usize;
+        let mut example = None;
+        if ids.len() <= self.walk_above {
+            for id in ids.iter() {
+                if !self.store.info(&format!("data/{}", hex(id)), false)?.exists {
+                    missing += 1;
+                    example.get_or_insert(*id);
+                }
+            }
+            return Ok((missing, example));
+        }
+        let mut k = 0; // ids[..k] are accounted for
+        let mut after: Option<String> = None;
+        loop {
+            let batch = match self.store.list_range_map("data", after.as_deref(), self.walk_batch, &|info: ItemInfo| unhex32(&info.name)) {
+                Ok(b) => b,
+                Err(store::Error::ObjectNotFound(_)) => Vec::new(), // no data/ yet
+                Err(e) => return Err(e.into()),
+            };
+            for present in &batch {
+                while k < ids.len() && ids[k] < *present {
+                    missing += 1;
+                    example.get_or_insert(ids[k]);
+                    k += 1;
+                }
+                if k < ids.len() && ids[k] == *present {
+                    k += 1;
+                }
+            }
+            match batch.last() {
+                Some(last) if batch.len() == self.walk_batch && k < ids.len() => after = Some(hex(last)),
+                _ => break,
+            }
+        }
+        if k < ids.len() {
+            example.get_or_insert(ids[k]);
+            missing += ids.len() - k;
+        }
+        Ok((missing, example))
     }
 
     /// `store_delete(name, deleted)`.
@@ -483,10 +537,48 @@ mod tests {
         assert!(e.contains("1 objects that are not in the repository") && e.contains("No space left on device"), "{e}");
         let good = chunkindex::serialize([[1u8; 32]].iter());
         repo.store_store(&chunkindex::cache_name(&good), &good, &log).unwrap();
+        // a long index is checked by walking data/ once: same verdicts (here forced for 3 ids)
+        repo.walk_above = 0;
+        let e = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
+        assert!(e.contains("1 objects that are not in the repository") && e.contains(&hex(&[2; 32])), "{e}");
+        repo.store_store(&chunkindex::cache_name(&good), &good, &log).unwrap();
+        repo.walk_above = CHUNK_INDEX_WALK_ABOVE;
         let e = repo.store_store("cache/chunks.0000000000000000", &good, &log).unwrap_err().to_string();
         assert!(e.contains("name does not match"), "{e}");
         // other cache items are not chunk indexes and are stored as they are
         repo.store_store("cache/last-key-checked", b"data/xx", &log).unwrap();
+    }
+
+    /// The walk and the look-ups agree on every mix of present, missing, duplicate and
+    /// soft-deleted ids, including ids before, between and after the stored ones.
+    #[test]
+    fn chunk_index_walk_and_look_ups_agree() {
+        let (disk, _h) = SimDisk::new();
+        let log = Log::silent();
+        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        let id = |a: u8, b: u8| -> [u8; 32] { std::array::from_fn(|i| if i == 0 { a } else { b }) };
+        for (a, b) in [(0x10, 1), (0x10, 2), (0x80, 0), (0xf0, 9)] {
+            repo.put(&id(a, b), &obj, &log).unwrap();
+        }
+        repo.put(&id(0x90, 0), &obj, &log).unwrap();
+        repo.store.move_item(&format!("data/{}", hex(&id(0x90, 0))), None, true, false, false).unwrap();
+        let cases: Vec<Vec<[u8; 32]>> = vec![
+            vec![id(0x10, 1), id(0x10, 2), id(0x80, 0), id(0xf0, 9)],
+            vec![id(0x00, 0), id(0x10, 1), id(0x10, 1), id(0x50, 5), id(0x90, 0), id(0xff, 0xff)],
+            vec![id(0xf0, 9), id(0x10, 1)],
+            vec![id(0x11, 0)],
+        ];
+        for ids in cases {
+            repo.walk_above = usize::MAX;
+            let by_look_up = repo.missing_objects(&mut ids.clone()).unwrap();
+            repo.walk_above = 0;
+            for batch in [1, 2, 3, 1000] {
+                repo.walk_batch = batch;
+                let by_walk = repo.missing_objects(&mut ids.clone()).unwrap();
+                assert_eq!(by_look_up, by_walk, "{ids:02x?}, batches of {batch}");
+            }
+        }
     }
 
     #[test]
