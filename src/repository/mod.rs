@@ -490,6 +490,14 @@ mod tests {
         assert!(Repository::data_name(&id[..31]).is_err());
     }
 
+    /// A new repository on a simulated disk, its handle (faults, planted files) and a silent log.
+    fn sim_repo() -> (Repository, crate::store::sim::SimHandle, Log) {
+        let (disk, h) = SimDisk::new();
+        let log = Log::silent();
+        let repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        (repo, h, log)
+    }
+
     fn opts(create: bool) -> OpenOptions {
         OpenOptions {
             create,
@@ -505,9 +513,7 @@ mod tests {
 
     #[test]
     fn disk_faults_reach_the_client_clearly_and_the_lock_is_still_released() {
-        let (disk, h) = SimDisk::new();
-        let log = Log::silent();
-        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let (mut repo, h, log) = sim_repo();
         let obj = repoobj::Header::wrap(b"m", b"d");
         for errno in [libc::ENOSPC, libc::EIO, libc::EROFS, libc::EACCES] {
             h.inject("store", "data/", errno);
@@ -525,9 +531,7 @@ mod tests {
 
     #[test]
     fn a_chunk_index_listing_unwritten_objects_is_refused_with_the_cause() {
-        let (disk, h) = SimDisk::new();
-        let log = Log::silent();
-        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let (mut repo, h, log) = sim_repo();
         let obj = repoobj::Header::wrap(b"m", b"d");
         repo.put(&[1; 32], &obj, &log).unwrap();
         h.inject("store", "data/", libc::ENOSPC);
@@ -553,9 +557,7 @@ mod tests {
     /// soft-deleted ids, including ids before, between and after the stored ones.
     #[test]
     fn chunk_index_walk_and_look_ups_agree() {
-        let (disk, _h) = SimDisk::new();
-        let log = Log::silent();
-        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let (mut repo, _h, log) = sim_repo();
         let obj = repoobj::Header::wrap(b"m", b"d");
         let id = |a: u8, b: u8| -> [u8; 32] { std::array::from_fn(|i| if i == 0 { a } else { b }) };
         for (a, b) in [(0x10, 1), (0x10, 2), (0x80, 0), (0xf0, 9)] {
@@ -583,9 +585,7 @@ mod tests {
 
     #[test]
     fn repair_removes_temp_files_that_list_never_shows() {
-        let (disk, h) = SimDisk::new();
-        let log = Log::silent();
-        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let (mut repo, h, log) = sim_repo();
         let obj = repoobj::Header::wrap(b"m", b"d");
         repo.put(&[1; 32], &obj, &log).unwrap();
         h.plant(&format!("data/01/01/{}.abc123.tmp", hex(&[1; 32])), b"half");
@@ -601,9 +601,7 @@ mod tests {
 
     #[test]
     fn partial_check_resumes_where_it_stopped() {
-        let (disk, h) = SimDisk::new();
-        let log = Log::silent();
-        let mut repo = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+        let (mut repo, h, log) = sim_repo();
         for i in 0..5u8 {
             repo.put(&[i; 32], &repoobj::Header::wrap(b"m", &[i]), &log).unwrap();
         }
