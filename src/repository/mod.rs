@@ -94,18 +94,8 @@ const CHUNK_INDEX_WALK_BATCH: usize = 65_536;
 
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 * bytes.len());
-    push_hex(&mut s, bytes);
+    store::push_hex(&mut s, bytes);
     s
-}
-
-/// Lower-case hex digits of `bytes`, appended. (Formatting each byte with `format!` was more than
-/// half of a put's user-space instructions under callgrind.)
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
@@ -224,7 +214,7 @@ impl Repository {
         }
         let mut name = String::with_capacity(5 + 64);
         name.push_str("data/");
-        push_hex(&mut name, id);
+        store::push_hex(&mut name, id);
         Ok(name)
     }
 

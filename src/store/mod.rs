@@ -15,7 +15,7 @@ mod posixfs;
 #[cfg(test)]
 pub mod sim;
 
-pub use name::{nest, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
+pub use name::{nest, push_hex, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
 pub use posixfs::PosixFs;
 

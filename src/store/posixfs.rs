@@ -51,34 +51,23 @@ const WRITE_BEHIND_FROM: usize = 512 * 1024;
 fn temp_name(file: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PREFIX: OnceLock<String> = OnceLock::new();
+    static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         let mut b = [0u8; 8];
         if getrandom::fill(&mut b).is_err() {
             // no randomness source: pid and time still differ between writers
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
             b = (t ^ u64::from(std::process::id()) << 32).to_le_bytes();
         }
-        format!("{:016x}", u64::from_le_bytes(b))
+        u64::from_le_bytes(b)
     });
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut counter = [0u8; 16];
-    let mut at = counter.len();
-    loop {
-        at -= 1;
-        counter[at] = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut tmp = String::with_capacity(file.len() + 1 + prefix.len() + 16 + name::TMP_SUFFIX.len());
+    let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut tmp = String::with_capacity(file.len() + 1 + 32 + name::TMP_SUFFIX.len());
     tmp.push_str(file);
     tmp.push('.');
-    tmp.push_str(prefix);
-    tmp.extend(counter[at..].iter().map(|&d| char::from(d)));
+    name::push_hex(&mut tmp, &prefix.to_be_bytes());
+    name::push_hex(&mut tmp, &counter.to_be_bytes());
     tmp.push_str(name::TMP_SUFFIX);
     tmp
 }
