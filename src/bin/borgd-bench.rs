@@ -17,6 +17,11 @@
 //! A plain temp-file+rename loop writing the same 1 KiB objects into the same nested layout
 //! (fresh, and established) gives the file system's own limit for comparison. Medians and
 //! spreads are printed as a markdown table with ratios against the last server given.
+//!
+//! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
+//! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
+//! start without the disk space and inodes it will need (it deletes nothing: see
+//! docs/BENCHMARKS.md for why, and for what deleting does to this machine's next minutes).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -364,6 +369,7 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     // exist, as in any repository past a few hundred thousand objects (or one borgstore's
     // create_levels made). The fresh repository above creates a directory for most puts.
     precreate_data_dirs(&repo)?;
+    settle();
     let mut s = Server::start(cmd, dir)?;
     s.call("negotiate", &[("client_data", Arg::Nil)])?;
     s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(false)), ("exclusive", Arg::Bool(false)), ("lock_wait", Arg::Int(10))])?;
@@ -394,6 +400,16 @@ fn precreate_data_dirs(repo: &Path) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Writes every dirty page out before a timed step (untimed): otherwise a server inherits the
+/// writeback of what the previous one left unsynced (Python and `--fsync=never` leave hundreds of
+/// MB), and the kernel's flusher competes with it for the two cores and the disk. Measured: a
+/// run without this saw the reference loop's 64 KiB rate fall from 1 008 to 259–291 MB/s after
+/// the first repetition.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// Our own CPU time so far (user + system).
@@ -494,43 +510,127 @@ fn opt(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// `--NAME N`, or `default` when absent; a value that is not a number is an error.
+fn count(args: &[String], name: &str, default: usize) -> Res<usize> {
+    opt(args, name).map(|v| v.parse().map_err(|_| format!("{name}: a number, not {v:?}"))).transpose().map(|v| v.unwrap_or(default))
+}
+
+/// Disk blocks and inodes a run will leave behind (nothing is deleted until the last measurement).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Space {
+    bytes: u64,
+    inodes: u64,
+}
+
+/// Ext4's unit of allocation: a 1 KiB object or a directory with a few entries takes a block.
+const BLOCK: u64 = 4096;
+
+/// `data/xx/yy` directories of a borg 2 repository.
+const DATA_DIRS: u64 = 256 + 256 * 256;
+
+impl Space {
+    /// One `protocol` workload (a server's, or the reference loop's, in one repetition): the
+    /// fresh repository's objects and the directories they create, the 64 KiB objects, and the
+    /// established repository's 65 792 directories and objects.
+    fn protocol_workload(cfg: &Config) -> Space {
+        let (small, large) = (cfg.small as u64, cfg.large as u64);
+        // random ids spread over 65 536 leaves: the expected number that get at least one
+        let leaves = (65_536.0 * (1.0 - (-(small as f64) / 65_536.0).exp())) as u64;
+        let large_blocks = (65_536 + 200u64).div_ceil(BLOCK);
+        Space {
+            bytes: (small + leaves + 256) * BLOCK + large * large_blocks * BLOCK + (DATA_DIRS + small) * BLOCK + (1 << 20),
+            inodes: small + leaves + 256 + large + DATA_DIRS + small + 100,
+        }
+    }
+
+    /// One `e2e` workload: the repository (the duplicate fifth stored once) and the extracted copy.
+    fn e2e_workload(data_bytes: u64, files: u64) -> Space {
+        Space { bytes: data_bytes * 8 / 10 + data_bytes + (64 << 20), inodes: files * 3 + DATA_DIRS / 4 }
+    }
+
+    fn times(self, n: u64) -> Space {
+        Space { bytes: self.bytes * n, inodes: self.inodes * n }
+    }
+
+    fn plus(self, other: Space) -> Space {
+        Space { bytes: self.bytes + other.bytes, inodes: self.inodes + other.inodes }
+    }
+}
+
+/// Refuses to start a run that would fill the file system holding `dir` part way through (a
+/// full disk ends the run and leaves the machine without space until the trees are deleted,
+/// which takes longer than the run).
+fn ensure_space(dir: &Path, need: Space) -> Res<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| format!("{}: path contains a NUL byte", dir.display()))?;
+    // SAFETY: statvfs is plain data filled by the kernel; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!("{}: statvfs: {}", dir.display(), std::io::Error::last_os_error()));
+    }
+    let free = Space { bytes: st.f_bavail as u64 * st.f_frsize as u64, inodes: st.f_favail as u64 };
+    let gb = |b: u64| b as f64 / 1e9;
+    // file systems without inode limits (btrfs, tmpfs with nr_inodes=0) report 0
+    let inodes_short = free.inodes > 0 && free.inodes < need.inodes;
+    if free.bytes < need.bytes || inodes_short {
+        return Err(format!(
+            "not enough room in {}: about {:.1} GB and {} inodes needed, {:.1} GB and {} free (choose another --workdir, or fewer --reps / --warmup)",
+            dir.display(),
+            gb(need.bytes),
+            need.inodes,
+            gb(free.bytes),
+            free.inodes
+        ));
+    }
+    eprintln!("this run needs about {:.1} GB and {} inodes in {} ({:.1} GB free): delete it when done", gb(need.bytes), need.inodes, dir.display(), gb(free.bytes));
+    Ok(())
+}
+
 fn protocol(args: &[String]) -> Res<()> {
     let servers = parse_servers(args)?;
     if servers.is_empty() {
         return Err("give at least one --server 'LABEL::CMD'".into());
     }
-    let reps: usize = opt(args, "--reps").map(|v| v.parse().map_err(|_| "--reps: a number")).transpose()?.unwrap_or(5);
-    let cfg = Config {
-        small: opt(args, "--small").map(|v| v.parse().unwrap_or(20_000)).unwrap_or(20_000),
-        large: opt(args, "--large").map(|v| v.parse().unwrap_or(2_000)).unwrap_or(2_000),
-        window: opt(args, "--window").map(|v| v.parse().unwrap_or(100)).unwrap_or(100),
-    };
+    let reps = count(args, "--reps", 5)?.max(1);
+    let warmup = count(args, "--warmup", 1)?;
+    let cfg = Config { small: count(args, "--small", 20_000)?, large: count(args, "--large", 2_000)?, window: count(args, "--window", 100)?.max(1) };
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    ensure_space(&root, Space::protocol_workload(&cfg).times(((reps + warmup) * (servers.len() + 1)) as u64))?;
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     // per repetition: 1 KiB/s, 1 KiB CPU s, 64 KiB MB/s; 1 KiB/s and CPU s in an established repository
     let mut reference: Vec<[f64; 5]> = Vec::new();
-    for rep in 0..reps {
+    for rep in 0..warmup + reps {
+        // warm-up repetitions run everything and keep nothing: the first server after a quiet
+        // spell (or a cache drop) pays for reading the file system's metadata back in.
+        let (label, keep) = if rep < warmup { (format!("warm-up {rep}"), false) } else { (format!("rep {}", rep - warmup), true) };
         // alternate the order of servers between repetitions
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
         for &si in &order {
             let dir = root.join(format!("rep{rep}-s{si}"));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            settle();
             let run = workload(&servers[si].1, &dir, &cfg).map_err(|e| format!("{}: {e}", servers[si].0))?;
-            eprintln!("rep {rep} {}: put1k {:.0}/s, put64k {:.1} MB/s, peak {:.1} MiB", servers[si].0, run["put1k_per_s"], run["put64k_mb_per_s"], run["peak_rss_mib"]);
-            results[si].push(run);
+            eprintln!("{label} {}: put1k {:.0}/s, put64k {:.1} MB/s, peak {:.1} MiB", servers[si].0, run["put1k_per_s"], run["put64k_mb_per_s"], run["peak_rss_mib"]);
+            if keep {
+                results[si].push(run);
+            }
         }
         let dir = root.join(format!("rep{rep}-reference"));
+        settle();
         let (small_rate, small_cpu) = reference_loop(&dir, cfg.small, 1024, 0)?;
         let (large_rate, _) = reference_loop(&dir, cfg.large, 65536, 1_000_000)?;
         let warm = root.join(format!("rep{rep}-reference-established"));
         precreate_data_dirs(&warm)?;
+        settle();
         let (warm_rate, warm_cpu) = reference_loop(&warm, cfg.small, 1024, WARM_SEEDS)?;
         eprintln!(
-            "rep {rep} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB; established repository {warm_rate:.0}/s 1 KiB ({warm_cpu:.2} s CPU)",
+            "{label} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB; established repository {warm_rate:.0}/s 1 KiB ({warm_cpu:.2} s CPU)",
             large_rate * 65536.0 / 1e6
         );
-        reference.push([small_rate, small_cpu, large_rate * 65536.0 / 1e6, warm_rate, warm_cpu]);
+        if keep {
+            reference.push([small_rate, small_cpu, large_rate * 65536.0 / 1e6, warm_rate, warm_cpu]);
+        }
     }
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
     let last = servers.len() - 1;
@@ -668,17 +768,24 @@ fn e2e(args: &[String]) -> Res<()> {
     if servers.is_empty() {
         return Err("give at least one --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' (run as EXECUTABLE serve CLIENT-OPTIONS SERVE-OPTIONS)".into());
     }
-    let reps: usize = opt(args, "--reps").map(|v| v.parse().map_err(|_| "--reps: a number")).transpose()?.unwrap_or(3);
-    let mb: usize = opt(args, "--size-mb").map(|v| v.parse().map_err(|_| "--size-mb: a number")).transpose()?.unwrap_or(300);
+    let reps = count(args, "--reps", 3)?.max(1);
+    let warmup = count(args, "--warmup", 1)?;
+    let mb = count(args, "--size-mb", 300)?.max(1);
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-e2e-{}", std::process::id())));
     let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim");
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let data = (mb as u64) << 20;
+    // the data set (once), then per workload its repository and its extracted copy
+    let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
+    ensure_space(&root, Space { bytes: data, inodes: files }.plus(Space::e2e_workload(data, files).times(((reps + warmup) * servers.len()) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
     eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
     // metric -> per server samples
     let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); servers.len()];
-    for rep in 0..reps {
+    for rep in 0..warmup + reps {
+        let (rep_label, keep) = if rep < warmup { (format!("warm-up {rep}"), false) } else { (format!("rep {}", rep - warmup), true) };
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
         for &si in &order {
             let (label, cmd) = &servers[si];
@@ -714,9 +821,11 @@ fn e2e(args: &[String]) -> Res<()> {
                 Ok(t.elapsed().as_secs_f64())
             };
             borg_run(&["repo-create", "-e", "none"], &dir)?;
+            settle();
             let create = borg_run(&["create", "bench", src.to_str().unwrap_or_default()], &dir)?;
             let out = dir.join("extract");
             std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+            settle();
             let extract = borg_run(&["extract", "bench"], &out)?;
             let same = Command::new("diff").arg("-rq").arg(&src).arg(out.join(src.strip_prefix("/").unwrap_or(&src))).status().map_err(|e| e.to_string())?;
             if !same.success() {
@@ -726,6 +835,10 @@ fn e2e(args: &[String]) -> Res<()> {
             if m.len() != 3 {
                 return Err(format!("{label}: expected 3 measured server sessions, got {}", m.len()));
             }
+            eprintln!("{rep_label} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].0, m[1].1, m[2].0);
+            if !keep {
+                continue;
+            }
             let s = &mut samples[si];
             s.entry("create_wall_s").or_default().push(create);
             s.entry("create_server_cpu_s").or_default().push(m[1].0);
@@ -733,7 +846,6 @@ fn e2e(args: &[String]) -> Res<()> {
             s.entry("extract_wall_s").or_default().push(extract);
             s.entry("extract_server_cpu_s").or_default().push(m[2].0);
             s.entry("extract_server_peak_rss_mib").or_default().push(m[2].1);
-            eprintln!("rep {rep} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].0, m[1].1, m[2].0);
         }
     }
     let last = servers.len() - 1;
@@ -765,7 +877,7 @@ fn main() {
         Some("protocol") => protocol(&args[1..]).map(|_| 0),
         Some("measure") => measure(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--small N] [--large N] [--window N] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
