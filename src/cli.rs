@@ -126,6 +126,10 @@ pub struct ServeArgs {
     /// devices, NFS)
     #[arg(long = "no-direct-io")]
     pub no_direct_io: bool,
+    /// threads per session writing small objects at once, so that one client's file-system waits
+    /// overlap (0: one object after the other, like Python borg)
+    #[arg(long = "put-writers", value_name = "N", default_value_t = crate::server::puts::WRITERS as u16, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub put_writers: u16,
     /// largest message a client may send, in MiB (a put is at most 20 MiB; store_store of a large chunk index more)
     #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 256)]
     pub max_message_mib: usize,

@@ -1,5 +1,6 @@
 //! Hostile clients: raw msgpack sent straight to `borgd serve`, for everything a real borg client
-//! never sends. Each case must get a clear error answer or a clean disconnect — never a panic,
+//! never sends (or never sends on demand, such as hundreds of puts and a read of one of them in
+//! a single write). Each case must get a clear error answer or a clean disconnect — never a panic,
 //! never a file touched outside the allowed tree, never a lock left behind — and the repository
 //! must still pass Python borg's own `borg check` afterwards.
 
@@ -347,5 +348,65 @@ fn termination_signals_end_the_session_and_release_the_lock() {
         assert!(ok, "signal {sig}: a clean exit: {err}");
         assert!(files_below(&repo.join("locks")).is_empty(), "signal {sig}: lock released");
     }
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+/// Small puts are written by a session's writer threads and answered as each is written; what a
+/// client sends after them must see them all. One write carries 300 puts, a `get` of one of
+/// them and a `list`; in no-delete mode a second put of an object already written is refused
+/// (atomically, by the writer) with the same error as before. Every msgid is answered exactly
+/// once, the `get` and `list` see every put, and Python's `borg check` passes afterwards.
+#[test]
+fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
+    let (env, _allowed, _outside, repo) = setup();
+    let mut raw = Raw::start(&["--permissions=no-delete"]);
+    open(&mut raw, &repo);
+    let objects: Vec<([u8; 32], Vec<u8>)> = (0..300u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[4] = 0xa5;
+            (id, borgd::repository::repoobj::Header::wrap(b"m", &vec![i as u8; 100 + (i as usize % 7) * 1000]))
+        })
+        .collect();
+    let mut batch = Vec::new();
+    let first = raw.next_id + 1;
+    for (id, obj) in &objects {
+        batch.extend(raw.request("put", &[("id", Arg::Bin(id)), ("data", Arg::Bin(obj))]));
+    }
+    // the same object again: no-delete mode may not replace it
+    batch.extend(raw.request("put", &[("id", Arg::Bin(&objects[7].0)), ("data", Arg::Bin(&objects[7].1))]));
+    let again = raw.next_id;
+    batch.extend(raw.request("get", &[("id", Arg::Bin(&objects[299].0))]));
+    let get = raw.next_id;
+    batch.extend(raw.request("list", &[("limit", Arg::Int(1000)), ("marker", Arg::Nil)]));
+    let list = raw.next_id;
+    raw.send_raw(&batch).unwrap();
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < (list - first + 1) as usize {
+        let answer = raw.read_answer().expect("an answer for every request");
+        let v = msgpack::parse(&answer).unwrap();
+        let Some(Value::Int(i)) = v.get("i") else { panic!("answer without msgid") };
+        let i = *i as i64;
+        assert!((first..=list).contains(&i), "unexpected msgid {i}");
+        let error = match v.get("exception_class") {
+            Some(Value::Str(c)) => Some(c.to_string()),
+            _ => None,
+        };
+        if i == get {
+            assert!(answer.ends_with(&objects[299].1), "get sees the put before it");
+        }
+        if i == list {
+            let Some(Value::Array(items)) = v.get("r") else { panic!("list answer") };
+            let listed = items.iter().filter(|it| matches!(it, Value::Array(p) if matches!(p.first(), Some(Value::Bin(b)) if b[4] == 0xa5))).count();
+            assert_eq!(listed, 300, "list sees every put before it");
+        }
+        assert!(answered.insert(i, error).is_none(), "msgid {i} answered twice");
+    }
+    assert_eq!(answered[&again].as_deref(), Some("PathPermissionDenied"), "a replace in no-delete mode is refused");
+    assert!(answered.iter().filter(|(i, _)| **i != again).all(|(_, e)| e.is_none()), "{answered:?}");
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }

@@ -286,6 +286,22 @@ impl Repository {
         Ok(())
     }
 
+    /// `put`, checked and decided now, written by the caller later (see [`store::LaterWrite`]);
+    /// `None` when the store cannot write from another thread: then use [`Repository::put`].
+    pub fn put_later(&mut self, id: &[u8], len: usize, log: &Log) -> Result<Option<store::LaterWrite>, Error> {
+        self.refresh_lock(log)?;
+        if len > MAX_DATA_SIZE {
+            return Err(Error::Integrity(format!("More than allowed put data [{len} > {MAX_DATA_SIZE}]")));
+        }
+        let name = Self::data_name(id)?;
+        Ok(self.store.store_later(&name)?)
+    }
+
+    /// A write carried out for this repository elsewhere (a [`Repository::put_later`]) failed.
+    pub fn note_write_error(&mut self, error: String) {
+        self.last_write_error = Some(error);
+    }
+
     /// `put` with the `len` data bytes read from `src` as they arrive (a large put is never held
     /// whole in memory). The caller drains whatever is left unread if this fails.
     pub fn put_from(&mut self, id: &[u8], len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {

@@ -7,6 +7,7 @@
 //! a protocol error or a signal — the session ends too, releasing its lock.
 
 pub mod paths;
+pub mod puts;
 pub mod session;
 pub mod socket;
 
@@ -21,6 +22,7 @@ use crate::rpc::frame::{FrameError, FrameReader};
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, msgpack, Body, Request, RequestError};
 pub use session::{Config, Session};
+use puts::PutWriters;
 
 /// How a session ended, when it did not end cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -95,13 +97,18 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
 
 fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, stop: &AtomicBool) -> Result<(), ServeError> {
     let mut header = Vec::with_capacity(256);
+    // started at the first put they can take; dropped (finishing their puts) when this returns
+    let mut writers: Option<PutWriters> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(ServeError::Stopped);
         }
         let Some(len) = reader.buffered_frame()? else {
-            if reader.needed() >= STREAM_FROM && stream_put(session, out, &mut reader, &mut header)? {
-                continue;
+            if reader.needed() >= STREAM_FROM {
+                drain(session, writers.as_ref());
+                if stream_put(session, out, &mut reader, &mut header)? {
+                    continue;
+                }
             }
             locked(out).and_then(|mut w| w.flush()).map_err(ServeError::Write)?;
             match reader.fill() {
@@ -115,10 +122,20 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
         let value = msgpack::parse(frame).map_err(|e| ServeError::Protocol(e.to_string()))?;
         header.clear();
         match Request::from_value(value) {
-            Ok(req) => match session.call(&req) {
-                Ok(reply) => {
-                    let body = encode_reply(req.msgid, &reply, &mut header);
-                    write_answer(out, &header, body).map_err(ServeError::Write)?;
+            Ok(req) => match put_later(session, &req, out, &mut writers) {
+                Ok(true) => {} // answered by a writer thread once written
+                Ok(false) => {
+                    drain(session, writers.as_ref());
+                    match session.call(&req) {
+                        Ok(reply) => {
+                            let body = encode_reply(req.msgid, &reply, &mut header);
+                            write_answer(out, &header, body).map_err(ServeError::Write)?;
+                        }
+                        Err(e) => {
+                            encode_exception(req.msgid, &Exception::from(&e), &mut header);
+                            write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
+                        }
+                    }
                 }
                 Err(e) => {
                     encode_exception(req.msgid, &Exception::from(&e), &mut header);
@@ -136,6 +153,41 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
         if header.capacity() > 64 * 1024 {
             header = Vec::with_capacity(256); // an unusually large answer: do not keep its buffer
         }
+    }
+}
+
+/// Hands a small `put` to the session's writer threads (see [`puts`]); `Ok(false)` if it is
+/// not one they take (then the caller drains them and runs the request in order).
+fn put_later(session: &mut Session, req: &Request<'_>, out: &SharedOutput, writers: &mut Option<PutWriters>) -> Result<bool, crate::error::CallError> {
+    if req.method != "put" {
+        return Ok(false);
+    }
+    let Some((write, value)) = session.put_later(req)? else { return Ok(false) };
+    if writers.is_none() {
+        match PutWriters::start(out.clone(), session.config().put_writers) {
+            Ok(w) => *writers = Some(w),
+            Err(e) => {
+                // no threads to be had: write it here and now, in order, as everything else
+                session.log().warning("borgd.server", &format!("borgd: writing puts in order (no writer threads: {e})"));
+                write.write(value)?;
+                let mut header = Vec::with_capacity(32);
+                encode_reply(req.msgid, &crate::rpc::Reply::Nil, &mut header);
+                write_answer(out, &header, Body::None).map_err(|e| crate::store::Error::Io { op: "answer", path: "-".into(), source: e })?;
+                return Ok(true);
+            }
+        }
+    }
+    if let Some(w) = writers {
+        w.submit(req.msgid, write, value.to_vec());
+    }
+    Ok(true)
+}
+
+/// Waits for the session's writer threads to finish every put handed out, so that whatever
+/// comes next sees them all; a failure among them is remembered by the repository.
+fn drain(session: &mut Session, writers: Option<&PutWriters>) {
+    if let Some(error) = writers.and_then(PutWriters::drain) {
+        session.note_write_error(error);
     }
 }
 

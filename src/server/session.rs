@@ -28,6 +28,8 @@ pub struct Config {
     pub durability: Durability,
     /// Large objects written with O_DIRECT (not `--no-direct-io`).
     pub direct_io: bool,
+    /// `--put-writers`: threads per session writing small puts (0: in order, see `server::puts`).
+    pub put_writers: usize,
     /// `BORG_STORE_DATA_LEVELS`: nesting depth of `data/`.
     pub data_levels: usize,
     /// Largest message accepted from a client, in bytes.
@@ -57,6 +59,11 @@ impl Session {
     /// The session's logger (the serve loop flushes it).
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The server's policy this session follows.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// Ends the session: closes the repository, making writes durable and releasing the lock.
@@ -181,6 +188,29 @@ impl Session {
                 unreachable!("handled above")
             }
         })
+    }
+
+    /// A `put` to be written by the session's writer threads (see [`super::puts`]): checked and
+    /// decided now, with its value; `None` if it is to be run in order by [`Session::call`]
+    /// instead (large values, or a store that cannot write from other threads).
+    pub fn put_later<'r>(&mut self, req: &Request<'r>) -> Result<Option<(crate::store::LaterWrite, &'r [u8])>, CallError> {
+        let Some(repo) = self.repo.as_mut().filter(|_| self.cfg.put_writers > 0) else { return Ok(None) };
+        let bad = |e| CallError::bad_arg(req.method, e);
+        let (id, data) = (req.args.bytes("id").map_err(bad)?, req.args.bytes("data").map_err(bad)?);
+        if data.len() >= super::puts::LATER_BELOW {
+            return Ok(None);
+        }
+        if self.log.enabled(TRACE, Level::Debug) {
+            self.log.debug(TRACE, &format!("rpc put (msgid {}, written by a writer thread)", req.msgid));
+        }
+        Ok(repo.put_later(id, data.len(), &self.log)?.map(|w| (w, data)))
+    }
+
+    /// A put written by a writer thread failed (see [`Repository::note_write_error`]).
+    pub fn note_write_error(&mut self, error: String) {
+        if let Some(repo) = self.repo.as_mut() {
+            repo.note_write_error(error);
+        }
     }
 
     /// A `put` whose data (`len` bytes) is read from `data` as it arrives instead of from the

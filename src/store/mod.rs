@@ -136,6 +136,47 @@ pub trait Backend: Send + Sync {
     fn visibility_delay(&self) -> std::time::Duration {
         std::time::Duration::from_millis(10)
     }
+    /// A writer other threads can use while this backend stays with its session, so a session
+    /// can have several small objects written at once (their file-system waits overlap);
+    /// `None` if this backend cannot write from other threads (then writes stay in order).
+    fn shared_writer(&self) -> Option<std::sync::Arc<dyn ItemWriter>> {
+        None
+    }
+    /// Items were written through [`Backend::shared_writer`]: the next barrier must cover them
+    /// (they are not itemised).
+    fn note_shared_write(&mut self) {}
+}
+
+/// Writes items from any thread (see [`Backend::shared_writer`]); names are nested and
+/// validated, permissions decided by the [`Store`] that handed out the write.
+pub trait ItemWriter: Send + Sync {
+    /// As [`Backend::store`].
+    fn write(&self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error>;
+}
+
+/// One store of an item decided (permissions, name, durability) by a [`Store`] and carried out
+/// later, possibly on another thread (see [`Store::store_later`]).
+pub struct LaterWrite {
+    writer: std::sync::Arc<dyn ItemWriter>,
+    name: String,
+    nested: String,
+    how: WriteOptions,
+    mode: Mode,
+}
+
+impl LaterWrite {
+    /// The item's name, as the client gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `value`; a refused replace is the permission error it stands for.
+    pub fn write(&self, value: &[u8]) -> Result<(), Error> {
+        match self.writer.write(&self.nested, value, self.how) {
+            Err(Error::ItemExists(_)) => Err(Error::PermissionDenied { mode: self.mode, op: "store", name: self.name.clone(), required: "W" }),
+            other => other,
+        }
+    }
 }
 
 /// The per-namespace nesting configuration borg 2 uses, longest namespace first.
@@ -263,6 +304,19 @@ impl Store {
         let (nested, how) = self.prepare_store(name)?;
         let stored = self.backend.store(&nested, value, how);
         self.overwrite_denied(name, stored)
+    }
+
+    /// [`Store::store`], decided now and written later by whoever calls [`LaterWrite::write`]
+    /// (another thread, say) — `None` if the backend cannot write from other threads. Only for
+    /// data objects: nothing needs a barrier before them.
+    pub fn store_later(&mut self, name: &str) -> Result<Option<LaterWrite>, Error> {
+        if !name.starts_with("data/") {
+            return Ok(None);
+        }
+        let Some(writer) = self.backend.shared_writer() else { return Ok(None) };
+        let (nested, how) = self.prepare_store(name)?;
+        self.backend.note_shared_write();
+        Ok(Some(LaterWrite { writer, name: name.to_string(), nested, how, mode: self.permissions.mode() }))
     }
 
     /// [`Store::store`] with the value streamed from `src` (`len` bytes) as it arrives.
@@ -497,6 +551,44 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data objects (and only they) can be decided by the store and written from other threads;
+    /// a refused replace is the same permission error; the next barrier covers them; a backend
+    /// without a shared writer says so.
+    #[test]
+    fn data_objects_can_be_written_later_from_other_threads_and_only_they() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let open = |mode| Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(mode), Durability::Barrier);
+        open(Mode::All).create().unwrap();
+        let mut s = open(Mode::NoDelete);
+        s.open().unwrap();
+        // only data objects: anything else may need a barrier before it, so it is written in order
+        for name in ["config/manifest", "archives/x", "locks/l", "keys/repokey"] {
+            assert!(s.store_later(name).unwrap().is_none(), "{name}");
+        }
+        let writes: Vec<LaterWrite> = (0..8u8).map(|i| s.store_later(&format!("data/ccdd{i:02x}")).unwrap().unwrap()).collect();
+        let again = s.store_later("data/ccdd03").unwrap().unwrap();
+        std::thread::scope(|t| {
+            for (i, w) in writes.iter().enumerate() {
+                t.spawn(move || w.write(&[i as u8; 3]).unwrap());
+            }
+        });
+        // a replace without W is refused by the writer as by the store itself
+        assert!(matches!(again.write(b"other"), Err(Error::PermissionDenied { required: "W", op: "store", .. })));
+        assert_eq!(s.load("data/ccdd03", 0, None, false).unwrap(), [3u8; 3]);
+        assert_eq!(s.list("data/cc/dd", false).unwrap().len(), 8);
+        // the session's next barrier covers what other threads wrote (a syncfs)
+        s.barrier().unwrap();
+        let mut ro = open(Mode::ReadOnly);
+        ro.open().unwrap();
+        assert!(matches!(ro.store_later("data/ccdd09"), Err(Error::PermissionDenied { .. })));
+        // a backend that cannot write from other threads says so: the caller writes in order
+        let (disk, _handle) = sim::SimDisk::new();
+        let mut sim = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Barrier);
+        sim.create().unwrap();
+        assert!(sim.store_later("data/ccdd0a").unwrap().is_none());
+    }
 
     /// Without `W` (no-delete mode's `data/`), a new item is written and an existing one is
     /// never replaced — refused atomically by the file system, with the same error Python gives,

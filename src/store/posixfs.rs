@@ -15,7 +15,8 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::beneath::Dir;
 use super::direct::DirectWriter;
@@ -24,7 +25,7 @@ use super::{name, Backend, Durability, Error, ItemInfo, Object, WriteOptions};
 /// A store kept as files below `base`.
 pub struct PosixFs {
     base: PathBuf,
-    root: Option<Dir>,
+    root: Option<Arc<Dir>>,
     track_dirty: bool,
     dirty_files: Vec<String>,
     dirty_dirs: BTreeSet<String>,
@@ -106,6 +107,117 @@ fn not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
+fn io_err(base: &Path, op: &'static str, name: &str, source: io::Error) -> Error {
+    Error::Io { op, path: if name.is_empty() { base.to_path_buf() } else { base.join(name) }, source }
+}
+
+/// The write itself, shared by a session's own writes and its [`SharedWriter`]'s: temp file in
+/// the target directory (created with its missing parents), contents, rename into place. With
+/// `how.durable` the file, its directory and any directory created for it are fsynced; otherwise
+/// the directories created are returned for the caller's next barrier. `direct` (absent for
+/// shared writers, which only take small objects) writes large values around the page cache;
+/// `write_behind` starts writeback of large values written through it.
+fn write_beneath(
+    root: &Dir,
+    base: &Path,
+    name: &str,
+    src: Source<'_>,
+    how: WriteOptions,
+    direct_writer: Option<&mut DirectWriter>,
+    write_behind: bool,
+) -> Result<Vec<String>, Error> {
+    let durable = how.durable;
+    let (dir_name, file) = split(name);
+    let mut created = Vec::new();
+    let dir = root.open_or_make_dir(dir_name, &mut created).map_err(|e| io_err(base, "create directory", dir_name, e))?;
+    if durable {
+        for parent in &created {
+            root.dir(parent).and_then(|d| d.sync()).map_err(|e| io_err(base, "fsync directory", parent, e))?;
+        }
+    }
+    let tmp = temp_name(file);
+    let len = match &src {
+        Source::Slice(v) => v.len() as u64,
+        Source::Stream(_, len) => *len,
+    };
+    let mut writer = direct_writer.filter(|w| w.wants(len));
+    let mut direct = writer.is_some();
+    let opened = if direct {
+        match dir.create_new_direct(&tmp) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // this file system does not do O_DIRECT (the file may exist all the same)
+                if let Some(w) = writer.take() {
+                    w.refused_at_open();
+                }
+                direct = false;
+                let _ = dir.unlink(&tmp);
+                dir.create_new(&tmp)
+            }
+            other => other,
+        }
+    } else {
+        dir.create_new(&tmp)
+    };
+    let written = opened.map_err(|e| ("write", e)).and_then(|mut f| {
+        match (src, writer) {
+            (Source::Slice(mut v), Some(w)) if direct => w.write(&mut f, &mut v, len)?,
+            (Source::Stream(r, len), Some(w)) if direct => w.write(&mut f, r, len)?,
+            (Source::Slice(v), _) => f.write_all(v).map_err(|e| ("write", e))?,
+            (Source::Stream(r, len), _) => copy_exactly(r, &mut f, len)?,
+        }
+        if durable {
+            f.sync_all().map_err(|e| ("fsync", e))?;
+        } else if write_behind && !direct && len >= WRITE_BEHIND_FROM as u64 {
+            // start writing large objects to disk now, without waiting: the next barrier
+            // then finds little left to do, and disk I/O overlaps the client's work.
+            // SAFETY: valid descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback.
+            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
+        Ok(())
+    });
+    if let Err((op, e)) = written {
+        let _ = dir.unlink(&tmp);
+        return Err(io_err(base, op, name, e));
+    }
+    let renamed = if how.replace {
+        dir.rename(&tmp, &dir, file)
+    } else {
+        match dir.rename_noreplace(&tmp, &dir, file) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
+                // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
+                Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                Ok(None) => dir.rename(&tmp, &dir, file),
+                Err(e) => Err(e),
+            },
+            other => other,
+        }
+    };
+    if let Err(e) = renamed {
+        let _ = dir.unlink(&tmp);
+        if !how.replace && e.raw_os_error() == Some(libc::EEXIST) {
+            return Err(Error::ItemExists(name.to_string()));
+        }
+        return Err(io_err(base, "rename", name, e));
+    }
+    if durable {
+        dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
+    }
+    Ok(created)
+}
+
+/// Writes small items of one open store from other threads (see [`Backend::shared_writer`]):
+/// the same temp file + rename, beneath the same directory descriptor.
+struct SharedWriter {
+    root: Arc<Dir>,
+    base: PathBuf,
+}
+
+impl super::ItemWriter for SharedWriter {
+    fn write(&self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
+        write_beneath(&self.root, &self.base, name, Source::Slice(value), how, None, false).map(drop)
+    }
+}
+
 impl PosixFs {
     /// Whether large objects are written with O_DIRECT (the default; see [`super::direct`]).
     pub fn with_direct_io(mut self, on: bool) -> PosixFs {
@@ -121,22 +233,7 @@ impl PosixFs {
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
-        Error::Io { op, path: if name.is_empty() { self.base.clone() } else { self.base.join(name) }, source }
-    }
-
-    fn root(&self) -> Result<&Dir, Error> {
-        self.root.as_ref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))
-    }
-
-    fn open_root(&mut self) -> Result<(), Error> {
-        if self.root.is_none() {
-            let base = self.base.clone();
-            self.root = Some(Dir::open_root(&base).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::DoesNotExist(base.clone()),
-                _ => Error::Io { op: "open", path: base.clone(), source: e },
-            })?);
-        }
-        Ok(())
+        io_err(&self.base, op, name, source)
     }
 
     /// Opens directory `dir`, creating it (and parents) if missing.
@@ -154,78 +251,32 @@ impl PosixFs {
         Ok(d)
     }
 
-    /// Writes an item as a temp file renamed into place (see the module docs).
+    fn root(&self) -> Result<&Dir, Error> {
+        self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))
+    }
+
+    fn open_root(&mut self) -> Result<(), Error> {
+        if self.root.is_none() {
+            let base = self.base.clone();
+            self.root = Some(Arc::new(Dir::open_root(&base).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Error::DoesNotExist(base.clone()),
+                _ => Error::Io { op: "open", path: base.clone(), source: e },
+            })?));
+        }
+        Ok(())
+    }
+
+    /// Writes an item as a temp file renamed into place (see the module docs), remembering for
+    /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
-        let durable = how.durable;
-        let (dir_name, file) = split(name);
-        let dir = self.dir_creating(dir_name, durable)?;
-        let tmp = temp_name(file);
-        let track = self.track_dirty;
-        let len = match &src {
-            Source::Slice(v) => v.len() as u64,
-            Source::Stream(_, len) => *len,
-        };
-        let mut direct = self.direct.wants(len);
-        let opened = if direct {
-            match dir.create_new_direct(&tmp) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    // this file system does not do O_DIRECT (the file may exist all the same)
-                    self.direct.refused_at_open();
-                    direct = false;
-                    let _ = dir.unlink(&tmp);
-                    dir.create_new(&tmp)
-                }
-                other => other,
+        let write_behind = self.track_dirty;
+        let root = self.root.clone().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
+        let created = write_beneath(&root, &self.base, name, src, how, Some(&mut self.direct), write_behind)?;
+        if !how.durable {
+            for parent in created {
+                self.note_dirty(None, &parent);
             }
-        } else {
-            dir.create_new(&tmp)
-        };
-        let writer = &mut self.direct;
-        let written = opened.map_err(|e| ("write", e)).and_then(|mut f| {
-            match src {
-                Source::Slice(mut v) if direct => writer.write(&mut f, &mut v, len)?,
-                Source::Stream(r, len) if direct => writer.write(&mut f, r, len)?,
-                Source::Slice(v) => f.write_all(v).map_err(|e| ("write", e))?,
-                Source::Stream(r, len) => copy_exactly(r, &mut f, len)?,
-            }
-            if durable {
-                f.sync_all().map_err(|e| ("fsync", e))?;
-            } else if track && !direct && len >= WRITE_BEHIND_FROM as u64 {
-                // start writing large objects to disk now, without waiting: the next barrier
-                // then finds little left to do, and disk I/O overlaps the client's work.
-                // SAFETY: valid descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback.
-                unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-            }
-            Ok(())
-        });
-        if let Err((op, e)) = written {
-            let _ = dir.unlink(&tmp);
-            return Err(self.err(op, name, e));
-        }
-        let renamed = if how.replace {
-            dir.rename(&tmp, &dir, file)
-        } else {
-            match dir.rename_noreplace(&tmp, &dir, file) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
-                    // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
-                    Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
-                    Ok(None) => dir.rename(&tmp, &dir, file),
-                    Err(e) => Err(e),
-                },
-                other => other,
-            }
-        };
-        if let Err(e) = renamed {
-            let _ = dir.unlink(&tmp);
-            if !how.replace && e.raw_os_error() == Some(libc::EEXIST) {
-                return Err(Error::ItemExists(name.to_string()));
-            }
-            return Err(self.err("rename", name, e));
-        }
-        if durable {
-            dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
-        } else {
-            self.note_dirty(Some(name), dir_name);
+            self.note_dirty(Some(name), split(name).0);
         }
         Ok(())
     }
@@ -455,6 +506,20 @@ impl Backend for PosixFs {
 
     fn describe(&self) -> String {
         format!("file://{}", self.base.display())
+    }
+
+    fn shared_writer(&self) -> Option<Arc<dyn super::ItemWriter>> {
+        let root = self.root.clone()?;
+        Some(Arc::new(SharedWriter { root, base: self.base.clone() }))
+    }
+
+    fn note_shared_write(&mut self) {
+        // what other threads wrote is not itemised: the next barrier syncs the file system
+        if self.track_dirty {
+            self.dirty_overflow = true;
+            self.dirty_files = Vec::new();
+            self.dirty_dirs = BTreeSet::new();
+        }
     }
 
     /// Zero: on a local file system a rename is visible to every listing that starts after it
