@@ -59,11 +59,18 @@ struct State {
     /// The first failure since the last [`PutWriters::drain`].
     error: Option<String>,
     closing: bool,
+    /// The session thread waits for a put to finish (in `submit` or `drain`).
+    session_waits: bool,
+    /// Writers waiting for work (a notification is a system call even when nobody waits).
+    idle: usize,
 }
 
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Signalled once per put handed out: wakes one writer, not all of them.
+    work: Condvar,
+    /// Signalled when a put finishes while the session thread waits for that.
+    done: Condvar,
     out: SharedOutput,
 }
 
@@ -74,8 +81,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.changed.wait(g).unwrap_or_else(|p| p.into_inner())
+    fn wait<'a>(&self, cv: &Condvar, g: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        cv.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session thread waits until `until` is false.
+    fn wait_done<'a>(&self, mut g: MutexGuard<'a, State>, until: impl Fn(&State) -> bool) -> MutexGuard<'a, State> {
+        while until(&g) {
+            g.session_waits = true;
+            g = self.wait(&self.done, g);
+        }
+        g.session_waits = false;
+        g
     }
 }
 
@@ -88,7 +105,7 @@ pub struct PutWriters {
 impl PutWriters {
     /// Starts `n` (at least one) threads; their answers go to `out`.
     pub fn start(out: SharedOutput, n: usize) -> std::io::Result<PutWriters> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), out });
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), work: Condvar::new(), done: Condvar::new(), out });
         let mut writers = PutWriters { shared, threads: Vec::with_capacity(n.max(1)) };
         for i in 0..n.max(1) {
             let shared = writers.shared.clone();
@@ -101,26 +118,25 @@ impl PutWriters {
     /// Hands a put to the writers (waiting while too much is in flight, or while the same object
     /// is still being written).
     pub fn submit(&self, msgid: i64, write: LaterWrite, value: Vec<u8>) {
-        let mut s = self.shared.lock();
-        while s.pending >= MAX_PENDING || (s.pending > 0 && s.bytes + value.len() > MAX_BYTES) || s.names.contains(write.name()) {
-            s = self.shared.wait(s);
-        }
+        let len = value.len();
+        let s = self.shared.lock();
+        let mut s = self.shared.wait_done(s, |s| s.pending >= MAX_PENDING || (s.pending > 0 && s.bytes + len > MAX_BYTES) || s.names.contains(write.name()));
         s.pending += 1;
-        s.bytes += value.len();
+        s.bytes += len;
         s.names.insert(write.name().to_string());
         s.queue.push_back(Job { msgid, write, value });
+        let wake = s.idle > 0;
         drop(s);
-        self.shared.changed.notify_all();
+        if wake {
+            self.shared.work.notify_one();
+        }
     }
 
     /// Waits until every put handed out is written and answered; returns the first failure
     /// among them, if any (the repository remembers it, see `Repository::note_write_error`).
     pub fn drain(&self) -> Option<String> {
-        let mut s = self.shared.lock();
-        while s.pending > 0 {
-            s = self.shared.wait(s);
-        }
-        s.error.take()
+        let s = self.shared.lock();
+        self.shared.wait_done(s, |s| s.pending > 0).error.take()
     }
 }
 
@@ -130,7 +146,7 @@ impl Drop for PutWriters {
     fn drop(&mut self) {
         self.drain();
         self.shared.lock().closing = true;
-        self.shared.changed.notify_all();
+        self.shared.work.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -149,7 +165,9 @@ fn work(shared: &Shared) {
                 if s.closing {
                     return;
                 }
-                s = shared.wait(s);
+                s.idle += 1;
+                s = shared.wait(&shared.work, s);
+                s.idle -= 1;
             }
         };
         answer.clear();
@@ -170,7 +188,7 @@ fn work(shared: &Shared) {
         if let Ok(mut w) = shared.out.lock() {
             let _ = w.write_all(&answer);
         }
-        let idle = {
+        let (idle, wake) = {
             let mut s = shared.lock();
             s.pending -= 1;
             s.bytes -= job.value.len();
@@ -178,9 +196,11 @@ fn work(shared: &Shared) {
             if let Some(said) = failure {
                 s.error.get_or_insert(said);
             }
-            s.pending == 0
+            (s.pending == 0, s.session_waits)
         };
-        shared.changed.notify_all();
+        if wake {
+            shared.done.notify_one();
+        }
         if idle {
             // the serve loop may be waiting for the client, who may be waiting for these answers
             if let Ok(mut w) = shared.out.lock() {
