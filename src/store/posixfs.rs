@@ -111,10 +111,24 @@ fn io_err(base: &Path, op: &'static str, name: &str, source: io::Error) -> Error
     Error::Io { op, path: if name.is_empty() { base.to_path_buf() } else { base.join(name) }, source }
 }
 
+/// Opens directory `dir` beneath `root`, creating it and its missing parents; with `durable`
+/// the parents that were created are fsynced, otherwise they are returned for the caller's next
+/// barrier.
+fn make_dir(root: &Dir, base: &Path, dir: &str, durable: bool) -> Result<(Dir, Vec<String>), Error> {
+    let mut created = Vec::new();
+    let d = root.open_or_make_dir(dir, &mut created).map_err(|e| io_err(base, "create directory", dir, e))?;
+    if durable {
+        for parent in created.drain(..) {
+            root.dir(&parent).and_then(|d| d.sync()).map_err(|e| io_err(base, "fsync directory", &parent, e))?;
+        }
+    }
+    Ok((d, created))
+}
+
 /// The write itself, shared by a session's own writes and its [`SharedWriter`]'s: temp file in
 /// the target directory (created with its missing parents), contents, rename into place. With
 /// `how.durable` the file, its directory and any directory created for it are fsynced; otherwise
-/// the directories created are returned for the caller's next barrier. `direct` (absent for
+/// the directories created are returned for the caller's next barrier (see [`make_dir`]). `direct` (absent for
 /// shared writers, which only take small objects) writes large values around the page cache;
 /// `write_behind` starts writeback of large values written through it.
 fn write_beneath(
@@ -128,13 +142,7 @@ fn write_beneath(
 ) -> Result<Vec<String>, Error> {
     let durable = how.durable;
     let (dir_name, file) = split(name);
-    let mut created = Vec::new();
-    let dir = root.open_or_make_dir(dir_name, &mut created).map_err(|e| io_err(base, "create directory", dir_name, e))?;
-    if durable {
-        for parent in &created {
-            root.dir(parent).and_then(|d| d.sync()).map_err(|e| io_err(base, "fsync directory", parent, e))?;
-        }
-    }
+    let (dir, created) = make_dir(root, base, dir_name, durable)?;
     let tmp = temp_name(file);
     let len = match &src {
         Source::Slice(v) => v.len() as u64,
@@ -238,15 +246,9 @@ impl PosixFs {
 
     /// Opens directory `dir`, creating it (and parents) if missing.
     fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
-        let mut created = Vec::new();
-        let d = self.root()?.open_or_make_dir(dir, &mut created).map_err(|e| self.err("create directory", dir, e))?;
+        let (d, created) = make_dir(self.root()?, &self.base, dir, durable)?;
         for parent in created {
-            if durable {
-                let root = self.root()?;
-                root.dir(&parent).and_then(|d| d.sync()).map_err(|e| self.err("fsync directory", &parent, e))?;
-            } else {
-                self.note_dirty(None, &parent);
-            }
+            self.note_dirty(None, &parent);
         }
         Ok(d)
     }
@@ -269,9 +271,8 @@ impl PosixFs {
     /// Writes an item as a temp file renamed into place (see the module docs), remembering for
     /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
-        let write_behind = self.track_dirty;
-        let root = self.root.clone().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
-        let created = write_beneath(&root, &self.base, name, src, how, Some(&mut self.direct), write_behind)?;
+        let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
+        let created = write_beneath(root, &self.base, name, src, how, Some(&mut self.direct), self.track_dirty)?;
         if !how.durable {
             for parent in created {
                 self.note_dirty(None, &parent);
