@@ -156,30 +156,27 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
     }
 }
 
-/// Hands a small `put` to the session's writer threads (see [`puts`]); `Ok(false)` if it is
-/// not one they take (then the caller drains them and runs the request in order).
+/// Hands a small `put` to the session's writer threads (see [`puts`]), starting them at the
+/// first put; `Ok(false)` if it is not one they take (then the caller drains them and runs the
+/// request in order).
 fn put_later(session: &mut Session, req: &Request<'_>, out: &SharedOutput, writers: &mut Option<PutWriters>) -> Result<bool, crate::error::CallError> {
-    if req.method != "put" {
+    let n = session.config().put_writers;
+    if req.method != "put" || n == 0 {
         return Ok(false);
     }
-    let Some((write, value)) = session.put_later(req)? else { return Ok(false) };
     if writers.is_none() {
-        match PutWriters::start(out.clone(), session.config().put_writers) {
+        match PutWriters::start(out.clone(), n) {
             Ok(w) => *writers = Some(w),
             Err(e) => {
-                // no threads to be had: write it here and now, in order, as everything else
-                session.log().warning("borgd.server", &format!("borgd: writing puts in order (no writer threads: {e})"));
-                write.write(value)?;
-                let mut header = Vec::with_capacity(32);
-                encode_reply(req.msgid, &crate::rpc::Reply::Nil, &mut header);
-                write_answer(out, &header, Body::None).map_err(|e| crate::store::Error::Io { op: "answer", path: "-".into(), source: e })?;
-                return Ok(true);
+                // no threads to be had: this put is written in order; the next one tries again
+                session.log().warning("borgd.server", &format!("borgd: writing a put in order (no writer threads: {e})"));
+                return Ok(false);
             }
         }
     }
-    if let Some(w) = writers {
-        w.submit(req.msgid, write, value.to_vec());
-    }
+    let Some(w) = writers.as_ref() else { return Ok(false) };
+    let Some((write, value)) = session.put_later(req)? else { return Ok(false) };
+    w.submit(req.msgid, write, value.to_vec());
     Ok(true)
 }
 

@@ -194,7 +194,7 @@ impl Session {
     /// decided now, with its value; `None` if it is to be run in order by [`Session::call`]
     /// instead (large values, or a store that cannot write from other threads).
     pub fn put_later<'r>(&mut self, req: &Request<'r>) -> Result<Option<(crate::store::LaterWrite, &'r [u8])>, CallError> {
-        let Some(repo) = self.repo.as_mut().filter(|_| self.cfg.put_writers > 0) else { return Ok(None) };
+        let Some(repo) = self.repo.as_mut() else { return Ok(None) };
         let bad = |e| CallError::bad_arg(req.method, e);
         let (id, data) = (req.args.bytes("id").map_err(bad)?, req.args.bytes("data").map_err(bad)?);
         if data.len() >= super::puts::LATER_BELOW {
