@@ -110,6 +110,9 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
                     continue;
                 }
             }
+            if let Some(w) = &writers {
+                w.kick();
+            }
             locked(out).and_then(|mut w| w.flush()).map_err(ServeError::Write)?;
             match reader.fill() {
                 Ok(true) => continue,

@@ -13,6 +13,13 @@
 //! Every other request waits until every put handed out so far is written and answered
 //! ([`PutWriters::drain`]), so it sees the repository exactly as if the puts had run one after
 //! the other; a put of an object that is still being written waits for that write as well.
+//!
+//! Waking a thread is the expensive part of handing it work (a system call, and on this
+//! virtual machine often a wake-up of the other, idle CPU). So puts are handed out in batches:
+//! the session queues what one read from the client brought and wakes idle writers when it is
+//! about to wait — for the client ([`PutWriters::kick`]) or for the writers — or when
+//! [`KICK_AT`] puts (or [`KICK_BYTES`]) are waiting; a writer takes queued puts one after the
+//! other without sleeping in between.
 //! Objects stay small here (below [`LATER_BELOW`]): large ones are written by the session
 //! itself, streamed and around the page cache. Memory is bounded by [`MAX_BYTES`] of copied
 //! values in flight.
@@ -42,6 +49,14 @@ pub const MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Puts handed out and not yet answered, at most.
 const MAX_PENDING: usize = 64;
 
+/// Queued puts at which the session wakes an idle writer without waiting for the end of the
+/// batch (so a large batch is written while the rest of it is still being decoded).
+pub const KICK_AT: usize = 16;
+
+/// Queued bytes at which the session wakes an idle writer without waiting for the end of the
+/// batch (a batch of 64 KiB objects).
+pub const KICK_BYTES: usize = 256 * 1024;
+
 struct Job {
     msgid: i64,
     write: LaterWrite,
@@ -51,18 +66,50 @@ struct Job {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
+    /// Bytes of the values in `queue`.
+    queued_bytes: usize,
     /// Handed out and not yet answered (queued or being written).
     pending: usize,
+    /// Bytes of the values pending.
     bytes: usize,
     /// Names of the objects pending.
     names: HashSet<String>,
     /// The first failure since the last [`PutWriters::drain`].
     error: Option<String>,
     closing: bool,
-    /// The session thread waits for a put to finish (in `submit` or `drain`).
-    session_waits: bool,
-    /// Writers waiting for work (a notification is a system call even when nobody waits).
+    /// The session thread waits for puts to finish (in `submit` or `drain`), until this.
+    session_waits: Option<Until>,
+    /// Writers waiting for work and not yet woken (a notification is a system call even when
+    /// nobody waits; a writer woken twice is a wasted one).
     idle: usize,
+    /// Writers woken and not yet running. A writer returning from its wait takes one of these
+    /// if there is one, else (a spurious wake-up) leaves `idle`: `idle + woken` is always the
+    /// number of writers inside their wait.
+    woken: usize,
+}
+
+/// What the session thread waits for: at most this many puts and bytes pending. A writer wakes
+/// it only then, not at every put it finishes (each wake-up is a context switch).
+#[derive(Clone, Copy)]
+struct Until {
+    pending: usize,
+    bytes: usize,
+}
+
+impl Until {
+    fn reached(self, s: &State) -> bool {
+        s.pending <= self.pending && s.bytes <= self.bytes
+    }
+}
+
+impl State {
+    /// How many idle writers (at most `max`) to wake for the queued work, marking them woken.
+    fn wake(&mut self, max: usize) -> usize {
+        let n = self.idle.min(self.queue.len()).min(max);
+        self.idle -= n;
+        self.woken += n;
+        n
+    }
 }
 
 struct Shared {
@@ -85,13 +132,23 @@ impl Shared {
         cv.wait(g).unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The session thread waits until `until` is false.
-    fn wait_done<'a>(&self, mut g: MutexGuard<'a, State>, until: impl Fn(&State) -> bool) -> MutexGuard<'a, State> {
-        while until(&g) {
-            g.session_waits = true;
+    /// Wakes `n` writers.
+    fn notify(&self, n: usize) {
+        for _ in 0..n {
+            self.work.notify_one();
+        }
+    }
+
+    /// The session thread waits for as long as `wait` says what for (first waking writers for
+    /// whatever is queued: they may be what it waits for).
+    fn wait_done<'a>(&self, mut g: MutexGuard<'a, State>, wait: impl Fn(&State) -> Option<Until>) -> MutexGuard<'a, State> {
+        while let Some(until) = wait(&g) {
+            let n = g.wake(usize::MAX);
+            self.notify(n);
+            g.session_waits = Some(until);
             g = self.wait(&self.done, g);
         }
-        g.session_waits = false;
+        g.session_waits = None;
         g
     }
 }
@@ -120,23 +177,40 @@ impl PutWriters {
     pub fn submit(&self, msgid: i64, write: LaterWrite, value: Vec<u8>) {
         let len = value.len();
         let s = self.shared.lock();
-        let mut s = self.shared.wait_done(s, |s| s.pending >= MAX_PENDING || (s.pending > 0 && s.bytes + len > MAX_BYTES) || s.names.contains(write.name()));
+        let mut s = self.shared.wait_done(s, |s| {
+            if s.names.contains(write.name()) {
+                // the same object: the next put finished may be it
+                Some(Until { pending: s.pending - 1, bytes: usize::MAX })
+            } else if s.pending >= MAX_PENDING || (s.pending > 0 && s.bytes + len > MAX_BYTES) {
+                // full: wait until half is written, then hand out a batch again
+                Some(Until { pending: MAX_PENDING / 2, bytes: MAX_BYTES / 2 })
+            } else {
+                None
+            }
+        });
         s.pending += 1;
         s.bytes += len;
+        s.queued_bytes += len;
         s.names.insert(write.name().to_string());
         s.queue.push_back(Job { msgid, write, value });
-        let wake = s.idle > 0;
+        let enough = s.queue.len() >= KICK_AT || s.queued_bytes >= KICK_BYTES;
+        let n = if enough { s.wake(1) } else { 0 };
         drop(s);
-        if wake {
-            self.shared.work.notify_one();
-        }
+        self.shared.notify(n);
+    }
+
+    /// Wakes idle writers for the puts queued so far: the session is about to wait for its
+    /// client, and the writers should not wait with it.
+    pub fn kick(&self) {
+        let n = self.shared.lock().wake(usize::MAX);
+        self.shared.notify(n);
     }
 
     /// Waits until every put handed out is written and answered; returns the first failure
     /// among them, if any (the repository remembers it, see `Repository::note_write_error`).
     pub fn drain(&self) -> Option<String> {
         let s = self.shared.lock();
-        self.shared.wait_done(s, |s| s.pending > 0).error.take()
+        self.shared.wait_done(s, |s| (s.pending > 0).then_some(Until { pending: 0, bytes: 0 })).error.take()
     }
 }
 
@@ -160,6 +234,7 @@ fn work(shared: &Shared) {
             let mut s = shared.lock();
             loop {
                 if let Some(job) = s.queue.pop_front() {
+                    s.queued_bytes -= job.value.len();
                     break job;
                 }
                 if s.closing {
@@ -167,7 +242,11 @@ fn work(shared: &Shared) {
                 }
                 s.idle += 1;
                 s = shared.wait(&shared.work, s);
-                s.idle -= 1;
+                if s.woken > 0 {
+                    s.woken -= 1;
+                } else {
+                    s.idle -= 1;
+                }
             }
         };
         answer.clear();
@@ -196,7 +275,11 @@ fn work(shared: &Shared) {
             if let Some(said) = failure {
                 s.error.get_or_insert(said);
             }
-            (s.pending == 0, s.session_waits)
+            let wake = s.session_waits.is_some_and(|u| u.reached(&s));
+            if wake {
+                s.session_waits = None;
+            }
+            (s.pending == 0, wake)
         };
         if wake {
             shared.done.notify_one();
@@ -207,5 +290,105 @@ fn work(shared: &Shared) {
                 let _ = w.flush();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Output;
+    use crate::rpc::frame::FrameReader;
+    use crate::store::{borg_levels, Durability, Mode, Permissions, PosixFs, Store};
+    use std::io::Write;
+    use std::time::Duration;
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Puts are handed out in batches and writers are woken only when the session is about to
+    /// wait: however a batch ends — a `drain` after a few puts (fewer than [`KICK_AT`]), more
+    /// puts than [`MAX_PENDING`] (the session waits at the high-water mark), the same object
+    /// twice in a row, a [`PutWriters::kick`] — every put is written and answered exactly once,
+    /// and nobody is left waiting for a wake-up that never comes.
+    #[test]
+    fn every_put_is_written_and_answered_once_however_a_batch_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let open = || Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Barrier);
+        open().create().unwrap();
+        let mut store = open();
+        store.open().unwrap();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let out = Output::shared(Box::new(Shared(bytes.clone())), None);
+        let (done, finished) = std::sync::mpsc::channel();
+        let run = std::thread::spawn(move || {
+            let w = PutWriters::start(out.clone(), 3).unwrap();
+            // every writer asleep, as between a client's batches
+            let asleep = |w: &PutWriters| while w.shared.lock().idle < 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            let mut msgid = 0;
+            let mut put = |w: &PutWriters, name: String, value: Vec<u8>| {
+                msgid += 1;
+                w.submit(msgid, store.store_later(&name).unwrap().unwrap(), value);
+            };
+            asleep(&w);
+            for i in 0..5u32 {
+                put(&w, format!("data/aa{i:04x}"), i.to_le_bytes().to_vec());
+            }
+            assert_eq!(w.drain(), None);
+            asleep(&w);
+            for i in 0..(3 * MAX_PENDING as u32) {
+                put(&w, format!("data/bb{i:04x}"), i.to_le_bytes().to_vec());
+            }
+            put(&w, "data/cc0000".into(), b"first".to_vec());
+            put(&w, "data/cc0000".into(), b"second".to_vec());
+            w.kick();
+            asleep(&w);
+            put(&w, "data/dd0000".into(), b"last".to_vec());
+            // the session is about to wait for its client, who waits for this answer
+            w.kick();
+            let t = std::time::Instant::now();
+            while w.shared.lock().pending > 0 {
+                assert!(t.elapsed() < Duration::from_secs(30), "a kicked put was never written");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(w.drain(), None);
+            drop(w);
+            out.lock().unwrap().flush().unwrap();
+            done.send(msgid).unwrap();
+            store
+        });
+        let sent = finished.recv_timeout(Duration::from_secs(60)).expect("a batch was never written: writers left waiting");
+        let store = run.join().unwrap();
+        // each msgid answered once, with no error
+        let bytes = bytes.lock().unwrap().clone();
+        let mut reader = FrameReader::new(&bytes[..], 1 << 20);
+        let mut answered = vec![0; sent as usize + 1];
+        loop {
+            while let Some(len) = reader.buffered_frame().unwrap() {
+                let v = crate::rpc::msgpack::parse(reader.frame(len)).unwrap();
+                assert!(v.get("e").is_none(), "an error answer: {v:?}");
+                let Some(crate::rpc::msgpack::Value::Int(id)) = v.get("i") else { panic!("no msgid: {v:?}") };
+                answered[*id as usize] += 1;
+                reader.consume(len);
+            }
+            if !reader.fill().unwrap() {
+                break;
+            }
+        }
+        assert!(answered[1..].iter().all(|&n| n == 1), "answers per msgid: {answered:?}");
+        assert_eq!(store.load("data/aa0003", 0, None, false).unwrap(), 3u32.to_le_bytes());
+        assert_eq!(store.load("data/bb00bf", 0, None, false).unwrap(), 0xbfu32.to_le_bytes());
+        assert_eq!(store.load("data/cc0000", 0, None, false).unwrap(), b"second");
+        assert_eq!(store.load("data/dd0000", 0, None, false).unwrap(), b"last");
     }
 }
