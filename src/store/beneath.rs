@@ -108,6 +108,56 @@ pub struct Stat {
     pub is_symlink: bool,
 }
 
+/// How this process gives unnamed files their names (see [`Dir::link_unnamed`]): a property of
+/// the kernel and its `/proc`, so learnt once, at the first object written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkMode {
+    Unknown,
+    /// `linkat(fd, "", AT_EMPTY_PATH)`: Linux 6.10 and later, or with CAP_DAC_READ_SEARCH.
+    EmptyPath,
+    /// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`.
+    Proc,
+    /// Named temp files only.
+    None,
+}
+
+static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+#[cfg(test)]
+thread_local! {
+    /// Tests of the named-temp-file path set this on their thread.
+    pub(crate) static NO_UNNAMED_FILES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn link_mode() -> LinkMode {
+    #[cfg(test)]
+    if NO_UNNAMED_FILES.with(|c| c.get()) {
+        return LinkMode::None;
+    }
+    match LINK_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => LinkMode::Unknown,
+        1 => LinkMode::EmptyPath,
+        2 => LinkMode::Proc,
+        _ => LinkMode::None,
+    }
+}
+
+/// Whether this process has named an unnamed file (tests: the fast path was taken).
+#[cfg(test)]
+pub(crate) fn unnamed_files_linked() -> bool {
+    matches!(link_mode(), LinkMode::EmptyPath | LinkMode::Proc)
+}
+
+fn set_link_mode(m: LinkMode) {
+    let v = match m {
+        LinkMode::Unknown => 0,
+        LinkMode::EmptyPath => 1,
+        LinkMode::Proc => 2,
+        LinkMode::None => 3,
+    };
+    LINK_MODE.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A directory opened beneath the root; all its operations take plain names (no `/`).
 pub struct Dir {
     fd: OwnedFd,
@@ -171,6 +221,61 @@ impl Dir {
     /// file system refuses direct I/O — and may have created the file all the same.
     pub fn create_new_direct(&self, name: &str) -> io::Result<File> {
         Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_DIRECT, 0o600)?))
+    }
+
+    /// Creates an unnamed regular file in this directory (`O_TMPFILE`), to be given its name
+    /// by [`link_unnamed`](Self::link_unnamed) once it is complete: no temp name to insert into
+    /// the directory and take out again, so a small object costs the file system less than temp
+    /// file + rename (C loop, 20 000 1 KiB objects into existing directories: 0.52–0.58 s
+    /// against 0.61–0.64 s of CPU). `None` where the file system or the kernel cannot (the
+    /// caller then uses a named temp file); learnt once per process.
+    pub fn create_unnamed(&self) -> io::Result<Option<File>> {
+        if link_mode() == LinkMode::None {
+            return Ok(None);
+        }
+        match openat_nofollow(self.fd.as_raw_fd(), ".", libc::O_TMPFILE | libc::O_WRONLY, 0o600) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            // no O_TMPFILE here (EISDIR: a kernel that does not know the flag)
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                set_link_mode(LinkMode::None);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives `file`, from [`create_unnamed`](Self::create_unnamed) on this directory, the name
+    /// `name` here. Never replaces: `EEXIST` if the name is taken. `Ok(false)` if this kernel
+    /// lets us name no unnamed file (nothing happened; the caller writes a named temp file).
+    pub fn link_unnamed(&self, file: &File, name: &str) -> io::Result<bool> {
+        let c = cstr(name)?;
+        let mode = link_mode();
+        if matches!(mode, LinkMode::Unknown | LinkMode::EmptyPath) {
+            // SAFETY: valid descriptors and C strings.
+            match cvt(unsafe { libc::linkat(file.as_raw_fd(), c"".as_ptr(), self.fd.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH) }) {
+                Ok(_) => {
+                    set_link_mode(LinkMode::EmptyPath);
+                    return Ok(true);
+                }
+                // before Linux 6.10 only CAP_DAC_READ_SEARCH may: try /proc
+                Err(e) if mode == LinkMode::Unknown && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let proc = cstr(&format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        // SAFETY: valid descriptor and C strings.
+        match cvt(unsafe { libc::linkat(libc::AT_FDCWD, proc.as_ptr(), self.fd.as_raw_fd(), c.as_ptr(), libc::AT_SYMLINK_FOLLOW) }) {
+            Ok(_) => {
+                set_link_mode(LinkMode::Proc);
+                Ok(true)
+            }
+            // no /proc either
+            Err(e) if mode == LinkMode::Unknown && e.raw_os_error() == Some(libc::ENOENT) => {
+                set_link_mode(LinkMode::None);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Renames `from` in this directory to `to` in `target` (replacing it).
@@ -299,6 +404,30 @@ impl Dir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unnamed file gets its name only when linked, never takes a name already there, and
+    /// leaves nothing behind when dropped unnamed.
+    #[test]
+    fn unnamed_files_appear_only_when_linked_and_never_over_a_name() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        let Some(mut f) = root.create_unnamed().unwrap() else {
+            eprintln!("no O_TMPFILE on this file system: nothing to test");
+            return;
+        };
+        f.write_all(b"whole").unwrap();
+        assert!(root.entries().unwrap().is_empty(), "an unnamed file is in no directory");
+        assert!(root.link_unnamed(&f, "obj").unwrap());
+        assert_eq!(std::fs::read(dir.path().join("obj")).unwrap(), b"whole");
+        let mut g = root.create_unnamed().unwrap().unwrap();
+        g.write_all(b"other").unwrap();
+        assert_eq!(root.link_unnamed(&g, "obj").unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        drop(g);
+        assert_eq!(std::fs::read(dir.path().join("obj")).unwrap(), b"whole");
+        let names: Vec<_> = root.entries().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["obj"]);
+    }
 
     #[test]
     fn symlinks_inside_are_refused_and_parents_created() {

@@ -125,12 +125,40 @@ fn make_dir(root: &Dir, base: &Path, dir: &str, durable: bool) -> Result<(Dir, V
     Ok((d, created))
 }
 
+/// Writes a value held in memory as an unnamed file in `dir`, named `file` once complete (see
+/// `Dir::create_unnamed`): a reader never sees half an object, as with temp file + rename.
+/// Without `how.replace` an existing `file` is an `EEXIST` error, atomically; with it, the new
+/// file takes a temp name and is renamed over the old one. `Ok(false)`: unnamed files are not
+/// to be had here, nothing was written.
+fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<bool, (&'static str, io::Error)> {
+    let Some(mut f) = dir.create_unnamed().map_err(|e| ("write", e))? else { return Ok(false) };
+    f.write_all(v).map_err(|e| ("write", e))?;
+    if how.durable {
+        f.sync_all().map_err(|e| ("fsync", e))?;
+    }
+    match dir.link_unnamed(&f, file) {
+        Ok(linked) => Ok(linked),
+        Err(e) if how.replace && e.raw_os_error() == Some(libc::EEXIST) => {
+            let tmp = temp_name(file);
+            dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))?;
+            dir.rename(&tmp, dir, file).map_err(|e| {
+                let _ = dir.unlink(&tmp);
+                ("rename", e)
+            })?;
+            Ok(true)
+        }
+        Err(e) => Err(("rename", e)),
+    }
+}
+
 /// The write itself, shared by a session's own writes and its [`SharedWriter`]'s: temp file in
-/// the target directory (created with its missing parents), contents, rename into place. With
-/// `how.durable` the file, its directory and any directory created for it are fsynced; otherwise
-/// the directories created are returned for the caller's next barrier (see [`make_dir`]). `direct` (absent for
-/// shared writers, which only take small objects) writes large values around the page cache;
-/// `write_behind` starts writeback of large values written through it.
+/// the target directory (created with its missing parents), contents, rename into place — or,
+/// for a value in memory and not written directly, an unnamed file linked into place
+/// ([`write_unnamed`]). With `how.durable` the file, its directory and any directory created
+/// for it are fsynced; otherwise the directories created are returned for the caller's next
+/// barrier (see [`make_dir`]). `direct` (absent for shared writers, which only take small
+/// objects) writes large values around the page cache; `write_behind` starts writeback of large
+/// values written through it.
 fn write_beneath(
     root: &Dir,
     base: &Path,
@@ -143,13 +171,26 @@ fn write_beneath(
     let durable = how.durable;
     let (dir_name, file) = split(name);
     let (dir, created) = make_dir(root, base, dir_name, durable)?;
-    let tmp = temp_name(file);
     let len = match &src {
         Source::Slice(v) => v.len() as u64,
         Source::Stream(_, len) => *len,
     };
     let mut writer = direct_writer.filter(|w| w.wants(len));
     let mut direct = writer.is_some();
+    if let (Source::Slice(v), false) = (&src, direct) {
+        match write_unnamed(&dir, file, v, how) {
+            Ok(true) => {
+                if durable {
+                    dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
+                }
+                return Ok(created);
+            }
+            Ok(false) => {} // no unnamed files here: a named temp file below
+            Err((_, e)) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
+            Err((op, e)) => return Err(io_err(base, op, name, e)),
+        }
+    }
+    let tmp = temp_name(file);
     let opened = if direct {
         match dir.create_new_direct(&tmp) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -559,6 +600,36 @@ mod tests {
         assert!(fs.dirty_overflow && fs.dirty_files.is_empty() && fs.dirty_dirs.is_empty());
         fs.barrier().unwrap();
         assert!(!fs.dirty_overflow);
+    }
+
+    /// Small values go into place as unnamed files where the kernel allows, as named temp files
+    /// elsewhere; both ways a new item appears whole, a replace replaces, a refused replace
+    /// (no `W`) leaves the old value and says `ItemExists`, durable writes work, and no temp
+    /// file is left in the directory.
+    #[test]
+    fn small_values_are_put_in_place_whole_with_and_without_unnamed_files() {
+        for unnamed in [true, false] {
+            super::super::beneath::NO_UNNAMED_FILES.with(|c| c.set(!unnamed));
+            for durability in [Durability::Barrier, Durability::Always] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut fs = PosixFs::new(dir.path().join("repo"), durability);
+                fs.create().unwrap();
+                let durable = durability == Durability::Always;
+                let (plain, keep) = (WriteOptions { durable, replace: true }, WriteOptions { durable, replace: false });
+                fs.store("data/ab/cd/abcd", b"first", plain).unwrap();
+                fs.store("data/ab/cd/abcd", b"second", plain).unwrap();
+                assert!(matches!(fs.store("data/ab/cd/abcd", b"third", keep), Err(Error::ItemExists(_))));
+                fs.store("data/ab/cd/abce", b"new", keep).unwrap();
+                assert_eq!(fs.load("data/ab/cd/abcd", 0, None).unwrap(), b"second", "unnamed {unnamed}");
+                assert_eq!(fs.load("data/ab/cd/abce", 0, None).unwrap(), b"new");
+                let mut on_disk: Vec<_> = std::fs::read_dir(dir.path().join("repo/data/ab/cd")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+                on_disk.sort();
+                assert_eq!(on_disk, ["abcd", "abce"], "unnamed {unnamed}, {durability:?}");
+                assert_eq!(super::super::beneath::unnamed_files_linked(), unnamed, "the way taken");
+                fs.barrier().unwrap();
+            }
+        }
+        super::super::beneath::NO_UNNAMED_FILES.with(|c| c.set(false));
     }
 
     #[test]
