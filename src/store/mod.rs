@@ -353,7 +353,7 @@ impl Store {
         }
     }
 
-    /// Deletes an item for good (see [`Store::soft_delete`] for the undoable kind).
+    /// Deletes an item for good (see [`Store::move_item`] for the undoable kind, a soft delete).
     pub fn delete(&mut self, name: &str, deleted: bool) -> Result<(), Error> {
         self.check("delete", name, "D")?;
         let nested = self.find(name, deleted)?;

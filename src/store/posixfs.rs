@@ -5,10 +5,14 @@
 //!
 //! Every write goes to a temp file (`<name>.<random>.tmp`) in the target directory and is renamed
 //! into place, so a half-written item is never visible under its name; temp names end in `.tmp`,
-//! which is never a valid item name, so listings never show them. Files are created 0600 and
-//! directories 0777 minus the umask, as Python borgstore does.
+//! which is never a valid item name, so listings never show them. Values held in memory and
+//! written through the page cache (small objects, the common case) are written as an unnamed
+//! file (`O_TMPFILE`) and linked into place instead, where the kernel allows: the same guarantee
+//! for less file-system work. Files are created 0600 and directories 0777 minus the umask, as
+//! Python borgstore does.
 //!
-//! Durability: with `durable` the file is fsynced before the rename and its directory after it.
+//! Durability: with `durable` the file is fsynced before the rename (or link) and its directory
+//! after it.
 //! Otherwise (data objects in barrier mode) the file and every directory whose entries changed are
 //! remembered and fsynced by the next [`Backend::barrier`].
 
@@ -268,7 +272,7 @@ impl super::ItemWriter for SharedWriter {
 }
 
 impl PosixFs {
-    /// Whether large objects are written with O_DIRECT (the default; see [`super::direct`]).
+    /// Whether large objects are written with O_DIRECT (the default; see `store::direct`).
     pub fn with_direct_io(mut self, on: bool) -> PosixFs {
         if !on {
             self.direct.disable();
