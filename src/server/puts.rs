@@ -13,16 +13,16 @@
 //! Every other request waits until every put handed out so far is written and answered
 //! ([`PutWriters::drain`]), so it sees the repository exactly as if the puts had run one after
 //! the other; a put of an object that is still being written waits for that write as well.
-//!
-//! Waking a thread is the expensive part of handing it work (a system call, and on this
-//! virtual machine often a wake-up of the other, idle CPU). So puts are handed out in batches:
-//! the session queues what one read from the client brought and wakes idle writers when it is
-//! about to wait — for the client ([`PutWriters::kick`]) or for the writers — or when
-//! [`KICK_AT`] puts (or [`KICK_BYTES`]) are waiting; a writer takes queued puts one after the
-//! other without sleeping in between.
 //! Objects stay small here (below [`LATER_BELOW`]): large ones are written by the session
 //! itself, streamed and around the page cache. Memory is bounded by [`MAX_BYTES`] of copied
 //! values in flight.
+//!
+//! Waking a thread is the expensive part of handing it work: a system call and a context switch,
+//! often on a CPU that was idle. So puts are handed out in batches: the session queues what one
+//! read from the client brought and wakes idle writers when it is about to wait — for the client
+//! ([`PutWriters::kick`]) or for the writers — or when [`KICK_AT`] puts (or [`KICK_BYTES`]) are
+//! queued; a writer takes queued puts one after the other without sleeping in between, and wakes
+//! a waiting session only once what it waits for is reached (half of [`MAX_PENDING`] when full).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -144,7 +144,9 @@ fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<b
         Ok(linked) => Ok(linked),
         Err(e) if how.replace && e.raw_os_error() == Some(libc::EEXIST) => {
             let tmp = temp_name(file);
-            dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))?;
+            if !dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))? {
+                return Ok(false);
+            }
             dir.rename(&tmp, dir, file).map_err(|e| {
                 let _ = dir.unlink(&tmp);
                 ("rename", e)
