@@ -22,7 +22,7 @@
 //! read from the client brought and wakes idle writers when it is about to wait — for the client
 //! ([`PutWriters::kick`]) or for the writers — or when [`KICK_AT`] puts (or [`KICK_BYTES`]) are
 //! queued; a writer takes queued puts one after the other without sleeping in between, and wakes
-//! a waiting session only once what it waits for is reached (half of [`MAX_PENDING`] when full).
+//! a waiting session only once what it waits for is reached (half of the pending limit when full).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
