@@ -124,24 +124,12 @@ mod tests {
     use super::*;
     use crate::output::Output;
     use crate::rpc::msgpack::{check, parse, Value};
-    use std::io::Write;
     use std::sync::{Arc, Mutex};
-
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn records_are_filtered_and_look_like_python_logrecords() {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        let out = Output::shared(Box::new(Shared(buf.clone())), None);
+        let out = Output::shared(Box::new(crate::output::Captured(buf.clone())), None);
         let log = Log::new(Level::Info, vec!["repository".into()], Some(out), false);
         log.debug("borg.repository", "hidden");
         log.info("borg.repository", "shown");

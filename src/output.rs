@@ -103,6 +103,22 @@ fn wait_writable(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A writer into memory that tests read back (the bytes a client would receive).
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,22 +144,12 @@ mod tests {
         assert_eq!(&got[..4], b"head");
         assert_eq!(&got[4..], &content[..]);
         // no descriptor: the copy path
-        let sink = Arc::new(Mutex::new(Vec::new()));
-        struct V(Arc<Mutex<Vec<u8>>>);
-        impl Write for V {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut out = Output::new(Box::new(V(sink.clone())), None);
+        let sink = Captured::default();
+        let mut out = Output::new(Box::new(sink.clone()), None);
         out.send_file(&File::open(&path).unwrap(), content.len() as u64).unwrap();
-        assert_eq!(*sink.lock().unwrap(), content);
+        assert_eq!(*sink.0.lock().unwrap(), content);
         // a file shorter than promised is an error, never a short answer
-        let mut out = Output::new(Box::new(V(sink)), None);
+        let mut out = Output::new(Box::new(sink), None);
         assert!(out.send_file(&File::open(&path).unwrap(), content.len() as u64 + 1).is_err());
     }
 }

@@ -296,22 +296,10 @@ fn work(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::Output;
+    use crate::output::{Captured, Output};
     use crate::rpc::frame::FrameReader;
     use crate::store::{borg_levels, Durability, Mode, Permissions, PosixFs, Store};
-    use std::io::Write;
     use std::time::Duration;
-
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// Puts are handed out in batches and writers are woken only when the session is about to
     /// wait: however a batch ends — a `drain` after a few puts (fewer than [`KICK_AT`]), more
@@ -326,8 +314,8 @@ mod tests {
         open().create().unwrap();
         let mut store = open();
         store.open().unwrap();
-        let bytes = Arc::new(Mutex::new(Vec::new()));
-        let out = Output::shared(Box::new(Shared(bytes.clone())), None);
+        let sink = Captured::default();
+        let out = Output::shared(Box::new(sink.clone()), None);
         let (done, finished) = std::sync::mpsc::channel();
         let run = std::thread::spawn(move || {
             let w = PutWriters::start(out.clone(), 3).unwrap();
@@ -370,7 +358,7 @@ mod tests {
         let sent = finished.recv_timeout(Duration::from_secs(60)).expect("a batch was never written: writers left waiting");
         let store = run.join().unwrap();
         // each msgid answered once, with no error
-        let bytes = bytes.lock().unwrap().clone();
+        let bytes = sink.0.lock().unwrap().clone();
         let mut reader = FrameReader::new(&bytes[..], 1 << 20);
         let mut answered = vec![0; sent as usize + 1];
         loop {
