@@ -275,13 +275,19 @@ impl Repository {
         Ok(obj)
     }
 
+    /// What every kind of put checks first (the lock still ours, the size within Python's
+    /// limit); the object's name.
+    fn prepare_put(&mut self, id: &[u8], len: u64, log: &Log) -> Result<String, Error> {
+        self.refresh_lock(log)?;
+        if len > MAX_DATA_SIZE as u64 {
+            return Err(Error::Integrity(format!("More than allowed put data [{len} > {MAX_DATA_SIZE}]")));
+        }
+        Self::data_name(id)
+    }
+
     /// `put(id, data)`: stores an object (refusing more than [`MAX_DATA_SIZE`]).
     pub fn put(&mut self, id: &[u8], data: &[u8], log: &Log) -> Result<(), Error> {
-        self.refresh_lock(log)?;
-        if data.len() > MAX_DATA_SIZE {
-            return Err(Error::Integrity(format!("More than allowed put data [{} > {MAX_DATA_SIZE}]", data.len())));
-        }
-        let name = Self::data_name(id)?;
+        let name = self.prepare_put(id, data.len() as u64, log)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         Ok(())
     }
@@ -289,11 +295,7 @@ impl Repository {
     /// `put`, checked and decided now, written by the caller later (see [`store::LaterWrite`]);
     /// `None` when the store cannot write from another thread: then use [`Repository::put`].
     pub fn put_later(&mut self, id: &[u8], len: usize, log: &Log) -> Result<Option<store::LaterWrite>, Error> {
-        self.refresh_lock(log)?;
-        if len > MAX_DATA_SIZE {
-            return Err(Error::Integrity(format!("More than allowed put data [{len} > {MAX_DATA_SIZE}]")));
-        }
-        let name = Self::data_name(id)?;
+        let name = self.prepare_put(id, len as u64, log)?;
         Ok(self.store.store_later(&name)?)
     }
 
@@ -305,11 +307,7 @@ impl Repository {
     /// `put` with the `len` data bytes read from `src` as they arrive (a large put is never held
     /// whole in memory). The caller drains whatever is left unread if this fails.
     pub fn put_from(&mut self, id: &[u8], len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {
-        self.refresh_lock(log)?;
-        if len > MAX_DATA_SIZE as u64 {
-            return Err(Error::Integrity(format!("More than allowed put data [{len} > {MAX_DATA_SIZE}]")));
-        }
-        let name = Self::data_name(id)?;
+        let name = self.prepare_put(id, len, log)?;
         self.store.store_from(&name, len, src).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         Ok(())
     }
@@ -420,7 +418,7 @@ impl Repository {
         let mut example = None;
         if ids.len() <= self.walk_above {
             for id in ids.iter() {
-                if !self.store.info(&format!("data/{}", hex(id)), false)?.exists {
+                if !self.store.info(&Self::data_name(id)?, false)?.exists {
                     missing += 1;
                     example.get_or_insert(*id);
                 }
