@@ -123,32 +123,17 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
         };
         let frame = reader.frame(len);
         let value = msgpack::parse(frame).map_err(|e| ServeError::Protocol(e.to_string()))?;
-        header.clear();
         match Request::from_value(value) {
             Ok(req) => match put_later(session, &req, out, &mut writers) {
                 Ok(true) => {} // answered by a writer thread once written
                 Ok(false) => {
                     drain(session, writers.as_ref());
-                    match session.call(&req) {
-                        Ok(reply) => {
-                            let body = encode_reply(req.msgid, &reply, &mut header);
-                            write_answer(out, &header, body).map_err(ServeError::Write)?;
-                        }
-                        Err(e) => {
-                            encode_exception(req.msgid, &Exception::from(&e), &mut header);
-                            write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
-                        }
-                    }
+                    answer(out, &mut header, req.msgid, session.call(&req))?;
                 }
-                Err(e) => {
-                    encode_exception(req.msgid, &Exception::from(&e), &mut header);
-                    write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
-                }
+                Err(e) => answer(out, &mut header, req.msgid, Err(e))?,
             },
             Err(RequestError::Malformed { msgid, why }) => {
-                let e = crate::error::CallError::BadRequest { method: "?".into(), why };
-                encode_exception(msgid, &Exception::from(&e), &mut header);
-                write_answer(out, &header, Body::None).map_err(ServeError::Write)?;
+                answer(out, &mut header, msgid, Err(crate::error::CallError::BadRequest { method: "?".into(), why }))?;
             }
             Err(e @ RequestError::Unanswerable(_)) => return Err(ServeError::Protocol(e.to_string())),
         }
@@ -157,6 +142,22 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
             header = Vec::with_capacity(256); // an unusually large answer: do not keep its buffer
         }
     }
+}
+
+/// Answers request `msgid` with its reply or its exception (`header` is scratch space).
+fn answer(out: &SharedOutput, header: &mut Vec<u8>, msgid: i64, result: Result<crate::rpc::Reply, crate::error::CallError>) -> Result<(), ServeError> {
+    header.clear();
+    match result {
+        Ok(reply) => {
+            let body = encode_reply(msgid, &reply, header);
+            write_answer(out, header, body)
+        }
+        Err(e) => {
+            encode_exception(msgid, &Exception::from(&e), header);
+            write_answer(out, header, Body::None)
+        }
+    }
+    .map_err(ServeError::Write)
 }
 
 /// Hands a small `put` to the session's writer threads (see [`puts`]), starting them at the
@@ -210,17 +211,7 @@ fn stream_put<R: Read>(session: &mut Session, out: &SharedOutput, reader: &mut F
     let mut payload = reader.payload(bin_end, len);
     let result = session.put_from(&req, len as u64, &mut payload);
     payload.finish()?; // drains what was not written (after an error), keeping the stream in step
-    header.clear();
-    match result {
-        Ok(reply) => {
-            let body = encode_reply(req.msgid, &reply, header);
-            write_answer(out, header, body).map_err(ServeError::Write)?;
-        }
-        Err(e) => {
-            encode_exception(req.msgid, &Exception::from(&e), header);
-            write_answer(out, header, Body::None).map_err(ServeError::Write)?;
-        }
-    }
+    answer(out, header, req.msgid, result)?;
     Ok(true)
 }
 
