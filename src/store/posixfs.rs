@@ -157,14 +157,14 @@ fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<b
     }
 }
 
-/// The write itself, shared by a session's own writes and its [`SharedWriter`]'s: temp file in
-/// the target directory (created with its missing parents), contents, rename into place — or,
-/// for a value in memory and not written directly, an unnamed file linked into place
-/// ([`write_unnamed`]). With `how.durable` the file, its directory and any directory created
-/// for it are fsynced; otherwise the directories created are returned for the caller's next
-/// barrier (see [`make_dir`]). `direct` (absent for shared writers, which only take small
-/// objects) writes large values around the page cache; `write_behind` starts writeback of large
-/// values written through it.
+/// The write itself, shared by a session's own writes and its [`SharedWriter`]'s: the target
+/// directory opened (created with its missing parents), the value put in place whole — as an
+/// unnamed file linked into place ([`write_unnamed`]) when it is in memory and not written
+/// directly, else as a temp file renamed into place ([`write_named`]). With `how.durable` the
+/// file, its directory and any directory created for it are fsynced; otherwise the directories
+/// created are returned for the caller's next barrier (see [`make_dir`]). `direct_writer`
+/// (absent for shared writers, which only take small objects) writes large values around the
+/// page cache; `write_behind` starts writeback of large values written through it.
 fn write_beneath(
     root: &Dir,
     base: &Path,
@@ -174,29 +174,45 @@ fn write_beneath(
     direct_writer: Option<&mut DirectWriter>,
     write_behind: bool,
 ) -> Result<Vec<String>, Error> {
-    let durable = how.durable;
     let (dir_name, file) = split(name);
-    let (dir, created) = make_dir(root, base, dir_name, durable)?;
+    let (dir, created) = make_dir(root, base, dir_name, how.durable)?;
     let len = match &src {
         Source::Slice(v) => v.len() as u64,
         Source::Stream(_, len) => *len,
     };
-    let mut writer = direct_writer.filter(|w| w.wants(len));
-    let mut direct = writer.is_some();
-    if let (Source::Slice(v), false) = (&src, direct) {
-        match write_unnamed(&dir, file, v, how) {
-            Ok(true) => {
-                if durable {
-                    dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
-                }
-                return Ok(created);
-            }
-            Ok(false) => {} // no unnamed files here: a named temp file below
-            Err((_, e)) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
-            Err((op, e)) => return Err(io_err(base, op, name, e)),
-        }
+    let direct_writer = direct_writer.filter(|w| w.wants(len));
+    let placed = match src {
+        Source::Slice(v) if direct_writer.is_none() => match write_unnamed(&dir, file, v, how) {
+            Ok(false) => write_named(&dir, file, Source::Slice(v), len, how, None, write_behind),
+            other => other.map(drop),
+        },
+        src => write_named(&dir, file, src, len, how, direct_writer, write_behind),
+    };
+    match placed {
+        Err(("rename", e)) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
+        Err((op, e)) => return Err(io_err(base, op, name, e)),
+        Ok(()) => {}
     }
+    if how.durable {
+        dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
+    }
+    Ok(created)
+}
+
+/// Puts a value in place as a temp file in `dir` renamed to `file` (see [`write_beneath`]);
+/// the temp file is removed again if that fails. Without `how.replace` an existing `file` is a
+/// `("rename", EEXIST)` error.
+fn write_named(
+    dir: &Dir,
+    file: &str,
+    src: Source<'_>,
+    len: u64,
+    how: WriteOptions,
+    mut writer: Option<&mut DirectWriter>,
+    write_behind: bool,
+) -> Result<(), (&'static str, io::Error)> {
     let tmp = temp_name(file);
+    let mut direct = writer.is_some();
     let opened = if direct {
         match dir.create_new_direct(&tmp) {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -220,7 +236,7 @@ fn write_beneath(
             (Source::Slice(v), _) => f.write_all(v).map_err(|e| ("write", e))?,
             (Source::Stream(r, len), _) => copy_exactly(r, &mut f, len)?,
         }
-        if durable {
+        if how.durable {
             f.sync_all().map_err(|e| ("fsync", e))?;
         } else if write_behind && !direct && len >= WRITE_BEHIND_FROM as u64 {
             // start writing large objects to disk now, without waiting: the next barrier
@@ -230,38 +246,30 @@ fn write_beneath(
         }
         Ok(())
     });
-    if let Err((op, e)) = written {
+    let renamed = written.and_then(|()| {
+        let renamed = if how.replace {
+            dir.rename(&tmp, dir, file)
+        } else {
+            match dir.rename_noreplace(&tmp, dir, file) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
+                    // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
+                    Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+                    Ok(None) => dir.rename(&tmp, dir, file),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            }
+        };
+        renamed.map_err(|e| ("rename", e))
+    });
+    if renamed.is_err() {
         let _ = dir.unlink(&tmp);
-        return Err(io_err(base, op, name, e));
     }
-    let renamed = if how.replace {
-        dir.rename(&tmp, &dir, file)
-    } else {
-        match dir.rename_noreplace(&tmp, &dir, file) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
-                // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
-                Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
-                Ok(None) => dir.rename(&tmp, &dir, file),
-                Err(e) => Err(e),
-            },
-            other => other,
-        }
-    };
-    if let Err(e) = renamed {
-        let _ = dir.unlink(&tmp);
-        if !how.replace && e.raw_os_error() == Some(libc::EEXIST) {
-            return Err(Error::ItemExists(name.to_string()));
-        }
-        return Err(io_err(base, "rename", name, e));
-    }
-    if durable {
-        dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
-    }
-    Ok(created)
+    renamed
 }
 
 /// Writes small items of one open store from other threads (see [`Backend::shared_writer`]):
-/// the same temp file + rename, beneath the same directory descriptor.
+/// the same write path ([`write_beneath`]), beneath the same directory descriptor.
 struct SharedWriter {
     root: Arc<Dir>,
     base: PathBuf,
