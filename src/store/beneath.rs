@@ -111,8 +111,9 @@ pub struct Stat {
 /// How this process gives unnamed files their names (see [`Dir::link_unnamed`]): a property of
 /// the kernel and its `/proc`, so learnt once, at the first object written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum LinkMode {
-    Unknown,
+    Unknown = 0,
     /// `linkat(fd, "", AT_EMPTY_PATH)`: Linux 6.10 and later, or with CAP_DAC_READ_SEARCH.
     EmptyPath,
     /// `linkat("/proc/self/fd/N", AT_SYMLINK_FOLLOW)`.
@@ -121,7 +122,7 @@ enum LinkMode {
     None,
 }
 
-static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(LinkMode::Unknown as u8);
 
 #[cfg(test)]
 thread_local! {
@@ -135,10 +136,10 @@ fn link_mode() -> LinkMode {
         return LinkMode::None;
     }
     match LINK_MODE.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => LinkMode::Unknown,
-        1 => LinkMode::EmptyPath,
-        2 => LinkMode::Proc,
-        _ => LinkMode::None,
+        x if x == LinkMode::EmptyPath as u8 => LinkMode::EmptyPath,
+        x if x == LinkMode::Proc as u8 => LinkMode::Proc,
+        x if x == LinkMode::None as u8 => LinkMode::None,
+        _ => LinkMode::Unknown,
     }
 }
 
@@ -149,13 +150,7 @@ pub(crate) fn unnamed_files_linked() -> bool {
 }
 
 fn set_link_mode(m: LinkMode) {
-    let v = match m {
-        LinkMode::Unknown => 0,
-        LinkMode::EmptyPath => 1,
-        LinkMode::Proc => 2,
-        LinkMode::None => 3,
-    };
-    LINK_MODE.store(v, std::sync::atomic::Ordering::Relaxed);
+    LINK_MODE.store(m as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A directory opened beneath the root; all its operations take plain names (no `/`).
