@@ -510,6 +510,15 @@ fn opt(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Repetition `rep` of a run with `warmup` uncounted ones first: its label, and whether it counts.
+fn repetition(rep: usize, warmup: usize) -> (String, bool) {
+    if rep < warmup {
+        (format!("warm-up {rep}"), false)
+    } else {
+        (format!("rep {}", rep - warmup), true)
+    }
+}
+
 /// `--NAME N`, or `default` when absent; a value that is not a number is an error.
 fn count(args: &[String], name: &str, default: usize) -> Res<usize> {
     opt(args, name).map(|v| v.parse().map_err(|_| format!("{name}: a number, not {v:?}"))).transpose().map(|v| v.unwrap_or(default))
@@ -603,7 +612,7 @@ fn protocol(args: &[String]) -> Res<()> {
     for rep in 0..warmup + reps {
         // warm-up repetitions run everything and keep nothing: the first server after a quiet
         // spell (or a cache drop) pays for reading the file system's metadata back in.
-        let (label, keep) = if rep < warmup { (format!("warm-up {rep}"), false) } else { (format!("rep {}", rep - warmup), true) };
+        let (label, keep) = repetition(rep, warmup);
         // alternate the order of servers between repetitions
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
         for &si in &order {
@@ -785,7 +794,7 @@ fn e2e(args: &[String]) -> Res<()> {
     // metric -> per server samples
     let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); servers.len()];
     for rep in 0..warmup + reps {
-        let (rep_label, keep) = if rep < warmup { (format!("warm-up {rep}"), false) } else { (format!("rep {}", rep - warmup), true) };
+        let (rep_label, keep) = repetition(rep, warmup);
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
         for &si in &order {
             let (label, cmd) = &servers[si];
