@@ -14,9 +14,11 @@
 //! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both.
 //! Then 20 000 more 1 KiB puts in a session on the same repository once all its `data/xx/yy`
 //! directories exist ("established": as any repository past a few hundred thousand objects).
-//! A plain temp-file+rename loop writing the same 1 KiB objects into the same nested layout
-//! (fresh, and established) gives the file system's own limit for comparison. Medians and
-//! spreads are printed as a markdown table with ratios against the last server given.
+//! (`--no-established` skips it.) A plain temp-file+rename loop writing the same 1 KiB objects
+//! into the same nested layout (fresh, and established) gives the file system's own limit for
+//! comparison, and the same loop with unnamed files linked into place (`O_TMPFILE`, as borgd
+//! writes small objects) the floor of any server that puts whole files in place atomically.
+//! Medians and spreads are printed as a markdown table with ratios against the last server given.
 //!
 //! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
 //! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
@@ -242,6 +244,9 @@ struct Config {
     small: usize,
     large: usize,
     window: usize,
+    /// Whether to measure puts into an established repository (`--no-established` skips it:
+    /// creating its 65 792 directories, and deleting them afterwards, is most of a small run).
+    established: bool,
 }
 
 fn startup(cmd: &[String], dir: &Path) -> Res<(f64, Rusage)> {
@@ -365,6 +370,9 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     run.insert("peak_rss_mib", ru1.maxrss_kib.max(ru2.maxrss_kib) as f64 / 1024.0);
     run.insert("total_cpu_s", (ru1.cpu + ru2.cpu).as_secs_f64());
 
+    if !cfg.established {
+        return Ok(run);
+    }
     // 1 KiB puts into an established repository: one whose 65 536 data/xx/yy directories all
     // exist, as in any repository past a few hundred thousand objects (or one borgstore's
     // create_levels made). The fresh repository above creates a directory for most puts.
@@ -422,25 +430,64 @@ fn self_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// The file system's own limit: temp file + rename of the same objects into the same layout,
-/// no RPC at all. Returns (objects per second, CPU seconds).
-fn reference_loop(dir: &Path, n: usize, size: usize, seed_base: u64) -> Res<(f64, f64)> {
+/// How a reference loop puts each object in place.
+#[derive(Clone, Copy)]
+enum Placing {
+    /// Temp file + rename: the issue's definition of the file system's limit.
+    Rename,
+    /// An unnamed file (`O_TMPFILE`) linked into place: the cheapest way to put a whole file in
+    /// place atomically, and what borgd does for small objects — the floor for borgd's own puts.
+    Unnamed,
+}
+
+/// Writes `data` as an unnamed file in directory `d`, then links it as `name` there.
+fn put_unnamed(d: &Path, name: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(d)?;
+    f.write_all(data)?;
+    let to = std::ffi::CString::new(name.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: valid descriptor and C strings.
+    if unsafe { libc::linkat(f.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_EMPTY_PATH) } == 0 {
+        return Ok(());
+    }
+    // before Linux 6.10 only CAP_DAC_READ_SEARCH may link by descriptor: through /proc instead
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(std::io::Error::other)?;
+    // SAFETY: valid C strings.
+    if unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The file system's own limit: the same objects put into the same layout, no RPC at all,
+/// `placing` says how. Returns (objects per second, CPU seconds).
+fn reference_loop(dir: &Path, n: usize, size: usize, seed_base: u64, placing: Placing) -> Res<(f64, f64)> {
     let objects: Vec<([u8; 32], Vec<u8>)> = (0..n).map(|i| object(seed_base + i as u64, size)).collect();
     let cpu0 = self_cpu();
     let t = Instant::now();
     for (id, data) in &objects {
         let h = hex(id);
         let d = dir.join("data").join(&h[0..2]).join(&h[2..4]);
-        let tmp = d.join(format!("{h}.tmp"));
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp)?;
-            f.write_all(data)
+        let name = d.join(&h);
+        let put = || -> std::io::Result<()> {
+            match placing {
+                Placing::Rename => {
+                    let tmp = d.join(format!("{h}.tmp"));
+                    std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?.write_all(data)?;
+                    std::fs::rename(&tmp, &name)
+                }
+                Placing::Unnamed => put_unnamed(&d, &name, data),
+            }
         };
-        if write(&tmp).is_err() {
-            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-            write(&tmp).map_err(|e| e.to_string())?;
+        match put() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+                put().map_err(|e| e.to_string())?;
+            }
+            other => other.map_err(|e| format!("{}: {e}", name.display()))?,
         }
-        std::fs::rename(&tmp, d.join(&h)).map_err(|e| e.to_string())?;
     }
     Ok((n as f64 / t.elapsed().as_secs_f64(), (self_cpu() - cpu0).as_secs_f64()))
 }
@@ -537,19 +584,34 @@ const BLOCK: u64 = 4096;
 /// `data/xx/yy` directories of a borg 2 repository.
 const DATA_DIRS: u64 = 256 + 256 * 256;
 
+/// How many of the 65 536 leaf directories `objects` random ids create: the expected number
+/// that get at least one.
+fn leaves_used(objects: u64) -> u64 {
+    (65_536.0 * (1.0 - (-(objects as f64) / 65_536.0).exp())) as u64
+}
+
 impl Space {
     /// One `protocol` workload (a server's, or the reference loop's, in one repetition): the
     /// fresh repository's objects and the directories they create, the 64 KiB objects, and the
     /// established repository's 65 792 directories and objects.
     fn protocol_workload(cfg: &Config) -> Space {
         let (small, large) = (cfg.small as u64, cfg.large as u64);
-        // random ids spread over 65 536 leaves: the expected number that get at least one
-        let leaves = (65_536.0 * (1.0 - (-(small as f64) / 65_536.0).exp())) as u64;
+        let leaves = leaves_used(small);
         let large_blocks = (65_536 + 200u64).div_ceil(BLOCK);
+        let established = if cfg.established { DATA_DIRS + small } else { 0 };
         Space {
-            bytes: (small + leaves + 256) * BLOCK + large * large_blocks * BLOCK + (DATA_DIRS + small) * BLOCK + (1 << 20),
-            inodes: small + leaves + 256 + large + DATA_DIRS + small + 100,
+            bytes: (small + leaves + 256) * BLOCK + large * large_blocks * BLOCK + established * BLOCK + (1 << 20),
+            inodes: small + leaves + 256 + large + established + 100,
         }
+    }
+
+    /// What the unnamed-file reference loops add to a repetition: a fresh tree of 1 KiB objects
+    /// (and the directories they create), and as many objects again in the established tree.
+    fn unnamed_loops(cfg: &Config) -> Space {
+        let small = cfg.small as u64;
+        let files = if cfg.established { 2 * small } else { small };
+        let leaves = leaves_used(small);
+        Space { bytes: (files + leaves + 256) * BLOCK, inodes: files + leaves + 256 }
     }
 
     /// One `e2e` workload: the repository (the duplicate fifth stored once) and the extracted copy.
@@ -602,13 +664,14 @@ fn protocol(args: &[String]) -> Res<()> {
     }
     let reps = count(args, "--reps", 5)?.max(1);
     let warmup = count(args, "--warmup", 1)?;
-    let cfg = Config { small: count(args, "--small", 20_000)?, large: count(args, "--large", 2_000)?, window: count(args, "--window", 100)?.max(1) };
+    let cfg = Config { small: count(args, "--small", 20_000)?, large: count(args, "--large", 2_000)?, window: count(args, "--window", 100)?.max(1), established: !args.iter().any(|a| a == "--no-established") };
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    ensure_space(&root, Space::protocol_workload(&cfg).times(((reps + warmup) * (servers.len() + 1)) as u64))?;
+    ensure_space(&root, Space::protocol_workload(&cfg).times((servers.len() + 1) as u64).plus(Space::unnamed_loops(&cfg)).times((reps + warmup) as u64))?;
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
-    // per repetition: 1 KiB/s, 1 KiB CPU s, 64 KiB MB/s; 1 KiB/s and CPU s in an established repository
-    let mut reference: Vec<[f64; 5]> = Vec::new();
+    // per repetition, for temp file + rename: 1 KiB/s, 1 KiB CPU s, 64 KiB MB/s; 1 KiB/s and CPU s
+    // in an established repository; then 1 KiB/s and CPU s, fresh and established, for unnamed files
+    let mut reference: Vec<[f64; 9]> = Vec::new();
     for rep in 0..warmup + reps {
         // warm-up repetitions run everything and keep nothing: the first server after a quiet
         // spell (or a cache drop) pays for reading the file system's metadata back in.
@@ -627,25 +690,34 @@ fn protocol(args: &[String]) -> Res<()> {
         }
         let dir = root.join(format!("rep{rep}-reference"));
         settle();
-        let (small_rate, small_cpu) = reference_loop(&dir, cfg.small, 1024, 0)?;
-        let (large_rate, _) = reference_loop(&dir, cfg.large, 65536, 1_000_000)?;
-        let warm = root.join(format!("rep{rep}-reference-established"));
-        precreate_data_dirs(&warm)?;
+        let (small_rate, small_cpu) = reference_loop(&dir, cfg.small, 1024, 0, Placing::Rename)?;
+        let (large_rate, _) = reference_loop(&dir, cfg.large, 65536, 1_000_000, Placing::Rename)?;
         settle();
-        let (warm_rate, warm_cpu) = reference_loop(&warm, cfg.small, 1024, WARM_SEEDS)?;
+        let (unnamed_rate, unnamed_cpu) = reference_loop(&root.join(format!("rep{rep}-reference-unnamed")), cfg.small, 1024, 0, Placing::Unnamed)?;
+        let (mut warm_rate, mut warm_cpu, mut warm_unnamed_rate, mut warm_unnamed_cpu) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        if cfg.established {
+            let warm = root.join(format!("rep{rep}-reference-established"));
+            precreate_data_dirs(&warm)?;
+            settle();
+            (warm_rate, warm_cpu) = reference_loop(&warm, cfg.small, 1024, WARM_SEEDS, Placing::Rename)?;
+            settle();
+            // other objects into the same (established) directories
+            (warm_unnamed_rate, warm_unnamed_cpu) = reference_loop(&warm, cfg.small, 1024, WARM_SEEDS + cfg.small as u64, Placing::Unnamed)?;
+        }
         eprintln!(
-            "{label} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB; established repository {warm_rate:.0}/s 1 KiB ({warm_cpu:.2} s CPU)",
+            "{label} reference loop: {small_rate:.0}/s 1 KiB ({small_cpu:.2} s CPU), {:.0} MB/s 64 KiB; established repository {warm_rate:.0}/s 1 KiB ({warm_cpu:.2} s CPU); \
+             unnamed files {unnamed_rate:.0}/s ({unnamed_cpu:.2} s CPU), established {warm_unnamed_rate:.0}/s ({warm_unnamed_cpu:.2} s CPU)",
             large_rate * 65536.0 / 1e6
         );
         if keep {
-            reference.push([small_rate, small_cpu, large_rate * 65536.0 / 1e6, warm_rate, warm_cpu]);
+            reference.push([small_rate, small_cpu, large_rate * 65536.0 / 1e6, warm_rate, warm_cpu, unnamed_rate, unnamed_cpu, warm_unnamed_rate, warm_unnamed_cpu]);
         }
     }
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
     let last = servers.len() - 1;
     print_header(&format!("metric (median of {reps}, min–max)"), &servers);
     let stat = |si: usize, m: &str| -> (f64, f64, f64) {
-        let mut v: Vec<f64> = results[si].iter().map(|r| r[m]).collect();
+        let mut v: Vec<f64> = results[si].iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect();
         let med = median(&mut v);
         (med, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
     };
@@ -666,24 +738,30 @@ fn protocol(args: &[String]) -> Res<()> {
         (m, v[0], v[v.len() - 1])
     };
     println!();
-    println!("| reference loop (temp file + rename, no RPC) | median (min–max) |");
+    println!("| reference loops (no RPC), same run | median (min–max) |");
     println!("|---|---|");
     let rows = [
-        "1 KiB objects per second",
-        "1 KiB loop CPU seconds",
-        "64 KiB MB per second",
-        "1 KiB objects per second, established repository",
-        "1 KiB loop CPU seconds, established repository",
+        "temp file + rename: 1 KiB objects per second",
+        "temp file + rename: 1 KiB CPU seconds",
+        "temp file + rename: 64 KiB MB per second",
+        "temp file + rename: 1 KiB objects per second, established repository",
+        "temp file + rename: 1 KiB CPU seconds, established repository",
+        "unnamed file + link: 1 KiB objects per second",
+        "unnamed file + link: 1 KiB CPU seconds",
+        "unnamed file + link: 1 KiB objects per second, established repository",
+        "unnamed file + link: 1 KiB CPU seconds, established repository",
     ];
     for (i, label) in rows.iter().enumerate() {
         let (m, lo, hi) = column(i);
         println!("| {label} | {} ({}–{}) |", fmt(m), fmt(lo), fmt(hi));
     }
     for (si, (l, _)) in servers.iter().enumerate() {
-        println!("| {l}: 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_per_s").0 / column(0).0));
-        println!("| {l}: 1 KiB put CPU / reference loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(1).0));
-        println!("| {l}: established 1 KiB put rate / reference loop | {} |", fmt(stat(si, "put1k_established_per_s").0 / column(3).0));
-        println!("| {l}: established 1 KiB put CPU / reference loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(4).0));
+        println!("| {l}: 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_per_s").0 / column(0).0));
+        println!("| {l}: 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(1).0));
+        println!("| {l}: 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(6).0));
+        println!("| {l}: established 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_established_per_s").0 / column(3).0));
+        println!("| {l}: established 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(4).0));
+        println!("| {l}: established 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(8).0));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
@@ -886,7 +964,7 @@ fn main() {
         Some("protocol") => protocol(&args[1..]).map(|_| 0),
         Some("measure") => measure(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),

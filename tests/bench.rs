@@ -1,0 +1,32 @@
+//! The benchmark a reader reruns (docs/BENCHMARKS.md) must still run: `borgd-bench protocol`,
+//! scaled down, against the real `borgd`. It fails on its own if a `list` misses ids or `check`
+//! finds a bad object; here every figure and reference loop must also be reported. (Without the
+//! established-repository phase: its 65 792 directories would make this test ten times slower,
+//! and deleting them makes this machine's file creation slower for minutes.)
+
+use std::process::Command;
+
+#[test]
+fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["protocol", "--reps", "1", "--warmup", "0", "--small", "300", "--large", "20", "--no-established", "--server", &server, "--workdir"])
+        .arg(dir.path().join("w"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench failed:\n{stderr}");
+    let figure = |row: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        let cell = line.split('|').nth(2).unwrap().trim();
+        cell.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{row}: {cell:?}"))
+    };
+    for row in ["startup_s", "put1k_per_s", "put64k_mb_per_s", "get64k_mb_per_s", "getmeta_per_s", "list_s", "check_s", "peak_rss_mib"] {
+        assert!(figure(row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    for row in ["temp file + rename: 1 KiB objects per second", "unnamed file + link: 1 KiB objects per second"] {
+        assert!(figure(row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    assert!(stdout.contains("| borgd: 1 KiB put CPU / unnamed-file loop CPU |"), "{stdout}");
+}
