@@ -634,6 +634,20 @@ impl Space {
     }
 }
 
+/// Where a guest kernel says how large a free block must be before it is handed back to the host.
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+
+/// Warns when this machine hands free memory back to its host (free page reporting on): new
+/// memory's first touch then costs what the host happens to charge, and write-heavy figures swing
+/// between repetitions (docs/BENCHMARKS.md, "Machine"; `scripts/bench-memory.sh hold` stops it).
+fn warn_about_memory() {
+    let Ok(order) = std::fs::read_to_string(PAGE_REPORTING_ORDER) else { return };
+    // orders up to the buddy allocator's largest (10) are reported; above it, nothing is
+    if order.trim().parse::<u32>().is_ok_and(|o| o <= 10) {
+        eprintln!("borgd-bench: free page reporting is on (order {}): write-heavy figures will swing; run scripts/bench-memory.sh hold first", order.trim());
+    }
+}
+
 /// Refuses to start a run that would fill the file system holding `dir` part way through (a
 /// full disk ends the run and leaves the machine without space until the trees are deleted,
 /// which takes longer than the run).
@@ -673,6 +687,7 @@ fn protocol(args: &[String]) -> Res<()> {
     let cfg = Config { small: count(args, "--small", 20_000)?, large: count(args, "--large", 2_000)?, window: count(args, "--window", 100)?.max(1), established: !args.iter().any(|a| a == "--no-established") };
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    warn_about_memory();
     ensure_space(&root, Space::protocol_workload(&cfg).times((servers.len() + 1) as u64).plus(Space::unnamed_loops(&cfg)).times((reps + warmup) as u64))?;
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     // per repetition, for temp file + rename: 1 KiB/s, 1 KiB CPU s, 64 KiB MB/s; 1 KiB/s and CPU s
@@ -871,6 +886,7 @@ fn e2e(args: &[String]) -> Res<()> {
     let data = (mb as u64) << 20;
     // the data set (once), then per workload its repository and its extracted copy
     let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
+    warn_about_memory();
     ensure_space(&root, Space { bytes: data, inodes: files }.plus(Space::e2e_workload(data, files).times(((reps + warmup) * servers.len()) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
