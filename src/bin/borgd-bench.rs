@@ -436,7 +436,8 @@ enum Placing {
     /// Temp file + rename: the definition of the file system's limit.
     Rename,
     /// An unnamed file (`O_TMPFILE`) linked into place: the cheapest way to put a whole file in
-    /// place atomically, and what borgd does for small objects — the floor for borgd's own puts.
+    /// place atomically that we know of, and what borgd does for small objects — the floor for
+    /// borgd's own puts.
     Unnamed,
 }
 
