@@ -19,6 +19,8 @@
 //! comparison, and the same loop with unnamed files linked into place (`O_TMPFILE`, as borgd
 //! writes small objects) the floor of any server that puts whole files in place atomically.
 //! Medians and spreads are printed as a markdown table with ratios against the last server given.
+//! `e2e` likewise replays the objects of each repetition's `borg create` — received from a pipe
+//! and put in place, no RPC (see `replay`) — for the floor of a server's `create` CPU.
 //!
 //! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
 //! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
@@ -36,6 +38,8 @@ use borgd::rpc::frame::FrameReader;
 use borgd::rpc::msgpack::{self, Value};
 use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
+
+mod replay;
 
 type Res<T> = Result<T, String>;
 
@@ -626,6 +630,11 @@ impl Space {
         Space { bytes: data_bytes * 8 / 10 + data_bytes + (64 << 20), inodes: files * 3 + DATA_DIRS / 4 }
     }
 
+    /// What the `e2e` reference adds to a repetition: a copy of one repository's objects.
+    fn e2e_reference(data_bytes: u64, files: u64) -> Space {
+        Space { bytes: data_bytes * 8 / 10 + (16 << 20), inodes: files + DATA_DIRS / 4 }
+    }
+
     fn times(self, n: u64) -> Space {
         Space { bytes: self.bytes * n, inodes: self.inodes * n }
     }
@@ -888,12 +897,16 @@ fn e2e(args: &[String]) -> Res<()> {
     // the data set (once), then per workload its repository and its extracted copy
     let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
     warn_about_memory();
-    ensure_space(&root, Space { bytes: data, inodes: files }.plus(Space::e2e_workload(data, files).times(((reps + warmup) * servers.len()) as u64)))?;
+    let per_rep = Space::e2e_workload(data, files).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
+    ensure_space(&root, Space { bytes: data, inodes: files }.plus(per_rep.times((reps + warmup) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
     eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
     // metric -> per server samples
     let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); servers.len()];
+    // the reference (see `replay`): the objects the first server stored, loaded once
+    let mut stored: Option<Vec<replay::StoredObject>> = None;
+    let mut reference: Vec<(f64, f64)> = Vec::new();
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
@@ -957,6 +970,20 @@ fn e2e(args: &[String]) -> Res<()> {
             s.entry("extract_server_cpu_s").or_default().push(m[2].0);
             s.entry("extract_server_peak_rss_mib").or_default().push(m[2].1);
         }
+        let objects = match &stored {
+            Some(o) => o,
+            None => stored.insert(replay::load(&root.join(format!("rep{rep}-s0")).join("repo"))?),
+        };
+        settle();
+        let (cpu, wall) = replay::replay(objects, &root.join(format!("rep{rep}-reference")))?;
+        eprintln!(
+            "{rep_label} reference: {} objects ({:.0} MB) received and put in place: {cpu:.2} s CPU, {wall:.2} s",
+            objects.len(),
+            replay::bytes(objects) as f64 / 1e6
+        );
+        if keep {
+            reference.push((cpu, wall));
+        }
     }
     let last = servers.len() - 1;
     print_header(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers);
@@ -976,6 +1003,18 @@ fn e2e(args: &[String]) -> Res<()> {
             print!(" {} |", fmt(meds[si] / meds[last]));
         }
         println!();
+    }
+    let mut cpu: Vec<f64> = reference.iter().map(|r| r.0).collect();
+    let mut wall: Vec<f64> = reference.iter().map(|r| r.1).collect();
+    let (cpu_med, wall_med) = (median(&mut cpu), median(&mut wall));
+    println!();
+    println!("| reference (no RPC), same run | median (min–max) |");
+    println!("|---|---|");
+    println!("| the create session's objects received from a pipe and put in place: CPU seconds | {} ({}–{}) |", fmt(cpu_med), fmt(cpu[0]), fmt(cpu[cpu.len() - 1]));
+    println!("| the same: wall seconds | {} ({}–{}) |", fmt(wall_med), fmt(wall[0]), fmt(wall[wall.len() - 1]));
+    for (si, (l, _)) in servers.iter().enumerate() {
+        let server_cpu = samples[si].get_mut("create_server_cpu_s").map(|v| median(v)).unwrap_or(f64::NAN);
+        println!("| {l}: create server CPU / reference CPU | {} |", fmt(server_cpu / cpu_med));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
