@@ -130,6 +130,10 @@ pub struct ServeArgs {
     /// overlap (0: one object after the other, like Python borg)
     #[arg(long = "put-writers", value_name = "N", default_value_t = crate::server::puts::WRITERS as u16, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub put_writers: u16,
+    /// when a client sends puts more slowly than they are stored, wait this long (microseconds)
+    /// before reading more, so that one wake-up takes several (0: read at once)
+    #[arg(long = "coalesce-us", value_name = "MICROSECONDS", default_value_t = crate::server::coalesce::DEFAULT_NAP_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub coalesce_us: u64,
     /// largest message a client may send, in MiB (a put is at most 20 MiB; store_store of a large chunk index more)
     #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 256)]
     pub max_message_mib: usize,

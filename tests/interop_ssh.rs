@@ -245,7 +245,7 @@ print(len(idx))\n";
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), objects.to_string(), "the index lists every object");
 }
 
-/// The write-path options (`--fsync`, `--no-direct-io`, `--put-writers`) change how objects reach the disk, never
+/// The write-path options (`--fsync`, `--no-direct-io`, `--put-writers`, `--coalesce-us`) change how objects reach the disk, never
 /// what the client stores: each combination backs up large chunks (written directly by default)
 /// and small files, extracts them identically, and leaves a repository Python borg checks clean.
 #[test]
@@ -254,7 +254,7 @@ fn write_path_options_store_the_same_backup() {
     let src = env.path("src");
     make_source(&src);
     std::fs::write(src.join("large"), support::noise(11, 9_000_000)).unwrap();
-    for (i, args) in [&["--fsync=barrier"][..], &["--fsync=always", "--put-writers=1"], &["--fsync=never", "--no-direct-io", "--put-writers=0"]].into_iter().enumerate() {
+    for (i, args) in [&["--fsync=barrier"][..], &["--fsync=always", "--put-writers=1"], &["--fsync=never", "--no-direct-io", "--put-writers=0", "--coalesce-us=0"]].into_iter().enumerate() {
         env.with_server_args(args);
         let repo = env.path(&format!("repo{i}"));
         let url = env.ssh_url(&repo);

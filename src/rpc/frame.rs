@@ -36,6 +36,8 @@ pub struct FrameReader<R> {
     limit: usize,
     /// Bytes the message at `start` needs at least, from the last check (avoids rescans).
     needed: usize,
+    /// The last read returned less than it asked for: the sender is slower than we are.
+    drained: bool,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -43,7 +45,7 @@ const READ_CHUNK: usize = 256 * 1024;
 impl<R: Read> FrameReader<R> {
     /// A reader for messages of at most `limit` bytes.
     pub fn new(inner: R, limit: usize) -> FrameReader<R> {
-        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1 }
+        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1, drained: false }
     }
 
     /// The length of the next complete message if one is buffered; never reads.
@@ -95,6 +97,11 @@ impl<R: Read> FrameReader<R> {
         Payload { reader: self, at, remaining: len }
     }
 
+    /// Whether the last [`fill`](Self::fill) emptied the stream (got less than it asked for).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
     /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream.
     pub fn fill(&mut self) -> Result<bool, FrameError> {
         // move a partial message to the front so the buffer never grows past one message.
@@ -113,7 +120,9 @@ impl<R: Read> FrameReader<R> {
         if self.end == self.buf.len() {
             self.buf.resize(self.end + READ_CHUNK, 0);
         }
+        let asked = self.buf.len() - self.end;
         let n = self.inner.read(&mut self.buf[self.end..])?;
+        self.drained = n < asked;
         self.end += n;
         if n == 0 {
             return if self.end == 0 { Ok(false) } else { Err(FrameError::Truncated(self.end)) };

@@ -6,6 +6,7 @@
 //! answers in a few large writes. However the stream ends — close, end of input, a broken pipe,
 //! a protocol error or a signal — the session ends too, releasing its lock.
 
+pub mod coalesce;
 pub mod paths;
 pub mod puts;
 pub mod session;
@@ -99,6 +100,7 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
     let mut header = Vec::with_capacity(256);
     // started at the first put they can take; dropped (finishing their puts) when this returns
     let mut writers: Option<PutWriters> = None;
+    let mut coalescer = coalesce::Coalescer::new(session.config().coalesce);
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(ServeError::Stopped);
@@ -107,6 +109,7 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
             if reader.needed() >= STREAM_FROM {
                 drain(session, writers.as_ref());
                 if stream_put(session, out, &mut reader, &mut header)? {
+                    coalescer.handled(true);
                     continue;
                 }
             }
@@ -114,8 +117,14 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
                 w.kick();
             }
             locked(out).and_then(|mut w| w.flush()).map_err(ServeError::Write)?;
+            if let Some(nap) = coalescer.before_read() {
+                std::thread::sleep(nap);
+            }
             match reader.fill() {
-                Ok(true) => continue,
+                Ok(true) => {
+                    coalescer.read(reader.drained());
+                    continue;
+                }
                 Ok(false) => return Ok(()), // clean end of input
                 Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
@@ -123,7 +132,9 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
         };
         let frame = reader.frame(len);
         let value = msgpack::parse(frame).map_err(|e| ServeError::Protocol(e.to_string()))?;
-        match Request::from_value(value) {
+        let request = Request::from_value(value);
+        coalescer.handled(matches!(&request, Ok(req) if req.method == "put"));
+        match request {
             Ok(req) => match put_later(session, &req, out, &mut writers) {
                 Ok(true) => {} // answered by a writer thread once written
                 Ok(false) => {

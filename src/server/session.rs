@@ -30,6 +30,9 @@ pub struct Config {
     pub direct_io: bool,
     /// `--put-writers`: threads per session writing small puts (0: in order, see `server::puts`).
     pub put_writers: usize,
+    /// `--coalesce-us`: nap before reading more when a client trickles puts in (see
+    /// `server::coalesce`; zero: never).
+    pub coalesce: std::time::Duration,
     /// `BORG_STORE_DATA_LEVELS`: nesting depth of `data/`.
     pub data_levels: usize,
     /// Largest message accepted from a client, in bytes.
