@@ -32,6 +32,10 @@ pub const FEW: u32 = 1;
 /// most 100 in flight, and had half of them waiting on us.
 pub const MANY: u32 = 50;
 
+/// Requests one read brings (this one or the one before) from which the client counts as ahead
+/// of us: then the session's writer threads take its small puts (see [`Coalescer::client_ahead`]).
+pub const AHEAD_AT: u32 = 8;
+
 /// Default nap: long enough for a client preparing small files to send a few more, short next
 /// to its own work per file.
 pub const DEFAULT_NAP_US: u64 = 1000;
@@ -56,17 +60,24 @@ pub struct Coalescer {
     since_nap: Option<SinceNap>,
     /// Reads left before napping is considered again.
     backoff: u32,
+    /// Requests handled since the last read that brought any, and in the batch before.
+    batch: u32,
+    last_batch: u32,
 }
 
 impl Coalescer {
     /// A coalescer napping `nap` at a time (zero: never).
     pub fn new(nap: Duration) -> Coalescer {
-        Coalescer { nap, after_put: false, drained: false, since_nap: None, backoff: 0 }
+        Coalescer { nap, after_put: false, drained: false, since_nap: None, backoff: 0, batch: 0, last_batch: 0 }
     }
 
     /// A read from the client returned; `drained`: it got less than it asked for.
     pub fn read(&mut self, drained: bool) {
         self.drained = drained;
+        if self.batch > 0 {
+            self.last_batch = self.batch;
+            self.batch = 0;
+        }
         if let Some(s) = &mut self.since_nap {
             s.full_read |= !drained;
         }
@@ -75,9 +86,19 @@ impl Coalescer {
     /// A request was handled; `put`: it was a put.
     pub fn handled(&mut self, put: bool) {
         self.after_put = put;
+        self.batch += 1;
         if let Some(s) = &mut self.since_nap {
             s.requests += 1;
         }
+    }
+
+    /// Whether the client sends faster than one thread stores: the last read got all it asked
+    /// for, or a read (this one or the one before) brought at least [`AHEAD_AT`] requests. Then handing small puts to writer threads pays
+    /// (two cores storing at once: 36 000 instead of 21 000 1 KiB puts per second in the
+    /// protocol benchmark); while the client trickles, each hand-over only adds wake-ups (a
+    /// `borg create`: 900 instead of 2 300 context switches).
+    pub fn client_ahead(&self) -> bool {
+        !self.drained || self.batch.max(self.last_batch) >= AHEAD_AT
     }
 
     /// Called when no complete request is buffered and the next read may block. Returns how
@@ -154,6 +175,26 @@ mod tests {
             }
             assert_eq!(c.before_read(), Some(NAP), "{why}: tried again after the back-off");
         }
+    }
+
+    #[test]
+    fn the_client_is_ahead_while_reads_bring_many_requests() {
+        let mut c = Coalescer::new(NAP);
+        c.read(true);
+        for i in 0..AHEAD_AT {
+            assert!(!c.client_ahead(), "request {i} of the first read");
+            c.handled(true);
+        }
+        assert!(c.client_ahead(), "a large read");
+        c.read(true); // the rest of a message: no request yet, the last batch still counts
+        c.read(true);
+        c.handled(true);
+        assert!(c.client_ahead(), "judged by the read before while this one is small");
+        c.read(true);
+        c.handled(true);
+        assert!(!c.client_ahead(), "two small reads: trickling");
+        c.read(false);
+        assert!(c.client_ahead(), "a read that got all it asked for (large puts)");
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
         let request = Request::from_value(value);
         coalescer.handled(matches!(&request, Ok(req) if req.method == "put"));
         match request {
-            Ok(req) => match put_later(session, &req, out, &mut writers) {
+            Ok(req) => match put_later(session, &req, out, &mut writers, coalescer.client_ahead()) {
                 Ok(true) => {} // answered by a writer thread once written
                 Ok(false) => {
                     drain(session, writers.as_ref());
@@ -171,12 +171,16 @@ fn answer(out: &SharedOutput, header: &mut Vec<u8>, msgid: i64, result: Result<c
     .map_err(ServeError::Write)
 }
 
-/// Hands a small `put` to the session's writer threads (see [`puts`]), starting them at the
-/// first put; `Ok(false)` if it is not one they take (then the caller drains them and runs the
+/// Hands a small `put` to the session's writer threads (see [`puts`]) when the client is ahead
+/// of us or they are still busy (the session would only wait for them), starting them at the
+/// first such put; `Ok(false)` if it is not one they take (then the caller drains them and runs the
 /// request in order).
-fn put_later(session: &mut Session, req: &Request<'_>, out: &SharedOutput, writers: &mut Option<PutWriters>) -> Result<bool, crate::error::CallError> {
+fn put_later(session: &mut Session, req: &Request<'_>, out: &SharedOutput, writers: &mut Option<PutWriters>, client_ahead: bool) -> Result<bool, crate::error::CallError> {
     let n = session.config().put_writers;
     if req.method != "put" || n == 0 {
+        return Ok(false);
+    }
+    if !client_ahead && writers.as_ref().is_none_or(PutWriters::idle) {
         return Ok(false);
     }
     if writers.is_none() {

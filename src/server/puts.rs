@@ -172,6 +172,11 @@ impl PutWriters {
         Ok(writers)
     }
 
+    /// Whether nothing handed out is still being written.
+    pub fn idle(&self) -> bool {
+        self.shared.lock().pending == 0
+    }
+
     /// Hands a put to the writers (waiting while too much is in flight, or while the same object
     /// is still being written).
     pub fn submit(&self, msgid: i64, write: LaterWrite, value: Vec<u8>) {
