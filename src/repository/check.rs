@@ -29,6 +29,9 @@ impl Repository {
         }
         // whatever was written before must be durable before we vouch for the repository.
         self.store.barrier()?;
+        if repair {
+            self.written.forget_all(); // a repair may delete objects
+        }
         let mode = if partial { "partial" } else { "full" };
         log.info(LOGGER, &format!("Starting {mode} repository check"));
         let mut last_key_checked = String::new();

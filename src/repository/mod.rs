@@ -8,6 +8,7 @@
 mod check;
 pub mod chunkindex;
 pub mod repoobj;
+mod written;
 
 use std::path::Path;
 use std::time::Duration;
@@ -81,6 +82,8 @@ pub struct Repository {
     walk_above: usize,
     /// Ids per step of that walk ([`CHUNK_INDEX_WALK_BATCH`]; tests lower it).
     walk_batch: usize,
+    /// Objects this session put itself: an uploaded chunk index needs no look-up for them.
+    written: written::Written,
 }
 
 /// Above this many ids an uploaded chunk index is checked against one sorted walk of `data/`
@@ -158,7 +161,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH, written: written::Written::default() })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -289,6 +292,7 @@ impl Repository {
     pub fn put(&mut self, id: &[u8], data: &[u8], log: &Log) -> Result<(), Error> {
         let name = self.prepare_put(id, data.len() as u64, log)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
+        self.written.record(id);
         Ok(())
     }
 
@@ -309,6 +313,7 @@ impl Repository {
     pub fn put_from(&mut self, id: &[u8], len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {
         let name = self.prepare_put(id, len, log)?;
         self.store.store_from(&name, len, src).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
+        self.written.record(id);
         Ok(())
     }
 
@@ -316,6 +321,7 @@ impl Repository {
     pub fn delete(&mut self, id: &[u8], log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
         let name = Self::data_name(id)?;
+        self.written.forget_all();
         self.store.delete(&name, false).map_err(|e| not_found_or(e, || Error::ObjectNotFound(hex(id), self.location.clone())))
     }
 
@@ -387,15 +393,18 @@ impl Repository {
         Ok(self.store.store(name, value)?)
     }
 
-    fn check_chunk_index(&self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
+    fn check_chunk_index(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
         let mut ids = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
         })?;
+        ids.sort_unstable();
+        ids.dedup();
+        let listed = ids.len();
         let (missing, example) = self.missing_objects(&mut ids)?;
         if let Some(example) = example.map(|id| hex(&id)) {
-            log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {} listed objects are missing", ids.len()));
+            log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {listed} listed objects are missing"));
             let cause = match &self.last_write_error {
                 Some(e) => format!("the backup failed writing to the repository: {e}"),
                 None => "this happens when a backup failed".to_string(),
@@ -408,12 +417,13 @@ impl Repository {
         Ok(())
     }
 
-    /// How many of `ids` (duplicates counted once) are not in `data/`, and the first of them: a
-    /// look-up each for a short list, one sorted walk of `data/` merged with the ids for a long
-    /// one.
-    fn missing_objects(&self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, Option<[u8; 32]>), Error> {
+    /// How many of `ids` (duplicates counted once) are not in `data/`, and the first of them:
+    /// none for objects this session put itself, a look-up each for a short list of the rest,
+    /// one sorted walk of `data/` merged with them for a long one.
+    fn missing_objects(&mut self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, Option<[u8; 32]>), Error> {
         ids.sort_unstable();
         ids.dedup();
+        self.written.remove_known(ids);
         let mut missing = 0usize;
         let mut example = None;
         if ids.len() <= self.walk_above {
@@ -458,6 +468,7 @@ impl Repository {
     /// `store_delete(name, deleted)`.
     pub fn store_delete(&mut self, name: &str, deleted: bool, log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
+        self.written.forget_all();
         Ok(self.store.delete(name, deleted)?)
     }
 
@@ -472,6 +483,7 @@ impl Repository {
         log: &Log,
     ) -> Result<(), Error> {
         self.refresh_lock(log)?;
+        self.written.forget_all();
         Ok(self.store.move_item(name, new_name, delete, undelete, deleted)?)
     }
 }
@@ -557,6 +569,24 @@ mod tests {
         repo.store_store("cache/last-key-checked", b"data/xx", &log).unwrap();
     }
 
+    /// A chunk index listing only objects this session put needs no look-up (a look-up here would
+    /// meet the injected fault); once the session deleted data, every id is looked up again.
+    #[test]
+    fn a_chunk_index_of_objects_this_session_put_needs_no_look_up() {
+        let (mut repo, h, log) = sim_repo();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        repo.put(&[2; 32], &obj, &log).unwrap();
+        h.inject("info", "data/", libc::EIO);
+        let both = chunkindex::serialize([[1u8; 32], [2u8; 32]].iter());
+        repo.store_store(&chunkindex::cache_name(&both), &both, &log).unwrap();
+        repo.delete(&[2; 32], &log).unwrap();
+        let one = chunkindex::serialize([[1u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&one), &one, &log).unwrap_err().to_string();
+        assert!(e.contains("Input/output error"), "looked up after a delete: {e}");
+        repo.store_store(&chunkindex::cache_name(&one), &one, &log).unwrap();
+    }
+
     /// The walk and the look-ups agree on every mix of present, missing, duplicate and
     /// soft-deleted ids, including ids before, between and after the stored ones.
     #[test]
@@ -569,6 +599,7 @@ mod tests {
         }
         repo.put(&id(0x90, 0), &obj, &log).unwrap();
         repo.store.move_item(&format!("data/{}", hex(&id(0x90, 0))), None, true, false, false).unwrap();
+        repo.written.forget_all(); // look every id up (or walk for it): that is what is compared
         let cases: Vec<Vec<[u8; 32]>> = vec![
             vec![id(0x10, 1), id(0x10, 2), id(0x80, 0), id(0xf0, 9)],
             vec![id(0x00, 0), id(0x10, 1), id(0x10, 1), id(0x50, 5), id(0x90, 0), id(0xff, 0xff)],

@@ -154,6 +154,7 @@ impl Backend for SimDisk {
 
     fn info(&self, name: &str) -> Result<ItemInfo, Error> {
         self.with(|i| {
+            Self::fault(i, "info", name)?;
             let file = name.rsplit('/').next().unwrap_or(name).to_string();
             if let Some(v) = i.live.get(name) {
                 return Ok(ItemInfo { name: file, exists: true, size: v.len() as u64, directory: false });
