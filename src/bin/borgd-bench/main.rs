@@ -179,6 +179,11 @@ fn read_answer(reader: &mut FrameReader<ChildStdout>, keep: bool, answer_bytes: 
         }
     }
 
+/// A `timeval` from rusage as a duration.
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000)
+}
+
 /// CPU time and peak RSS of a finished child, from wait4.
 #[derive(Debug, Clone, Copy, Default)]
 struct Rusage {
@@ -197,9 +202,8 @@ fn wait_rusage(child: &mut Child) -> Res<(Rusage, i32)> {
     if r != pid {
         return Err(format!("wait4: {}", std::io::Error::last_os_error()));
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-    Ok((Rusage { cpu: tv(ru.ru_utime) + tv(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64 }, code))
+    Ok((Rusage { cpu: timeval(ru.ru_utime) + timeval(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64 }, code))
 }
 
 /// CPU time of a running process so far (clock ticks from /proc).
@@ -430,8 +434,7 @@ fn self_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    timeval(ru.ru_utime) + timeval(ru.ru_stime)
 }
 
 /// How a reference loop puts each object in place.
@@ -443,6 +446,40 @@ enum Placing {
     /// place atomically that we know of, and what borgd does for small objects — the floor for
     /// borgd's own puts.
     Unnamed,
+}
+
+/// Where `name` is written before it is renamed into place: `<name>.tmp`.
+fn temp_path(name: &Path) -> PathBuf {
+    let mut tmp = name.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+/// Writes `data` to a temp file beside `name` (mode 0600, as borgd creates files), then renames
+/// it into place.
+fn put_renamed(name: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = temp_path(name);
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?.write_all(data)?;
+    std::fs::rename(&tmp, name)
+}
+
+/// Whether opening an unnamed file failed because there are none here: the file system has no
+/// `O_TMPFILE` (or, `EISDIR`, the kernel does not know the flag).
+fn no_unnamed_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL))
+}
+
+/// Runs `put`; when a directory on the way is missing, creates `dir` and its parents and runs it
+/// once more (as a server does: it does not know in advance which directories exist).
+fn making_dir(dir: &Path, put: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    match put() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            put()
+        }
+        other => other,
+    }
 }
 
 /// Writes `data` as an unnamed file in directory `d`, then links it as `name` there.
@@ -476,26 +513,15 @@ fn reference_loop(dir: &Path, n: usize, size: usize, seed_base: u64, placing: Pl
         let h = hex(id);
         let d = dir.join("data").join(&h[0..2]).join(&h[2..4]);
         let name = d.join(&h);
-        let put = || -> std::io::Result<()> {
-            match placing {
-                Placing::Rename => {
-                    let tmp = d.join(format!("{h}.tmp"));
-                    std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?.write_all(data)?;
-                    std::fs::rename(&tmp, &name)
-                }
-                Placing::Unnamed => put_unnamed(&d, &name, data),
-            }
+        let put = || match placing {
+            Placing::Rename => put_renamed(&name, data),
+            Placing::Unnamed => put_unnamed(&d, &name, data),
         };
-        match put() {
-            // no O_TMPFILE on this file system (EISDIR: a kernel that does not know the flag):
-            // there is no such floor here, and the rest of the run stands
-            Err(e) if matches!(placing, Placing::Unnamed) && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+        match making_dir(&d, put) {
+            // no unnamed files here: there is no such floor, and the rest of the run stands
+            Err(e) if matches!(placing, Placing::Unnamed) && no_unnamed_files(&e) => {
                 eprintln!("unnamed files are not to be had in {}: {e}", dir.display());
                 return Ok((f64::NAN, f64::NAN));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-                put().map_err(|e| e.to_string())?;
             }
             other => other.map_err(|e| format!("{}: {e}", name.display()))?,
         }

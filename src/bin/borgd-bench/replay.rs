@@ -12,7 +12,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{put_unnamed, Res};
+use super::{making_dir, no_unnamed_files, put_renamed, put_unnamed, temp_path, Res};
 
 /// Objects at least this large are written around the page cache, as borgd writes a backup's
 /// large chunks (borg's chunker's minimum).
@@ -94,11 +94,11 @@ impl Aligned {
     }
 }
 
-/// Puts `data` in place as `dir/file` through a temp file written with `O_DIRECT` (whole blocks;
+/// Puts `data` in place as `name` through a temp file written with `O_DIRECT` (whole blocks;
 /// the tail after switching it off), renamed into place. Falls back to an ordinary write where
 /// the file system refuses `O_DIRECT`.
-fn put_direct(dir: &Path, file: &str, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{file}.tmp"));
+fn put_direct(name: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path(name);
     let open = |direct: bool| std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(if direct { libc::O_DIRECT } else { 0 }).open(&tmp);
     let (mut f, direct) = match open(true) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -115,35 +115,25 @@ fn put_direct(dir: &Path, file: &str, data: &[u8]) -> std::io::Result<()> {
         f.write_all(&data[whole..])?;
     }
     drop(f);
-    std::fs::rename(&tmp, dir.join(file))
+    std::fs::rename(&tmp, name)
 }
 
-/// Puts one received object in place, creating its directories on the first miss (as a server
-/// does: it does not know in advance which exist).
+/// Puts one received object in place, creating its directories on the first miss.
 fn place(dst: &Path, name: &str, data: &[u8]) -> Res<()> {
-    let (leaf, file) = name.rsplit_once('/').ok_or("object name without a directory")?;
+    let (leaf, _) = name.rsplit_once('/').ok_or("object name without a directory")?;
     let dir = dst.join(leaf);
-    let put = || -> std::io::Result<()> {
+    let target = dst.join(name);
+    let put = || {
         if data.len() >= DIRECT_FROM {
-            return put_direct(&dir, file, data);
+            return put_direct(&target, data);
         }
-        match put_unnamed(&dir, &dir.join(file), data) {
-            // no O_TMPFILE here: a named temp file then
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-                let tmp = dir.join(format!("{file}.tmp"));
-                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?.write_all(data)?;
-                std::fs::rename(&tmp, dir.join(file))
-            }
+        match put_unnamed(&dir, &target, data) {
+            // no unnamed files here: a named temp file then
+            Err(e) if no_unnamed_files(&e) => put_renamed(&target, data),
             other => other,
         }
     };
-    match put() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            put().map_err(|e| format!("{name}: {e}"))
-        }
-        other => other.map_err(|e| format!("{name}: {e}")),
-    }
+    making_dir(&dir, put).map_err(|e| format!("{name}: {e}"))
 }
 
 /// Receives `objects` from a pipe fed by another thread and puts each into a fresh tree below
