@@ -399,10 +399,7 @@ impl Repository {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
         })?;
-        ids.sort_unstable();
-        ids.dedup();
-        let listed = ids.len();
-        let (missing, example) = self.missing_objects(&mut ids)?;
+        let (listed, missing, example) = self.missing_objects(&mut ids)?;
         if let Some(example) = example.map(|id| hex(&id)) {
             log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {listed} listed objects are missing"));
             let cause = match &self.last_write_error {
@@ -417,12 +414,13 @@ impl Repository {
         Ok(())
     }
 
-    /// How many of `ids` (duplicates counted once) are not in `data/`, and the first of them:
-    /// none for objects this session put itself, a look-up each for a short list of the rest,
-    /// one sorted walk of `data/` merged with them for a long one.
-    fn missing_objects(&mut self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, Option<[u8; 32]>), Error> {
+    /// How many distinct ids `ids` holds, how many of them are not in `data/`, and the first of
+    /// those: none for objects this session put itself, a look-up each for a short list of the
+    /// rest, one sorted walk of `data/` merged with them for a long one.
+    fn missing_objects(&mut self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, usize, Option<[u8; 32]>), Error> {
         ids.sort_unstable();
         ids.dedup();
+        let listed = ids.len();
         self.written.remove_known(ids);
         let mut missing = 0usize;
         let mut example = None;
@@ -433,7 +431,7 @@ impl Repository {
                     example.get_or_insert(*id);
                 }
             }
-            return Ok((missing, example));
+            return Ok((listed, missing, example));
         }
         let mut k = 0; // ids[..k] are accounted for
         let mut after: Option<String> = None;
@@ -462,7 +460,7 @@ impl Repository {
             example.get_or_insert(ids[k]);
             missing += ids.len() - k;
         }
-        Ok((missing, example))
+        Ok((listed, missing, example))
     }
 
     /// `store_delete(name, deleted)`.
