@@ -207,6 +207,41 @@ impl Dir {
         Ok(Dir::from_fd(openat_nofollow(parent.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)?))
     }
 
+    /// Opens the subdirectory `name` (one name, no `/`) of this directory, creating it if
+    /// missing; `true` with it when it was created now. A symlink there is refused, as beneath
+    /// the root. `ENOENT` means this directory itself has been deleted.
+    pub fn open_or_make_child(&self, name: &str) -> io::Result<(Dir, bool)> {
+        let open = || {
+            openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0).map(Dir::from_fd).map_err(|e| {
+                // a symlink with O_NOFOLLOW | O_DIRECTORY: ENOTDIR (the directory check comes
+                // first), ELOOP without it; say which
+                let symlink = match e.raw_os_error() {
+                    Some(libc::ELOOP) => true,
+                    Some(libc::ENOTDIR) => matches!(self.stat(name), Ok(Some(st)) if st.is_symlink),
+                    _ => false,
+                };
+                if symlink {
+                    io::Error::new(io::ErrorKind::PermissionDenied, format!("{name}: refusing to follow a symlink inside the repository"))
+                } else {
+                    e
+                }
+            })
+        };
+        match open() {
+            Ok(d) => return Ok((d, false)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let c = cstr(name)?;
+        // SAFETY: valid directory fd and C string.
+        let made = match cvt(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
+            Ok(_) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false, // a concurrent writer made it
+            Err(e) => return Err(e),
+        };
+        Ok((open()?, made))
+    }
+
     /// Creates a new file `name` (fails if it exists), mode 0600.
     pub fn create_new(&self, name: &str) -> io::Result<File> {
         Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?))

@@ -9,6 +9,7 @@ mod name;
 mod permissions;
 mod beneath;
 mod direct;
+mod parents;
 #[cfg(test)]
 mod crash_tests;
 mod posixfs;

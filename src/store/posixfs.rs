@@ -24,12 +24,15 @@ use std::sync::Arc;
 
 use super::beneath::Dir;
 use super::direct::DirectWriter;
+use super::parents::Parents;
 use super::{name, Backend, Durability, Error, ItemInfo, Object, WriteOptions};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
     base: PathBuf,
     root: Option<Arc<Dir>>,
+    /// Held descriptors of the directories above leaf directories (see [`super::parents`]).
+    parents: Arc<Parents>,
     track_dirty: bool,
     dirty_files: Vec<String>,
     dirty_dirs: BTreeSet<String>,
@@ -118,9 +121,9 @@ fn io_err(base: &Path, op: &'static str, name: &str, source: io::Error) -> Error
 /// Opens directory `dir` beneath `root`, creating it and its missing parents; with `durable`
 /// the parents that were created are fsynced, otherwise they are returned for the caller's next
 /// barrier.
-fn make_dir(root: &Dir, base: &Path, dir: &str, durable: bool) -> Result<(Dir, Vec<String>), Error> {
+fn make_dir(root: &Dir, parents: &Parents, base: &Path, dir: &str, durable: bool) -> Result<(Dir, Vec<String>), Error> {
     let mut created = Vec::new();
-    let d = root.open_or_make_dir(dir, &mut created).map_err(|e| io_err(base, "create directory", dir, e))?;
+    let d = parents.open_or_make_dir(root, dir, &mut created).map_err(|e| io_err(base, "create directory", dir, e))?;
     if durable {
         for parent in created.drain(..) {
             root.dir(&parent).and_then(|d| d.sync()).map_err(|e| io_err(base, "fsync directory", &parent, e))?;
@@ -165,8 +168,10 @@ fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<b
 /// created are returned for the caller's next barrier (see [`make_dir`]). `direct_writer`
 /// (absent for shared writers, which only take small objects) writes large values around the
 /// page cache; `write_behind` starts writeback of large values written through it.
+#[allow(clippy::too_many_arguments)]
 fn write_beneath(
     root: &Dir,
+    parents: &Parents,
     base: &Path,
     name: &str,
     src: Source<'_>,
@@ -175,7 +180,7 @@ fn write_beneath(
     write_behind: bool,
 ) -> Result<Vec<String>, Error> {
     let (dir_name, file) = split(name);
-    let (dir, created) = make_dir(root, base, dir_name, how.durable)?;
+    let (dir, created) = make_dir(root, parents, base, dir_name, how.durable)?;
     let len = match &src {
         Source::Slice(v) => v.len() as u64,
         Source::Stream(_, len) => *len,
@@ -272,12 +277,13 @@ fn write_named(
 /// the same write path ([`write_beneath`]), beneath the same directory descriptor.
 struct SharedWriter {
     root: Arc<Dir>,
+    parents: Arc<Parents>,
     base: PathBuf,
 }
 
 impl super::ItemWriter for SharedWriter {
     fn write(&self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
-        write_beneath(&self.root, &self.base, name, Source::Slice(value), how, None, false).map(drop)
+        write_beneath(&self.root, &self.parents, &self.base, name, Source::Slice(value), how, None, false).map(drop)
     }
 }
 
@@ -292,7 +298,7 @@ impl PosixFs {
 
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, root: None, track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default() }
+        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default() }
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
@@ -301,7 +307,7 @@ impl PosixFs {
 
     /// Opens directory `dir`, creating it (and parents) if missing.
     fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
-        let (d, created) = make_dir(self.root()?, &self.base, dir, durable)?;
+        let (d, created) = make_dir(self.root()?, &self.parents, &self.base, dir, durable)?;
         for parent in created {
             self.note_dirty(None, &parent);
         }
@@ -327,7 +333,7 @@ impl PosixFs {
     /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
-        let created = write_beneath(root, &self.base, name, src, how, Some(&mut self.direct), self.track_dirty)?;
+        let created = write_beneath(root, &self.parents, &self.base, name, src, how, Some(&mut self.direct), self.track_dirty)?;
         if !how.durable {
             for parent in created {
                 self.note_dirty(None, &parent);
@@ -372,6 +378,7 @@ impl Backend for PosixFs {
 
     fn destroy(&mut self) -> Result<(), Error> {
         self.open_root()?;
+        self.parents.clear();
         let root = self.root()?;
         for (n, _) in root.entries().map_err(|e| self.err("list", "", e))? {
             root.remove_tree(&n).map_err(|e| self.err("remove", &n, e))?;
@@ -566,7 +573,7 @@ impl Backend for PosixFs {
 
     fn shared_writer(&self) -> Option<Arc<dyn super::ItemWriter>> {
         let root = self.root.clone()?;
-        Some(Arc::new(SharedWriter { root, base: self.base.clone() }))
+        Some(Arc::new(SharedWriter { root, parents: Arc::clone(&self.parents), base: self.base.clone() }))
     }
 
     fn note_shared_write(&mut self) {
