@@ -10,6 +10,8 @@ pub mod chunkindex;
 pub mod repoobj;
 mod written;
 
+pub use written::Key as WrittenKey;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -298,9 +300,18 @@ impl Repository {
 
     /// `put`, checked and decided now, written by the caller later (see [`store::LaterWrite`]);
     /// `None` when the store cannot write from another thread: then use [`Repository::put`].
-    pub fn put_later(&mut self, id: &[u8], len: usize, log: &Log) -> Result<Option<store::LaterWrite>, Error> {
+    /// With it, the key under which to hand the object back once written
+    /// ([`Repository::note_written`]).
+    pub fn put_later(&mut self, id: &[u8], len: usize, log: &Log) -> Result<Option<(store::LaterWrite, WrittenKey)>, Error> {
         let name = self.prepare_put(id, len as u64, log)?;
-        Ok(self.store.store_later(&name)?)
+        let Some(key) = written::key(id) else { return Ok(None) };
+        Ok(self.store.store_later(&name)?.map(|w| (w, key)))
+    }
+
+    /// Objects written elsewhere for this session ([`Repository::put_later`]) are in place: their
+    /// listing in an uploaded chunk index needs no look-up.
+    pub fn note_written(&mut self, keys: &[WrittenKey]) {
+        self.written.record_keys(keys);
     }
 
     /// A write carried out for this repository elsewhere (a [`Repository::put_later`]) failed.

@@ -5,9 +5,9 @@
 //! index of the chunks it *added* — the ids it has just put. Before storing it, borgd checks
 //! that every listed object exists (see `Repository::store_store`), one look-up each: 4% of a
 //! `borg create` session's server CPU in the benchmark, for objects the session itself has just
-//! written. Those are remembered here instead, when the session wrote them (not when its writer
-//! threads did: those are looked up as before), and forgotten the moment anything in the
-//! session deletes data. A put that failed is never recorded, so the index of a backup whose
+//! written. Those are remembered here instead — written by the session or by its writer threads
+//! (which hand back what they wrote successfully, see `server::puts`) — and forgotten the moment
+//! anything in the session deletes data. A put that failed is never recorded, so the index of a backup whose
 //! puts failed is still refused.
 //!
 //! Memory stays bounded: at most [`CAP`] ids, 16 bytes each (the ids' first half: two distinct
@@ -23,18 +23,29 @@ pub struct Written {
     sorted: bool,
 }
 
-fn key(id: &[u8; 32]) -> u128 {
-    let mut half = [0u8; 16];
-    half.copy_from_slice(&id[..16]);
-    u128::from_be_bytes(half)
+/// How an object is remembered: its id's first 16 bytes.
+pub type Key = u128;
+
+/// The key of object `id` (`None` for what is not a 32-byte id).
+pub fn key(id: &[u8]) -> Option<Key> {
+    let half: [u8; 16] = id.get(..16).filter(|_| id.len() == 32)?.try_into().ok()?;
+    Some(u128::from_be_bytes(half))
 }
 
 impl Written {
     /// The object `id` was put (and the put succeeded).
     pub fn record(&mut self, id: &[u8]) {
-        let Ok(id) = <&[u8; 32]>::try_from(id) else { return };
-        if self.ids.len() < CAP {
-            self.ids.push(key(id));
+        if let Some(k) = key(id) {
+            self.record_keys(&[k]);
+        }
+    }
+
+    /// The objects with these keys were put elsewhere for this session (its writer threads),
+    /// successfully.
+    pub fn record_keys(&mut self, keys: &[Key]) {
+        let room = CAP.saturating_sub(self.ids.len());
+        if room > 0 && !keys.is_empty() {
+            self.ids.extend_from_slice(&keys[..keys.len().min(room)]);
             self.sorted = false;
         }
     }
@@ -55,7 +66,7 @@ impl Written {
             self.ids.dedup();
             self.sorted = true;
         }
-        ids.retain(|id| self.ids.binary_search(&key(id)).is_err());
+        ids.retain(|id| key(id).is_none_or(|k| self.ids.binary_search(&k).is_err()));
     }
 }
 
@@ -86,6 +97,18 @@ mod tests {
         let mut ids = vec![id(1), id(2)];
         w.remove_known(&mut ids);
         assert_eq!(ids, vec![id(1), id(2)]);
+    }
+
+    #[test]
+    fn keys_handed_back_count_as_recorded_up_to_the_cap() {
+        let mut w = Written::default();
+        w.record_keys(&[key(&id(5)).unwrap(), key(&id(6)).unwrap()]);
+        let mut ids = vec![id(5), id(6), id(7)];
+        w.remove_known(&mut ids);
+        assert_eq!(ids, vec![id(7)]);
+        let many: Vec<Key> = (0..CAP as u128 + 3).collect();
+        w.record_keys(&many);
+        assert_eq!(w.ids.len(), CAP);
     }
 
     #[test]

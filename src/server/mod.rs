@@ -194,15 +194,21 @@ fn put_later(session: &mut Session, req: &Request<'_>, out: &SharedOutput, write
         }
     }
     let Some(w) = writers.as_ref() else { return Ok(false) };
-    let Some((write, value)) = session.put_later(req)? else { return Ok(false) };
-    w.submit(req.msgid, write, value.to_vec());
+    let Some((write, value, key)) = session.put_later(req)? else { return Ok(false) };
+    let written = w.submit(req.msgid, write, value.to_vec(), key);
+    if !written.is_empty() {
+        session.note_written(&written);
+    }
     Ok(true)
 }
 
 /// Waits for the session's writer threads to finish every put handed out, so that whatever
-/// comes next sees them all; a failure among them is remembered by the repository.
+/// comes next sees them all; the repository learns what they wrote and the first failure.
 fn drain(session: &mut Session, writers: Option<&PutWriters>) {
-    if let Some(error) = writers.and_then(PutWriters::drain) {
+    let Some(w) = writers else { return };
+    let (error, written) = w.drain();
+    session.note_written(&written);
+    if let Some(error) = error {
         session.note_write_error(error);
     }
 }

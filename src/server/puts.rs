@@ -17,6 +17,8 @@
 //! Every other request waits until every put handed out so far is written and answered
 //! ([`PutWriters::drain`]), so it sees the repository exactly as if the puts had run one after
 //! the other; a put of an object that is still being written waits for that write as well.
+//! What the writers wrote successfully is handed back to the session (at that drain, or in
+//! batches of [`HAND_BACK_AT`]), so the repository knows those objects exist (`repository::written`).
 //! Objects stay small here (below [`LATER_BELOW`]): large ones are written by the session
 //! itself, streamed and around the page cache. Memory is bounded by [`MAX_BYTES`] of copied
 //! values in flight.
@@ -36,6 +38,7 @@ use crate::error::CallError;
 use crate::output::SharedOutput;
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, Reply};
+use crate::repository::WrittenKey;
 use crate::store::LaterWrite;
 
 /// Threads writing one session's puts unless `--put-writers` says otherwise. Four covered
@@ -53,6 +56,10 @@ pub const MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Puts handed out and not yet answered, at most.
 const MAX_PENDING: usize = 64;
 
+/// Keys of objects written successfully at which [`PutWriters::submit`] hands them back to the
+/// session, so that a long run of puts without any other request keeps this list short.
+pub const HAND_BACK_AT: usize = 1024;
+
 /// Queued puts at which the session wakes an idle writer without waiting for the end of the
 /// batch (so a large batch is written while the rest of it is still being decoded).
 pub const KICK_AT: usize = 16;
@@ -65,6 +72,7 @@ struct Job {
     msgid: i64,
     write: LaterWrite,
     value: Vec<u8>,
+    key: WrittenKey,
 }
 
 #[derive(Default)]
@@ -80,6 +88,8 @@ struct State {
     names: HashSet<String>,
     /// The first failure since the last [`PutWriters::drain`].
     error: Option<String>,
+    /// Objects written successfully and not yet handed back to the session.
+    written: Vec<WrittenKey>,
     closing: bool,
     /// The session thread waits for puts to finish (in `submit` or `drain`), until this.
     session_waits: Option<Until>,
@@ -182,8 +192,9 @@ impl PutWriters {
     }
 
     /// Hands a put to the writers (waiting while too much is in flight, or while the same object
-    /// is still being written).
-    pub fn submit(&self, msgid: i64, write: LaterWrite, value: Vec<u8>) {
+    /// is still being written). Returns the keys of objects written since they were last handed
+    /// back once there are [`HAND_BACK_AT`] of them (else nothing, without allocating).
+    pub fn submit(&self, msgid: i64, write: LaterWrite, value: Vec<u8>, key: WrittenKey) -> Vec<WrittenKey> {
         let len = value.len();
         let s = self.shared.lock();
         let mut s = self.shared.wait_done(s, |s| {
@@ -201,11 +212,13 @@ impl PutWriters {
         s.bytes += len;
         s.queued_bytes += len;
         s.names.insert(write.name().to_string());
-        s.queue.push_back(Job { msgid, write, value });
+        s.queue.push_back(Job { msgid, write, value, key });
         let enough = s.queue.len() >= KICK_AT || s.queued_bytes >= KICK_BYTES;
         let n = if enough { s.wake(1) } else { 0 };
+        let written = if s.written.len() >= HAND_BACK_AT { std::mem::take(&mut s.written) } else { Vec::new() };
         drop(s);
         self.shared.notify(n);
+        written
     }
 
     /// Wakes idle writers for the puts queued so far: the session is about to wait for its
@@ -216,10 +229,12 @@ impl PutWriters {
     }
 
     /// Waits until every put handed out is written and answered; returns the first failure
-    /// among them, if any (the repository remembers it, see `Repository::note_write_error`).
-    pub fn drain(&self) -> Option<String> {
+    /// among them, if any (the repository remembers it, see `Repository::note_write_error`),
+    /// and the keys of the objects written successfully since they were last handed back.
+    pub fn drain(&self) -> (Option<String>, Vec<WrittenKey>) {
         let s = self.shared.lock();
-        self.shared.wait_done(s, |s| (s.pending > 0).then_some(Until { pending: 0, bytes: 0 })).error.take()
+        let mut s = self.shared.wait_done(s, |s| (s.pending > 0).then_some(Until { pending: 0, bytes: 0 }));
+        (s.error.take(), std::mem::take(&mut s.written))
     }
 }
 
@@ -281,8 +296,9 @@ fn work(shared: &Shared) {
             s.pending -= 1;
             s.bytes -= job.value.len();
             s.names.remove(job.write.name());
-            if let Some(said) = failure {
-                s.error.get_or_insert(said);
+            match failure {
+                Some(said) => drop(s.error.get_or_insert(said)),
+                None => s.written.push(job.key),
             }
             let wake = s.session_waits.is_some_and(|u| u.reached(&s));
             if wake {
@@ -314,6 +330,7 @@ mod tests {
     /// wait: however a batch ends — a `drain` after a few puts (fewer than [`KICK_AT`]), more
     /// puts than [`MAX_PENDING`] (the session waits at the high-water mark), the same object
     /// twice in a row, a [`PutWriters::kick`] — every put is written and answered exactly once,
+    /// handed back as written exactly once (by `submit` past [`HAND_BACK_AT`], or by `drain`),
     /// and nobody is left waiting for a wake-up that never comes.
     #[test]
     fn every_put_is_written_and_answered_once_however_a_batch_ends() {
@@ -333,24 +350,33 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             };
             let mut msgid = 0;
-            let mut put = |w: &PutWriters, name: String, value: Vec<u8>| {
+            let mut handed_back: Vec<WrittenKey> = Vec::new();
+            let mut from_submit = 0;
+            let mut put = |w: &PutWriters, name: String, value: Vec<u8>, back: &mut Vec<WrittenKey>| {
                 msgid += 1;
-                w.submit(msgid, store.store_later(&name).unwrap().unwrap(), value);
+                let got = w.submit(msgid, store.store_later(&name).unwrap().unwrap(), value, msgid as WrittenKey);
+                back.extend(got);
+            };
+            let drained = |w: &PutWriters, back: &mut Vec<WrittenKey>| {
+                let (error, keys) = w.drain();
+                back.extend(keys);
+                error
             };
             asleep(&w);
             for i in 0..5u32 {
-                put(&w, format!("data/aa{i:04x}"), i.to_le_bytes().to_vec());
+                put(&w, format!("data/aa{i:04x}"), i.to_le_bytes().to_vec(), &mut handed_back);
             }
-            assert_eq!(w.drain(), None);
+            assert_eq!(drained(&w, &mut handed_back), None);
             asleep(&w);
-            for i in 0..(3 * MAX_PENDING as u32) {
-                put(&w, format!("data/bb{i:04x}"), i.to_le_bytes().to_vec());
+            for i in 0..(HAND_BACK_AT as u32 + 3 * MAX_PENDING as u32) {
+                put(&w, format!("data/bb{i:04x}"), i.to_le_bytes().to_vec(), &mut handed_back);
             }
-            put(&w, "data/cc0000".into(), b"first".to_vec());
-            put(&w, "data/cc0000".into(), b"second".to_vec());
+            from_submit += handed_back.len() - 5;
+            put(&w, "data/cc0000".into(), b"first".to_vec(), &mut handed_back);
+            put(&w, "data/cc0000".into(), b"second".to_vec(), &mut handed_back);
             w.kick();
             asleep(&w);
-            put(&w, "data/dd0000".into(), b"last".to_vec());
+            put(&w, "data/dd0000".into(), b"last".to_vec(), &mut handed_back);
             // the session is about to wait for its client, who waits for this answer
             w.kick();
             let t = std::time::Instant::now();
@@ -358,7 +384,10 @@ mod tests {
                 assert!(t.elapsed() < Duration::from_secs(30), "a kicked put was never written");
                 std::thread::sleep(Duration::from_millis(1));
             }
-            assert_eq!(w.drain(), None);
+            assert_eq!(drained(&w, &mut handed_back), None);
+            assert!(from_submit >= HAND_BACK_AT, "a long run of puts hands written keys back as it goes");
+            handed_back.sort_unstable();
+            assert_eq!(handed_back, (1..=msgid as WrittenKey).collect::<Vec<_>>(), "every put handed back once");
             drop(w);
             out.lock().unwrap().flush().unwrap();
             done.send(msgid).unwrap();

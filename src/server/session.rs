@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::error::CallError;
 use crate::lock::Owner;
 use crate::log::{Level, Log};
-use crate::repository::{self, OpenOptions, Repository};
+use crate::repository::{self, OpenOptions, Repository, WrittenKey};
 use crate::rpc::{Method, Reply, Request};
 use crate::server::paths;
 use crate::store::{Durability, Mode, Permissions};
@@ -42,6 +42,10 @@ pub struct Config {
 }
 
 const LOGGER: &str = "borgd.server";
+/// A put for the writer threads: its write decided now, its value, and the key under which
+/// it is handed back once written (see [`Session::note_written`]).
+pub type LaterPut<'r> = (crate::store::LaterWrite, &'r [u8], WrittenKey);
+
 const TRACE: &str = "borg.debug.repository";
 
 /// State of one client connection.
@@ -196,7 +200,7 @@ impl Session {
     /// A `put` to be written by the session's writer threads (see [`super::puts`]): checked and
     /// decided now, with its value; `None` if it is to be run in order by [`Session::call`]
     /// instead (large values, or a store that cannot write from other threads).
-    pub fn put_later<'r>(&mut self, req: &Request<'r>) -> Result<Option<(crate::store::LaterWrite, &'r [u8])>, CallError> {
+    pub fn put_later<'r>(&mut self, req: &Request<'r>) -> Result<Option<LaterPut<'r>>, CallError> {
         let Some(repo) = self.repo.as_mut() else { return Ok(None) };
         let bad = |e| CallError::bad_arg(req.method, e);
         let (id, data) = (req.args.bytes("id").map_err(bad)?, req.args.bytes("data").map_err(bad)?);
@@ -206,7 +210,14 @@ impl Session {
         if self.log.enabled(TRACE, Level::Debug) {
             self.log.debug(TRACE, &format!("rpc put (msgid {}, written by a writer thread)", req.msgid));
         }
-        Ok(repo.put_later(id, data.len(), &self.log)?.map(|w| (w, data)))
+        Ok(repo.put_later(id, data.len(), &self.log)?.map(|(w, key)| (w, data, key)))
+    }
+
+    /// Puts written by the writer threads succeeded (see [`Repository::note_written`]).
+    pub fn note_written(&mut self, keys: &[WrittenKey]) {
+        if let Some(repo) = self.repo.as_mut() {
+            repo.note_written(keys);
+        }
     }
 
     /// A put written by a writer thread failed (see [`Repository::note_write_error`]).
