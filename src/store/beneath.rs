@@ -209,8 +209,10 @@ impl Dir {
 
     /// Opens the subdirectory `name` (one name, no `/`) of this directory, creating it if
     /// missing; `true` with it when it was created now. A symlink there is refused, as beneath
-    /// the root. `ENOENT` means this directory itself has been deleted.
-    pub fn open_or_make_child(&self, name: &str) -> io::Result<(Dir, bool)> {
+    /// the root. `ENOENT` means this directory itself has been deleted. `make_first`: the
+    /// caller expects it to be missing, so `mkdirat` comes before the open (an `EEXIST` instead
+    /// of a failed open when it was not).
+    pub fn open_or_make_child(&self, name: &str, make_first: bool) -> io::Result<(Dir, bool)> {
         let open = || {
             openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0).map(Dir::from_fd).map_err(|e| {
                 // a symlink with O_NOFOLLOW | O_DIRECTORY: ENOTDIR (the directory check comes
@@ -227,16 +229,19 @@ impl Dir {
                 }
             })
         };
-        match open() {
-            Ok(d) => return Ok((d, false)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
+        if !make_first {
+            match open() {
+                Ok(d) => return Ok((d, false)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
         }
         let c = cstr(name)?;
         // SAFETY: valid directory fd and C string.
         let made = match cvt(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
             Ok(_) => true,
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false, // a concurrent writer made it
+            // there already (or a concurrent writer made it)
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
             Err(e) => return Err(e),
         };
         Ok((open()?, made))

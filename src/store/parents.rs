@@ -15,13 +15,19 @@
 //! write to both places can move it, so that reaches nothing new. One deleted meanwhile is
 //! noticed (creating in it fails with `ENOENT`), forgotten and opened afresh.
 //!
+//! In a young repository most objects need a new leaf directory (the first ~65 000 objects
+//! spread over 65 536 of them), so there the leaf is made first and opened after — an `EEXIST`
+//! when it was there after all — instead of an open failing first. Which of the two comes first
+//! follows what recent puts found (a score, shared by the writer threads); an established
+//! repository keeps opening first.
+//!
 //! Descriptors are a process-wide resource (socket mode serves many sessions in one process):
 //! all caches together hold at most a quarter of the open-file limit; beyond that a store opens
 //! from the root as before.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::beneath::Dir;
@@ -47,7 +53,13 @@ fn budget() -> usize {
 #[derive(Default)]
 pub struct Parents {
     open: Mutex<HashMap<Box<str>, Arc<Dir>>>,
+    /// Recent leaves made minus recent leaves found, within ±[`YOUTH_RANGE`]: above zero,
+    /// leaves are made before they are opened.
+    youth: AtomicI32,
 }
+
+/// How far [`Parents::youth`] counts either way (how many puts it takes to change course).
+const YOUTH_RANGE: i32 = 32;
 
 impl Parents {
     /// Opens directory `rel` beneath `root` (see [`Dir::open_or_make_dir`], whose contract this
@@ -62,8 +74,10 @@ impl Parents {
             let Some(parent) = self.parent(root, parent_rel, created)? else {
                 return root.open_or_make_dir(rel, created);
             };
-            match parent.open_or_make_child(leaf) {
+            match parent.open_or_make_child(leaf, self.youth.load(Ordering::Relaxed) > 0) {
                 Ok((d, made)) => {
+                    let step = if made { 1 } else { -1 };
+                    let _ = self.youth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |y| Some((y + step).clamp(-YOUTH_RANGE, YOUTH_RANGE)));
                     if made {
                         created.push(parent_rel.to_string());
                     }
@@ -152,6 +166,34 @@ mod tests {
         let e = parents.open_or_make_dir(&root, "data/ab/11", &mut created).err().expect("a symlink is refused");
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    /// Whichever comes first, making or opening, a leaf is made exactly when it is missing, is
+    /// reported as made only then, and a symlink is refused.
+    #[test]
+    fn making_first_or_opening_first_give_the_same_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        let parents = Parents::default();
+        let mut created = Vec::new();
+        // a young repository: every leaf new, so the score turns to making first
+        for i in 0..40 {
+            created.clear();
+            parents.open_or_make_dir(&root, &format!("data/ab/{i:02x}"), &mut created).unwrap();
+            assert_eq!(created.last().map(String::as_str), Some("data/ab"), "leaf {i} made");
+        }
+        assert_eq!(parents.youth.load(Ordering::Relaxed), YOUTH_RANGE);
+        // existing leaves while making first: found, not reported as made
+        for i in 0..40 {
+            created.clear();
+            parents.open_or_make_dir(&root, &format!("data/ab/{i:02x}"), &mut created).unwrap();
+            assert!(created.is_empty(), "leaf {i} existed");
+        }
+        assert!(parents.youth.load(Ordering::Relaxed) < 0, "course changed to opening first");
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("data/ab/ff")).unwrap();
+        parents.youth.store(YOUTH_RANGE, Ordering::Relaxed);
+        let e = parents.open_or_make_dir(&root, "data/ab/ff", &mut created).err().expect("a symlink is refused");
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
     }
 
     #[test]
