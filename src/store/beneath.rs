@@ -153,6 +153,13 @@ fn set_link_mode(m: LinkMode) {
     LINK_MODE.store(m as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
+thread_local! {
+    /// The `getdents64` buffer of this thread, zeroed once: listing a repository reads every one of
+    /// its ~65 000 directories, and a fresh zeroed 32 KiB for each was two thirds of the
+    /// instructions of a `check` session (callgrind, 5 000 objects).
+    static DENTS: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 32 * 1024]);
+}
+
 /// A directory opened beneath the root; all its operations take plain names (no `/`).
 pub struct Dir {
     fd: OwnedFd,
@@ -360,7 +367,11 @@ impl Dir {
         if self.listed.swap(true, std::sync::atomic::Ordering::Relaxed) && unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut buf = vec![0u8; 32 * 1024];
+        DENTS.with_borrow_mut(|buf| self.read_entries(fd, buf))
+    }
+
+    /// [`entries`](Self::entries) with the thread's `getdents64` buffer.
+    fn read_entries(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<Vec<(String, Stat)>> {
         let mut out = Vec::new();
         loop {
             // SAFETY: buf is writable for its length; the kernel fills whole records.
