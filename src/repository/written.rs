@@ -7,8 +7,8 @@
 //! `borg create` session's server CPU in the benchmark, for objects the session itself has just
 //! written. Those are remembered here instead — written by the session or by its writer threads
 //! (which hand back what they wrote successfully, see `server::puts`) — and forgotten the moment
-//! anything in the session deletes data. A put that failed is never recorded, so the index of a backup whose
-//! puts failed is still refused.
+//! anything in the session deletes data. A put that failed is never recorded, so the index of a
+//! backup whose puts failed is still refused.
 //!
 //! Memory stays bounded: at most [`CAP`] ids, 16 bytes each (the ids' first half: two distinct
 //! ids of 256 random bits agree there with probability 2^-128); past that, ids are not recorded.

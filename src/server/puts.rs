@@ -297,7 +297,9 @@ fn work(shared: &Shared) {
             s.bytes -= job.value.len();
             s.names.remove(job.write.name());
             match failure {
-                Some(said) => drop(s.error.get_or_insert(said)),
+                Some(said) => {
+                    s.error.get_or_insert(said);
+                }
                 None => s.written.push(job.key),
             }
             let wake = s.session_waits.is_some_and(|u| u.reached(&s));

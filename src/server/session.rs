@@ -42,11 +42,11 @@ pub struct Config {
 }
 
 const LOGGER: &str = "borgd.server";
+const TRACE: &str = "borg.debug.repository";
+
 /// A put for the writer threads: its write decided now, its value, and the key under which
 /// it is handed back once written (see [`Session::note_written`]).
 pub type LaterPut<'r> = (crate::store::LaterWrite, &'r [u8], WrittenKey);
-
-const TRACE: &str = "borg.debug.repository";
 
 /// State of one client connection.
 pub struct Session {

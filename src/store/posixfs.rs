@@ -118,15 +118,25 @@ fn io_err(base: &Path, op: &'static str, name: &str, source: io::Error) -> Error
     Error::Io { op, path: if name.is_empty() { base.to_path_buf() } else { base.join(name) }, source }
 }
 
-/// Opens directory `dir` beneath `root`, creating it and its missing parents; with `durable`
-/// the parents that were created are fsynced, otherwise they are returned for the caller's next
-/// barrier.
-fn make_dir(root: &Dir, parents: &Parents, base: &Path, dir: &str, durable: bool) -> Result<(Dir, Vec<String>), Error> {
+/// Where an open store's items are written: its root descriptor, the parent directories it
+/// holds open, and its path (for error messages) — what a session's writes and its writer
+/// threads' share.
+#[derive(Clone, Copy)]
+struct Tree<'a> {
+    root: &'a Dir,
+    parents: &'a Parents,
+    base: &'a Path,
+}
+
+/// Opens directory `dir` beneath the tree's root, creating it and its missing parents; with
+/// `durable` the parents that were created are fsynced, otherwise they are returned for the
+/// caller's next barrier.
+fn make_dir(tree: Tree<'_>, dir: &str, durable: bool) -> Result<(Dir, Vec<String>), Error> {
     let mut created = Vec::new();
-    let d = parents.open_or_make_dir(root, dir, &mut created).map_err(|e| io_err(base, "create directory", dir, e))?;
+    let d = tree.parents.open_or_make_dir(tree.root, dir, &mut created).map_err(|e| io_err(tree.base, "create directory", dir, e))?;
     if durable {
         for parent in created.drain(..) {
-            root.dir(&parent).and_then(|d| d.sync()).map_err(|e| io_err(base, "fsync directory", &parent, e))?;
+            tree.root.dir(&parent).and_then(|d| d.sync()).map_err(|e| io_err(tree.base, "fsync directory", &parent, e))?;
         }
     }
     Ok((d, created))
@@ -168,11 +178,8 @@ fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<b
 /// created are returned for the caller's next barrier (see [`make_dir`]). `direct_writer`
 /// (absent for shared writers, which only take small objects) writes large values around the
 /// page cache; `write_behind` starts writeback of large values written through it.
-#[allow(clippy::too_many_arguments)]
 fn write_beneath(
-    root: &Dir,
-    parents: &Parents,
-    base: &Path,
+    tree: Tree<'_>,
     name: &str,
     src: Source<'_>,
     how: WriteOptions,
@@ -180,7 +187,7 @@ fn write_beneath(
     write_behind: bool,
 ) -> Result<Vec<String>, Error> {
     let (dir_name, file) = split(name);
-    let (dir, created) = make_dir(root, parents, base, dir_name, how.durable)?;
+    let (dir, created) = make_dir(tree, dir_name, how.durable)?;
     let len = match &src {
         Source::Slice(v) => v.len() as u64,
         Source::Stream(_, len) => *len,
@@ -195,11 +202,11 @@ fn write_beneath(
     };
     match placed {
         Err(("rename", e)) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
-        Err((op, e)) => return Err(io_err(base, op, name, e)),
+        Err((op, e)) => return Err(io_err(tree.base, op, name, e)),
         Ok(()) => {}
     }
     if how.durable {
-        dir.sync().map_err(|e| io_err(base, "fsync directory", dir_name, e))?;
+        dir.sync().map_err(|e| io_err(tree.base, "fsync directory", dir_name, e))?;
     }
     Ok(created)
 }
@@ -283,7 +290,8 @@ struct SharedWriter {
 
 impl super::ItemWriter for SharedWriter {
     fn write(&self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
-        write_beneath(&self.root, &self.parents, &self.base, name, Source::Slice(value), how, None, false).map(drop)
+        let tree = Tree { root: &self.root, parents: &self.parents, base: &self.base };
+        write_beneath(tree, name, Source::Slice(value), how, None, false).map(drop)
     }
 }
 
@@ -307,7 +315,7 @@ impl PosixFs {
 
     /// Opens directory `dir`, creating it (and parents) if missing.
     fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
-        let (d, created) = make_dir(self.root()?, &self.parents, &self.base, dir, durable)?;
+        let (d, created) = make_dir(Tree { root: self.root()?, parents: &self.parents, base: &self.base }, dir, durable)?;
         for parent in created {
             self.note_dirty(None, &parent);
         }
@@ -333,7 +341,8 @@ impl PosixFs {
     /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
-        let created = write_beneath(root, &self.parents, &self.base, name, src, how, Some(&mut self.direct), self.track_dirty)?;
+        let tree = Tree { root, parents: &self.parents, base: &self.base };
+        let created = write_beneath(tree, name, src, how, Some(&mut self.direct), self.track_dirty)?;
         if !how.durable {
             for parent in created {
                 self.note_dirty(None, &parent);
