@@ -53,6 +53,9 @@ fn budget() -> usize {
 #[derive(Default)]
 pub struct Parents {
     open: Mutex<HashMap<Box<str>, Arc<Dir>>>,
+    /// Tests: a process budget of this many descriptors instead of [`budget`].
+    #[cfg(test)]
+    budget: Option<usize>,
     /// Recent leaves made minus recent leaves found, within ±[`YOUTH_RANGE`]: above zero,
     /// leaves are made before they are opened.
     youth: AtomicI32,
@@ -98,7 +101,11 @@ impl Parents {
         if let Some(d) = open.get(rel) {
             return Ok(Some(Arc::clone(d)));
         }
-        if HELD.fetch_add(1, Ordering::Relaxed) >= budget() {
+        #[cfg(test)]
+        let budget = self.budget.unwrap_or_else(budget);
+        #[cfg(not(test))]
+        let budget = budget();
+        if HELD.fetch_add(1, Ordering::Relaxed) >= budget {
             HELD.fetch_sub(1, Ordering::Relaxed);
             return Ok(None);
         }
@@ -194,6 +201,24 @@ mod tests {
         parents.youth.store(YOUTH_RANGE, Ordering::Relaxed);
         let e = parents.open_or_make_dir(&root, "data/ab/ff", &mut created).err().expect("a symlink is refused");
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+    }
+
+    /// With the process's budget of descriptors spent, directories are opened from the root as
+    /// before: the same directories, the same 'created' reports, nothing held.
+    #[test]
+    fn beyond_the_budget_nothing_is_held_and_everything_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        let mut parents = Parents::default();
+        parents.budget = Some(0);
+        let mut created = Vec::new();
+        parents.open_or_make_dir(&root, "data/ab/cd", &mut created).unwrap();
+        assert_eq!(created, ["", "data", "data/ab"]);
+        created.clear();
+        parents.open_or_make_dir(&root, "data/ab/ef", &mut created).unwrap();
+        assert_eq!(created, ["data/ab"]);
+        assert!(dir.path().join("data/ab/ef").is_dir());
+        assert!(parents.open.lock().unwrap().is_empty(), "no descriptor held");
     }
 
     #[test]
