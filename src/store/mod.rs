@@ -173,10 +173,16 @@ impl LaterWrite {
 
     /// Writes `value`; a refused replace is the permission error it stands for.
     pub fn write(&self, value: &[u8]) -> Result<(), Error> {
-        match self.writer.write(&self.nested, value, self.how) {
-            Err(Error::ItemExists(_)) => Err(Error::PermissionDenied { mode: self.mode, op: "store", name: self.name.clone(), required: "W" }),
-            other => other,
-        }
+        overwrite_denied(self.writer.write(&self.nested, value, self.how), self.mode, &self.name)
+    }
+}
+
+/// A store without `W` found the item there (the backend refused to replace it): that is
+/// overwriting, which needs `W` — the permission error the client gets.
+fn overwrite_denied(stored: Result<(), Error>, mode: Mode, name: &str) -> Result<(), Error> {
+    match stored {
+        Err(Error::ItemExists(_)) => Err(Error::PermissionDenied { mode, op: "store", name: name.to_string(), required: "W" }),
+        other => other,
     }
 }
 
@@ -303,8 +309,7 @@ impl Store {
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
-        let stored = self.backend.store(&nested, value, how);
-        self.overwrite_denied(name, stored)
+        overwrite_denied(self.backend.store(&nested, value, how), self.permissions.mode(), name)
     }
 
     /// [`Store::store`], decided now and written later by whoever calls [`LaterWrite::write`]
@@ -323,8 +328,7 @@ impl Store {
     /// [`Store::store`] with the value streamed from `src` (`len` bytes) as it arrives.
     pub fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
-        let stored = self.backend.store_from(&nested, len, src, how);
-        self.overwrite_denied(name, stored)
+        overwrite_denied(self.backend.store_from(&nested, len, src, how), self.permissions.mode(), name)
     }
 
     /// Where a store of `name` goes, after the permission check, and how to write it: durable
@@ -344,14 +348,6 @@ impl Store {
         };
         let durable = self.ordered_write(name)?;
         Ok((nested, WriteOptions { durable, replace }))
-    }
-
-    /// A store without `W` found the item there: that is overwriting, which needs `W`.
-    fn overwrite_denied(&self, name: &str, stored: Result<(), Error>) -> Result<(), Error> {
-        match stored {
-            Err(Error::ItemExists(_)) => self.check("store", name, "W"),
-            other => other,
-        }
     }
 
     /// Deletes an item for good (see [`Store::move_item`] for the undoable kind, a soft delete).
