@@ -28,8 +28,13 @@ pub type Key = u128;
 
 /// The key of object `id` (`None` for what is not a 32-byte id).
 pub fn key(id: &[u8]) -> Option<Key> {
-    let half: [u8; 16] = id.get(..16).filter(|_| id.len() == 32)?.try_into().ok()?;
-    Some(u128::from_be_bytes(half))
+    <&[u8; 32]>::try_from(id).ok().map(key_of)
+}
+
+fn key_of(id: &[u8; 32]) -> Key {
+    let mut half = [0u8; 16];
+    half.copy_from_slice(&id[..16]);
+    u128::from_be_bytes(half)
 }
 
 impl Written {
@@ -66,7 +71,7 @@ impl Written {
             self.ids.dedup();
             self.sorted = true;
         }
-        ids.retain(|id| key(id).is_none_or(|k| self.ids.binary_search(&k).is_err()));
+        ids.retain(|id| self.ids.binary_search(&key_of(id)).is_err());
     }
 }
 

@@ -204,14 +204,12 @@ impl Dir {
         }
         let (parent_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let parent = self.open_or_make_dir(parent_rel, created)?;
-        let c = cstr(name)?;
-        // SAFETY: valid directory fd and C string.
-        match cvt(unsafe { libc::mkdirat(parent.fd.as_raw_fd(), c.as_ptr(), 0o777) }) {
-            Ok(_) => created.push(parent_rel.to_string()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {} // a concurrent writer made it
-            Err(e) => return Err(e),
+        // it was missing a moment ago: make it first (EEXIST if a concurrent writer made it)
+        let (d, made) = parent.open_or_make_child(name, true)?;
+        if made {
+            created.push(parent_rel.to_string());
         }
-        Ok(Dir::from_fd(openat_nofollow(parent.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)?))
+        Ok(d)
     }
 
     /// Opens the subdirectory `name` (one name, no `/`) of this directory, creating it if
