@@ -35,6 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crate::error::CallError;
+use crate::fasthash::FastBuild;
 use crate::output::SharedOutput;
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, Reply};
@@ -85,7 +86,7 @@ struct State {
     /// Bytes of the values pending.
     bytes: usize,
     /// Names of the objects pending.
-    names: HashSet<String>,
+    names: HashSet<String, FastBuild>,
     /// The first failure since the last [`PutWriters::drain`].
     error: Option<String>,
     /// Objects written successfully and not yet handed back to the session.

@@ -26,25 +26,62 @@ pub fn push_hex(s: &mut String, bytes: &[u8]) {
     }
 }
 
+/// What [`validate`] needs to know of each byte: one bit per rule.
+const NON_ASCII: u8 = 1;
+const DOT: u8 = 2;
+const BLANK: u8 = 4;
+const UPPER: u8 = 8;
+const CONTROL: u8 = 16;
+
+/// The rule bits of every byte value.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if !c.is_ascii() {
+            NON_ASCII
+        } else if c == b'.' {
+            DOT
+        } else if c == b'\\' || c == b' ' {
+            BLANK
+        } else if c.is_ascii_uppercase() {
+            UPPER
+        } else if c.is_ascii_control() {
+            CONTROL
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
 /// Checks a name the way borgstore's `validate_name` does, with the reason in the error.
+///
+/// Every put's name passes through here, so its bytes are classified in one pass through a
+/// table (eight scans were a tenth of a put's user-space instructions under callgrind), and
+/// `..` is looked for only in names with a dot (object names have none); the rules are then
+/// judged in borgstore's order, so a name breaking several gets the same error as there.
 pub fn validate(name: &str) -> Result<(), Error> {
     let bad = |why: &str| Err(Error::InvalidName { name: name.chars().take(120).collect(), why: why.to_string() });
     if name.len() > MAX_NAME_LENGTH {
         return bad("name is too long (max: 100)");
     }
-    if !name.is_ascii() {
+    let class = name.bytes().fold(0u8, |acc, b| acc | CLASS[usize::from(b)]);
+    if class & NON_ASCII != 0 {
         return bad("name must be plain ascii");
     }
-    if name.starts_with('/') || name.ends_with('/') || name.contains("..") {
+    if name.starts_with('/') || name.ends_with('/') || (class & DOT != 0 && name.contains("..")) {
         return bad("name must be relative and not contain '..'");
     }
-    if name.contains('\\') || name.contains(' ') {
+    if class & BLANK != 0 {
         return bad("name must not contain backslashes or blanks");
     }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+    if class & UPPER != 0 {
         return bad("name must be lowercase");
     }
-    if name.bytes().any(|b| b.is_ascii_control()) {
+    if class & CONTROL != 0 {
         return bad("name must not contain control characters");
     }
     if name.ends_with(TMP_SUFFIX) {
@@ -95,6 +132,23 @@ mod tests {
         assert_eq!(nest("data/0123456789", 0, None), "data/0123456789");
         assert_eq!(nest("archives/ab", 0, Some(".del")), "archives/ab.del");
         assert_eq!(nest("data/abcd", 1, Some(".del")), "data/ab/abcd.del");
+    }
+
+    /// A name breaking several rules gets the reason borgstore would give: rules in its order.
+    #[test]
+    fn the_first_rule_broken_in_borgstore_order_is_reported() {
+        let why = |n: &str| match validate(n) {
+            Err(Error::InvalidName { why, .. }) => why,
+            other => panic!("{n}: {other:?}"),
+        };
+        assert_eq!(why("Ä b/../x"), "name must be plain ascii");
+        assert_eq!(why("A b/../x"), "name must be relative and not contain '..'");
+        assert_eq!(why("A b/x"), "name must not contain backslashes or blanks");
+        assert_eq!(why("A\tb.tmp"), "name must be lowercase");
+        assert_eq!(why("a\tb.tmp"), "name must not contain control characters");
+        assert_eq!(why("a.b.tmp"), "name must not end with .tmp");
+        assert!(validate("data/0123abcdef.x").is_ok());
+        assert!(validate("a.b").is_ok(), "single dots are fine");
     }
 
     #[test]

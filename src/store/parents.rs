@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::beneath::Dir;
+use crate::fasthash::FastBuild;
 
 /// Descriptors held by all [`Parents`] of this process.
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -52,7 +53,7 @@ fn budget() -> usize {
 /// The held parent directories of one open store (shared with its writer threads).
 #[derive(Default)]
 pub struct Parents {
-    open: Mutex<HashMap<Box<str>, Arc<Dir>>>,
+    open: Mutex<HashMap<Box<str>, Arc<Dir>, FastBuild>>,
     /// Tests: a process budget of this many descriptors instead of [`budget`].
     #[cfg(test)]
     budget: Option<usize>,
