@@ -254,7 +254,7 @@ fn write_path_options_store_the_same_backup() {
     let src = env.path("src");
     make_source(&src);
     std::fs::write(src.join("large"), support::noise(11, 9_000_000)).unwrap();
-    for (i, args) in [&["--fsync=barrier"][..], &["--fsync=always", "--put-writers=1"], &["--fsync=never", "--no-direct-io", "--put-writers=0", "--coalesce-us=0"]].into_iter().enumerate() {
+    for (i, args) in [&["--fsync=barrier", "--put-writers=4"][..], &["--fsync=always", "--put-writers=1"], &["--fsync=never", "--no-direct-io", "--put-writers=0", "--coalesce-us=0"]].into_iter().enumerate() {
         env.with_server_args(args);
         let repo = env.path(&format!("repo{i}"));
         let url = env.ssh_url(&repo);
@@ -269,8 +269,8 @@ fn write_path_options_store_the_same_backup() {
 }
 
 /// A backup of many small files, sent by the client faster than one at a time (the session
-/// naps 50 ms after a put that emptied its input, so puts pile up): the session hands them to
-/// its writer threads (the server's debug log says so), and what they wrote extracts identically
+/// naps 50 ms after a put that emptied its input, so puts pile up): a session with writer
+/// threads (`--put-writers=4`; there are none by default) hands them over (its debug log says so), and what they wrote extracts identically
 /// and checks clean in Python borg. The other interop tests' backups are too small or too
 /// slow for the client ever to get ahead, so without this no real client reached the threads.
 #[test]
@@ -284,7 +284,7 @@ fn puts_of_a_client_ahead_go_to_writer_threads() {
             std::fs::write(dir.join(format!("f{f}")), support::noise(1000 + d * 100 + f, 500 + 23 * f as usize)).unwrap();
         }
     }
-    env.with_server_args(&["--coalesce-us=50000"]);
+    env.with_server_args(&["--coalesce-us=50000", "--put-writers=4"]);
     let (repo, url) = env.new_repo("repo");
     let out = env.run(&["-r", &url, "--debug", "--debug-topic=repository", "create", "many", src.to_str().unwrap()]);
     let log = String::from_utf8_lossy(&out.stderr);

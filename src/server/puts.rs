@@ -2,11 +2,12 @@
 //!
 //! Creating an object's file can block on a disk read the kernel needs first (an inode bitmap,
 //! an inode-table block, a directory block). A server writing one object at a time — Python's,
-//! or ours before this — sits idle through every such read, and a backup into a new repository
+//! or ours by default — sits idle through every such read, and a backup into a new repository
 //! makes many of them: in a profile of 20 000 fresh 1 KiB puts, borgd was off the CPU for half
-//! of the phase, nearly all of it in `mkdir`/`open` waiting for metadata. With [`WRITERS`]
-//! threads writing, those waits overlap (a C loop doing the same writes: 8 400–9 100 objects/s on
-//! one thread, 11 000–16 200/s on four, for the same CPU time).
+//! of the phase, nearly all of it in `mkdir`/`open` waiting for metadata. With writer threads
+//! (`--put-writers N`), those waits overlap (a C loop doing the same writes: 8 400–9 100
+//! objects/s on one thread, 11 000–16 200/s on four, for the same CPU time). That pays for a
+//! client faster than the disk, and costs CPU; off by default (see [`WRITERS`]).
 //!
 //! Only while the client is ahead of the session (see `server::coalesce::Coalescer::client_ahead`):
 //! a client that trickles puts in gains nothing from the threads, and each hand-over costs it
@@ -42,10 +43,15 @@ use crate::rpc::{encode_reply, Reply};
 use crate::repository::WrittenKey;
 use crate::store::LaterWrite;
 
-/// Threads writing one session's puts unless `--put-writers` says otherwise. Four covered
-/// most of the waiting in the C loop above (eight did a little better, on a machine with two
-/// cores); each costs a small stack.
-pub const WRITERS: usize = 4;
+/// Writer threads per session unless `--put-writers` says otherwise: none, so each session
+/// writes its puts itself. That costs the least CPU: in the same runs, 5% less for 1 KiB puts
+/// into a new repository than four writers (0.93 against 0.98 s for 20 000) and 7% less for a
+/// real `borg create` (0.226 against 0.244 s), no slower in wall time with a real client, which
+/// sends more slowly than one thread stores (docs/BENCHMARKS.md); and a backup host's many
+/// sessions overlap each other's waits anyway. Writers pay for one client faster than the disk:
+/// four lift its 1 KiB put rate 1.6× (21 000 → 34 500/s into a new repository; four covered
+/// most of the waiting in the C loop above, eight did a little better on two cores).
+pub const WRITERS: usize = 0;
 
 /// Puts of values at least this large are written by the session itself (see the module docs).
 pub const LATER_BELOW: usize = 512 * 1024;
