@@ -127,10 +127,11 @@ pub struct ServeArgs {
     #[arg(long = "no-direct-io")]
     pub no_direct_io: bool,
     /// threads per session writing small objects at once, so that the file-system waits of a
-    /// client faster than the disk overlap, for more CPU (0, the default: one object after the
-    /// other, like Python borg; 4 lifts such a client's small-object rate about 1.6x)
-    #[arg(long = "put-writers", value_name = "N", default_value_t = crate::server::puts::WRITERS as u16, value_parser = clap::value_parser!(u16).range(0..=64))]
-    pub put_writers: u16,
+    /// client faster than the disk overlap, for more CPU (default 0: one object after the other,
+    /// like Python borg; 4 with --fsync=always, where every put waits for the disk; 4 lifts a
+    /// fast client's small-object rate about 1.6x)
+    #[arg(long = "put-writers", value_name = "N", value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub put_writers: Option<u16>,
     /// when a client sends puts more slowly than they are stored, wait this long (microseconds)
     /// before reading more, so that one wake-up takes several (0: read at once)
     #[arg(long = "coalesce-us", value_name = "MICROSECONDS", default_value_t = crate::server::coalesce::DEFAULT_NAP_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
@@ -154,6 +155,8 @@ pub struct ServeOptions {
     pub serve: ServeArgs,
     pub permissions: Mode,
     pub data_levels: usize,
+    /// Writer threads per session: `--put-writers`, or the default for the `--fsync` mode.
+    pub put_writers: usize,
 }
 
 impl Common {
@@ -230,7 +233,9 @@ pub fn parse<I: IntoIterator<Item = T>, T: Into<OsString> + Clone>(
     if serve.max_message_mib == 0 || serve.max_message_mib > 4096 {
         return Err(invalid(format!("--max-message-mib must be from 1 to 4096, got {}", serve.max_message_mib)));
     }
+    let put_writers = serve.put_writers.map_or_else(|| crate::server::puts::default_writers(serve.fsync), usize::from);
     Ok(ServeOptions {
+        put_writers,
         level: cli.common.level(),
         debug_topics: cli.common.debug_topics.clone(),
         lock_wait: cli.common.lock_wait,
@@ -282,6 +287,17 @@ mod tests {
         // the client's default log level overrides a level in the forced command, as in borg
         let o = p(&["borgd", "serve", "--debug"], Some("borg serve"));
         assert_eq!(o.level, Level::Warning);
+    }
+
+    /// No writer threads unless asked for, except where every put waits for the disk.
+    #[test]
+    fn writer_threads_by_fsync_mode_unless_given() {
+        assert_eq!(p(&["borgd", "serve"], None).put_writers, 0);
+        assert_eq!(p(&["borgd", "serve", "--fsync=never"], None).put_writers, 0);
+        assert_eq!(p(&["borgd", "serve", "--fsync=always"], None).put_writers, crate::server::puts::WRITERS_ALWAYS);
+        assert_eq!(p(&["borgd", "serve", "--fsync=always", "--put-writers=0"], None).put_writers, 0);
+        assert_eq!(p(&["borgd", "serve", "--put-writers", "2"], None).put_writers, 2);
+        assert!(parse(["borgd", "serve", "--put-writers=65"], None, None, None).is_err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         permissions: opts.permissions,
         durability: opts.serve.fsync,
         direct_io: !opts.serve.no_direct_io,
-        put_writers: usize::from(opts.serve.put_writers),
+        put_writers: opts.put_writers,
         coalesce: std::time::Duration::from_micros(opts.serve.coalesce_us),
         data_levels: opts.data_levels,
         max_message: opts.serve.max_message_mib * 1024 * 1024,

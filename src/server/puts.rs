@@ -41,7 +41,7 @@ use crate::output::SharedOutput;
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, Reply};
 use crate::repository::WrittenKey;
-use crate::store::LaterWrite;
+use crate::store::{Durability, LaterWrite};
 
 /// Writer threads per session unless `--put-writers` says otherwise: none, so each session
 /// writes its puts itself. That costs the least CPU: in the same runs, 5% less for 1 KiB puts
@@ -52,6 +52,20 @@ use crate::store::LaterWrite;
 /// four lift its 1 KiB put rate 1.6× (21 000 → 34 500/s into a new repository; four covered
 /// most of the waiting in the C loop above, eight did a little better on two cores).
 pub const WRITERS: usize = 0;
+
+/// Writer threads per session with `--fsync=always` unless `--put-writers` says otherwise: there
+/// every put waits for its own `fsync`, and four writers overlap those waits (2 377 instead of
+/// 1 825 1 KiB puts per second, docs/BENCHMARKS.md).
+pub const WRITERS_ALWAYS: usize = 4;
+
+/// The writer threads a session gets unless `--put-writers` says otherwise.
+pub fn default_writers(durability: Durability) -> usize {
+    if durability == Durability::Always {
+        WRITERS_ALWAYS
+    } else {
+        WRITERS
+    }
+}
 
 /// Puts of values at least this large are written by the session itself (see the module docs).
 pub const LATER_BELOW: usize = 512 * 1024;
