@@ -3,9 +3,9 @@
 //! std's default hash (SipHash) resists hash flooding, which a table that grows with what a
 //! client sends needs. The tables that use this one cannot grow so: the names of the puts a
 //! session's writer threads have in hand (at most 64) and the held `data/xx` directories (at most
-//! 256, names we make). Flooding them costs at most that many comparisons. SipHash of their
-//! names was 7% of a 1 KiB put's user-space instructions (callgrind); this takes eight bytes per
-//! multiply (the scheme of rustc's `FxHasher`).
+//! 256, names we make). Flooding them costs at most that many comparisons. With writer threads,
+//! SipHash of those names was 7% of a 1 KiB put's user-space instructions (callgrind); this takes
+//! eight bytes per multiply (the scheme of rustc's `FxHasher`).
 
 use std::hash::{BuildHasherDefault, Hasher};
 

@@ -23,7 +23,7 @@ struct OpenHow {
 
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 
-/// Names at most this long become C strings on the stack (all of a repository's are).
+/// Names shorter than this become C strings on the stack (all of a repository's do).
 const SHORT_NAME: usize = 192;
 
 /// A name as a NUL-terminated C string, kept on the stack when short: every put hands the kernel
@@ -482,6 +482,7 @@ mod tests {
     /// Names short and long reach the kernel whole and NUL-terminated; a NUL inside is refused.
     #[test]
     fn names_become_c_strings_on_the_stack_or_the_heap() {
+        // SAFETY: cstr's pointers are to NUL-terminated bytes that live as long as the CName.
         let text = |c: &CName| unsafe { std::ffi::CStr::from_ptr(c.as_ptr()) }.to_str().unwrap().to_string();
         let short = "data/ab/cd/".to_string() + &"ab".repeat(32);
         assert!(matches!(cstr(&short).unwrap(), CName::Short(_)));

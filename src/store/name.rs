@@ -26,7 +26,7 @@ pub fn push_hex(s: &mut String, bytes: &[u8]) {
     }
 }
 
-/// What [`validate`] needs to know of each byte: one bit per rule.
+// What `validate` needs to know of each byte: one bit per rule.
 const NON_ASCII: u8 = 1;
 const DOT: u8 = 2;
 const BLANK: u8 = 4;
