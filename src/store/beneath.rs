@@ -57,6 +57,11 @@ fn cstr(s: &str) -> io::Result<CName> {
     CString::new(s).map(CName::Long).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
+/// The error for a symlink met on the way to `what`: said plainly, as a permission problem.
+fn symlink_refused(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, format!("{what}: refusing to follow a symlink inside the repository"))
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -102,7 +107,7 @@ fn open_beneath(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t)
             Some(libc::ENOSYS) | Some(libc::EPERM) => return walk(dirfd, rel, flags, mode),
             // a symlink on the way: say so plainly
             Some(libc::ELOOP) | Some(libc::EXDEV) => {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: refusing to follow a symlink inside the repository")))
+                return Err(symlink_refused(rel))
             }
             _ => return Err(e),
         }
@@ -121,7 +126,7 @@ fn walk(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t) -> io::
         let f = if last { flags } else { libc::O_DIRECTORY | libc::O_RDONLY };
         cur = openat_nofollow(cur.as_raw_fd(), part, f, if last { mode } else { 0 }).map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(io::ErrorKind::PermissionDenied, format!("{rel}: refusing to follow a symlink inside the repository"))
+                symlink_refused(rel)
             } else {
                 e
             }
@@ -258,7 +263,7 @@ impl Dir {
                     _ => false,
                 };
                 if symlink {
-                    io::Error::new(io::ErrorKind::PermissionDenied, format!("{name}: refusing to follow a symlink inside the repository"))
+                    symlink_refused(name)
                 } else {
                     e
                 }

@@ -148,12 +148,17 @@ impl Drop for Parents {
 mod tests {
     use super::*;
 
+    /// A fresh directory, its descriptor and no held parents yet.
+    fn fresh() -> (tempfile::TempDir, Dir, Parents) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Dir::open_root(dir.path()).unwrap();
+        (dir, root, Parents::default())
+    }
+
     #[test]
     fn leaves_are_made_beneath_held_parents_and_symlinks_refused() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, root, parents) = fresh();
         let outside = tempfile::tempdir().unwrap();
-        let root = Dir::open_root(dir.path()).unwrap();
-        let parents = Parents::default();
         let mut created = Vec::new();
         parents.open_or_make_dir(&root, "data/ab/cd", &mut created).unwrap();
         assert_eq!(created, ["", "data", "data/ab"]);
@@ -180,9 +185,7 @@ mod tests {
     /// reported as made only then, and a symlink is refused.
     #[test]
     fn making_first_or_opening_first_give_the_same_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Dir::open_root(dir.path()).unwrap();
-        let parents = Parents::default();
+        let (dir, root, parents) = fresh();
         let mut created = Vec::new();
         // a young repository: every leaf new, so the score turns to making first
         for i in 0..40 {
@@ -208,9 +211,7 @@ mod tests {
     /// before: the same directories, the same 'created' reports, nothing held.
     #[test]
     fn beyond_the_budget_nothing_is_held_and_everything_still_works() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Dir::open_root(dir.path()).unwrap();
-        let mut parents = Parents::default();
+        let (dir, root, mut parents) = fresh();
         parents.budget = Some(0);
         let mut created = Vec::new();
         parents.open_or_make_dir(&root, "data/ab/cd", &mut created).unwrap();
@@ -224,9 +225,7 @@ mod tests {
 
     #[test]
     fn a_held_parent_deleted_meanwhile_is_opened_afresh() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Dir::open_root(dir.path()).unwrap();
-        let parents = Parents::default();
+        let (dir, root, parents) = fresh();
         let mut created = Vec::new();
         parents.open_or_make_dir(&root, "data/ab/cd", &mut created).unwrap();
         // another process deletes the tree (our descriptor now names a dead directory)
