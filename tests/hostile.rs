@@ -313,6 +313,16 @@ fn streamed_puts_fail_cleanly_and_keep_the_stream_in_step() {
     raw.call("put", &[("id", Arg::Bin(&[5; 32])), ("data", Arg::Bin(&obj))]).unwrap();
     let got = raw.call("get", &[("id", Arg::Bin(&[5; 32]))]).unwrap();
     assert!(got.ends_with(&obj), "a streamed put stores exactly what was sent");
+    // streaming starts at 512 KiB messages (the objects written directly): one just below the
+    // direct-write size whose message is above it, and one a little larger
+    let overhead = borgd::repository::repoobj::Header::wrap(b"m", &[]).len();
+    for (i, len) in [borgd::store::DIRECT_FROM as usize - 20 - overhead, 700_000].into_iter().enumerate() {
+        let obj = borgd::repository::repoobj::Header::wrap(b"m", &vec![i as u8 + 1; len]);
+        let id = [20 + i as u8; 32];
+        raw.call("put", &[("id", Arg::Bin(&id)), ("data", Arg::Bin(&obj))]).unwrap();
+        let got = raw.call("get", &[("id", Arg::Bin(&id))]).unwrap();
+        assert!(got.ends_with(&obj), "{} bytes: a streamed put stores exactly what was sent", obj.len());
+    }
     raw.call("close", &[]).unwrap();
     assert!(raw.finish().0);
     // denied by the permission mode: the data is drained, the answer names the denial

@@ -40,6 +40,7 @@ pub struct FrameReader<R> {
     drained: bool,
 }
 
+/// The buffer's initial size, and how much it grows by when full.
 const READ_CHUNK: usize = 256 * 1024;
 
 impl<R: Read> FrameReader<R> {
@@ -166,8 +167,11 @@ impl<R: Read> Payload<'_, R> {
     /// Reads and drops what the consumer left unread (the stream stays in step even when
     /// writing the payload failed), then drops the whole message from the reader.
     pub fn finish(mut self) -> Result<(), FrameError> {
-        let mut scratch = vec![0u8; 64 * 1024];
+        let mut scratch = Vec::new();
         while self.remaining > 0 {
+            if scratch.is_empty() {
+                scratch = vec![0u8; 64 * 1024];
+            }
             match self.read(&mut scratch) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

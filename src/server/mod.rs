@@ -213,8 +213,11 @@ fn drain(session: &mut Session, writers: Option<&PutWriters>) {
     }
 }
 
-/// Messages at least this large are candidates for streaming (see [`stream_put`]).
-const STREAM_FROM: usize = 1024 * 1024;
+/// Messages at least this large are candidates for streaming (see [`stream_put`]): the objects
+/// the store writes directly, around the page cache, whose bytes then go from the connection
+/// straight into the direct writer's buffer instead of through the message buffer first
+/// (objects of 512 KiB – 1 MiB, buffered whole before, were 21 MB of a 250 MB backup's copies).
+const STREAM_FROM: usize = crate::store::DIRECT_FROM as usize;
 
 /// If the message being received is a `put` whose data header has arrived, handles it now,
 /// streaming the data from the connection to disk instead of buffering it whole (chunks are up to

@@ -9,6 +9,7 @@ mod name;
 mod permissions;
 mod beneath;
 mod direct;
+pub use direct::DIRECT_FROM;
 mod parents;
 #[cfg(test)]
 mod crash_tests;
