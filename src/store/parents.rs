@@ -1,5 +1,6 @@
 //! Open descriptors of the directories that hold leaf directories (`data/ab` above `data/ab/cd`),
-//! kept for the life of an open store so that writing an object opens one name, not a path.
+//! and of theirs (`data`), kept for the life of an open store so that writing an object opens
+//! one name, not a path.
 //!
 //! Why: every object goes into `data/xx/yy/`, a directory that must be opened beneath the
 //! repository without following symlinks (see [`super::beneath`]) and, in a young repository,
@@ -8,7 +9,8 @@
 //! and the extra descriptor were 9% of a fresh repository's 1 KiB put CPU (perf, `--put-writers
 //! 0`). With `data/xx` held open, the same put is `openat(xx, "yy")`, plus `mkdirat` when it
 //! is missing: single names, each refused if it is a symlink, so the guarantee is unchanged.
-//! There are at most 256 such directories per namespace level, reused by every put.
+//! There are at most 256 such directories per namespace level (and one above them), reused by
+//! every put.
 //!
 //! What a held descriptor does not follow: a directory renamed away while the store is open
 //! keeps receiving this store's objects (as the root itself does). Only someone who can already
@@ -98,8 +100,7 @@ impl Parents {
     /// The held descriptor of `rel`, opened (and created) now if needed; `None` when the
     /// process's budget of held descriptors is spent.
     fn parent(&self, root: &Dir, rel: &str, created: &mut Vec<String>) -> io::Result<Option<Arc<Dir>>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = open.get(rel) {
+        if let Some(d) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(rel) {
             return Ok(Some(Arc::clone(d)));
         }
         #[cfg(test)]
@@ -110,17 +111,45 @@ impl Parents {
             HELD.fetch_sub(1, Ordering::Relaxed);
             return Ok(None);
         }
-        match root.open_or_make_dir(rel, created) {
-            Ok(d) => {
-                let d = Arc::new(d);
-                open.insert(rel.into(), Arc::clone(&d));
-                Ok(Some(d))
-            }
+        // opened without the lock (it may take the lock again for `rel`'s own parent); a
+        // writer thread that held it meanwhile wins, ours is closed
+        let d = match self.open_for_holding(root, rel, created) {
+            Ok(d) => Arc::new(d),
             Err(e) => {
                 HELD.fetch_sub(1, Ordering::Relaxed);
-                Err(e)
+                return Err(e);
+            }
+        };
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = open.get(rel) {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            return Ok(Some(Arc::clone(held)));
+        }
+        open.insert(rel.into(), Arc::clone(&d));
+        Ok(Some(d))
+    }
+
+    /// Opens directory `rel`, creating what is missing, to be held: beneath its own held parent
+    /// when it has one (`data/ab` beneath `data`: one name, made first while the repository is
+    /// young, instead of a walk from the root that fails first — two of the `openat2` calls of
+    /// each of a new repository's first 256 objects), else from the root.
+    fn open_for_holding(&self, root: &Dir, rel: &str, created: &mut Vec<String>) -> io::Result<Dir> {
+        if let Some((up, name)) = rel.rsplit_once('/') {
+            if let Some(updir) = self.parent(root, up, created)? {
+                match updir.open_or_make_child(name, self.youth.load(Ordering::Relaxed) > 0) {
+                    Ok((d, made)) => {
+                        if made {
+                            created.push(up.to_string());
+                        }
+                        return Ok(d);
+                    }
+                    // the held directory was deleted meanwhile: from the root, afresh
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.forget(up),
+                    Err(e) => return Err(e),
+                }
             }
         }
+        root.open_or_make_dir(rel, created)
     }
 
     fn forget(&self, rel: &str) {
@@ -168,11 +197,16 @@ mod tests {
         created.clear();
         parents.open_or_make_dir(&root, "data/ab/ef", &mut created).unwrap();
         assert!(created.is_empty());
-        assert_eq!(parents.open.lock().unwrap().len(), 1, "one held descriptor for data/ab");
+        assert_eq!(parents.open.lock().unwrap().len(), 2, "held: data/ab and data");
+        // a second parent is made beneath the held data
+        parents.open_or_make_dir(&root, "data/ef/01", &mut created).unwrap();
+        assert_eq!(created, ["data", "data/ef"]);
+        assert_eq!(parents.open.lock().unwrap().len(), 3);
+        created.clear();
         // a flat namespace needs none
         parents.open_or_make_dir(&root, "config", &mut created).unwrap();
         assert_eq!(created, [""]);
-        assert_eq!(parents.open.lock().unwrap().len(), 1);
+        assert_eq!(parents.open.lock().unwrap().len(), 3);
 
         // a symlink as the leaf is refused, not followed
         std::os::unix::fs::symlink(outside.path(), dir.path().join("data/ab/11")).unwrap();
