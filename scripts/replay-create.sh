@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Replays one real `borg create` session into servers, to compare server builds on the same
+# requests without the client's own CPU and pace in the measurement (docs/BENCHMARKS.md, "Large
+# puts streamed from 512 KiB"). The client's request stream is recorded once (through borgd);
+# each replay feeds it from the file through a pipe into a server, into a fresh copy of the
+# repository as it was before the backup, and reads the server's CPU time and peak memory with
+# `borgd-bench measure`. Needs target/release/{borgd,borgd-bench} (cargo build --release).
+#
+#   scripts/replay-create.sh record DIR BORG SOURCE...        # a new repository, one backup
+#   scripts/replay-create.sh run DIR REPS LABEL::SERVER...    # e.g. new::target/release/borgd
+#
+# SERVER is the executable the client would start (`SERVER serve` is run, with any further words
+# of SERVER after `serve`). Put DIR on a file system of its own (scripts/bench-fs.sh): replays
+# leave their repositories behind (renamed aside, never deleted: see "Machine" there).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+bench=$here/target/release/borgd-bench
+borgd=$here/target/release/borgd
+
+usage() { sed -n '9,10p' "$0" | sed 's/^#  */usage: /' >&2; exit 2; }
+
+objects() { find "$1/data" -type f 2>/dev/null | wc -l; }
+
+record() {
+    [ $# -ge 3 ] || usage
+    mkdir -p "$1"
+    local dir borg=$2
+    dir=$(cd "$1" && pwd)
+    shift 2
+    [ ! -e "$dir/repo-before" ] || { echo "$0: $dir already holds a recording" >&2; exit 1; }
+    # the client starts this as its server; with RECORD set it keeps a copy of its input
+    cat > "$dir/remote" <<EOF
+#!/bin/sh
+[ -z "\${RECORD:-}" ] && exec '$borgd' "\$@"
+tee "\$RECORD" | '$borgd' "\$@"
+EOF
+    chmod +x "$dir/remote"
+    export BORG_RSH=$here/tests/support/rsh-shim BORG_REMOTE_PATH=$dir/remote BORG_BASE_DIR=$dir/base \
+        BORG_PASSPHRASE=replay BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+    "$borg" -r "ssh://localhost/$dir/repo" repo-create -e none
+    cp -a "$dir/repo" "$dir/repo-before"
+    RECORD=$dir/create.stream "$borg" -r "ssh://localhost/$dir/repo" create replay "$@"
+    mv "$dir/repo" "$dir/repo-recorded"
+    echo "$dir/create.stream: $(stat -c %s "$dir/create.stream") bytes, $(objects "$dir/repo-recorded") objects"
+}
+
+run() {
+    [ $# -ge 3 ] || usage
+    local dir reps=$2 rep spec label want got out
+    dir=$(cd "$1" && pwd)
+    shift 2
+    [ -s "$dir/create.stream" ] && [ -d "$dir/repo-before" ] || { echo "$0: nothing recorded in $dir" >&2; exit 1; }
+    want=$(objects "$dir/repo-recorded")
+    for spec in "$@"; do rm -f "$dir/${spec%%::*}.jsonl"; done
+    # two rounds first that are not counted: the first replays after a fresh file system or a
+    # cache drop were up to 60% dearer
+    for rep in $(seq -1 "$reps"); do
+        for spec in "$@"; do
+            label=${spec%%::*}
+            out=$dir/$label.jsonl
+            [ "$rep" -gt 0 ] || out=$dir/warm-up.jsonl
+            read -r -a cmd <<<"${spec#*::}"
+            [ ! -e "$dir/repo" ] || mv "$dir/repo" "$dir/replayed-$(date +%s%N)"
+            cp -a "$dir/repo-before" "$dir/repo"
+            sync
+            cat "$dir/create.stream" | "$bench" measure --out "$out" -- "${cmd[0]}" serve "${cmd[@]:1}" >/dev/null
+            got=$(objects "$dir/repo")
+            [ "$got" = "$want" ] || { echo "$0: $label, replay $rep: $got objects stored, the recording has $want" >&2; exit 1; }
+        done
+    done
+    for spec in "$@"; do
+        label=${spec%%::*}
+        printf '%s: server CPU %s s, peak memory %s KiB (medians of %s replays)\n' "$label" \
+            "$(field cpu_s "$dir/$label.jsonl")" "$(field peak_rss_kib "$dir/$label.jsonl")" "$reps"
+    done
+}
+
+# The median (min-max) of one field of `measure`'s JSON lines.
+field() {
+    grep -o "\"$1\": [0-9.]*" "$2" | awk '{print $2}' | sort -n |
+        awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s (%s-%s)", m, v[1], v[NR] }'
+}
+
+case ${1:-} in
+    record) shift; record "$@" ;;
+    run) shift; run "$@" ;;
+    *) usage ;;
+esac
