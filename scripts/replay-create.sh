@@ -22,8 +22,11 @@ usage() { sed -n '9,10p' "$0" | sed 's/^#  */usage: /' >&2; exit 2; }
 
 objects() { find "$1/data" -type f 2>/dev/null | wc -l; }
 
+built() { [ -x "$bench" ] && [ -x "$borgd" ] || { echo "$0: build first: cargo build --release" >&2; exit 1; }; }
+
 record() {
     [ $# -ge 3 ] || usage
+    built
     mkdir -p "$1"
     local dir borg=$2
     dir=$(cd "$1" && pwd)
@@ -47,6 +50,7 @@ EOF
 
 run() {
     [ $# -ge 3 ] || usage
+    built
     local dir reps=$2 rep spec label want got out
     dir=$(cd "$1" && pwd)
     shift 2
@@ -64,7 +68,8 @@ run() {
             [ ! -e "$dir/repo" ] || mv "$dir/repo" "$dir/replayed-$(date +%s%N)"
             cp -a "$dir/repo-before" "$dir/repo"
             sync
-            cat "$dir/create.stream" | "$bench" measure --out "$out" -- "${cmd[0]}" serve "${cmd[@]:1}" >/dev/null
+            cat "$dir/create.stream" | "$bench" measure --out "$out" -- "${cmd[0]}" serve "${cmd[@]:1}" >/dev/null ||
+                { echo "$0: $label, replay $rep: the server failed" >&2; exit 1; }
             got=$(objects "$dir/repo")
             [ "$got" = "$want" ] || { echo "$0: $label, replay $rep: $got objects stored, the recording has $want" >&2; exit 1; }
         done

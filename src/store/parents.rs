@@ -76,25 +76,36 @@ impl Parents {
             // a directory in the root (a flat namespace): one name already
             return root.open_or_make_dir(rel, created);
         };
+        // twice: a held parent deleted meanwhile is forgotten, then opened afresh
         for _ in 0..2 {
-            let Some(parent) = self.parent(root, parent_rel, created)? else {
-                return root.open_or_make_dir(rel, created);
-            };
-            match parent.open_or_make_child(leaf, self.youth.load(Ordering::Relaxed) > 0) {
-                Ok((d, made)) => {
-                    let step = if made { 1 } else { -1 };
-                    let _ = self.youth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |y| Some((y + step).clamp(-YOUTH_RANGE, YOUTH_RANGE)));
-                    if made {
-                        created.push(parent_rel.to_string());
-                    }
-                    return Ok(d);
-                }
-                // the held directory was deleted meanwhile: forget it, open it afresh
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.forget(parent_rel),
-                Err(e) => return Err(e),
+            if let Some((d, made)) = self.child_of_held(root, parent_rel, leaf, created)? {
+                let step = if made { 1 } else { -1 };
+                let _ = self.youth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |y| Some((y + step).clamp(-YOUTH_RANGE, YOUTH_RANGE)));
+                return Ok(d);
             }
         }
         root.open_or_make_dir(rel, created)
+    }
+
+    /// Directory `name` in the held directory `up`, opened or made (made first while the
+    /// repository is young), and whether it was made; `created` gets `up` then. `Ok(None)` when
+    /// `up` is not to be held (the budget is spent) or its held descriptor names a directory
+    /// deleted meanwhile (then it is forgotten).
+    fn child_of_held(&self, root: &Dir, up: &str, name: &str, created: &mut Vec<String>) -> io::Result<Option<(Dir, bool)>> {
+        let Some(parent) = self.parent(root, up, created)? else { return Ok(None) };
+        match parent.open_or_make_child(name, self.youth.load(Ordering::Relaxed) > 0) {
+            Ok((d, made)) => {
+                if made {
+                    created.push(up.to_string());
+                }
+                Ok(Some((d, made)))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.forget(up);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The held descriptor of `rel`, opened (and created) now if needed; `None` when the
@@ -135,18 +146,8 @@ impl Parents {
     /// each of a new repository's first 256 objects), else from the root.
     fn open_for_holding(&self, root: &Dir, rel: &str, created: &mut Vec<String>) -> io::Result<Dir> {
         if let Some((up, name)) = rel.rsplit_once('/') {
-            if let Some(updir) = self.parent(root, up, created)? {
-                match updir.open_or_make_child(name, self.youth.load(Ordering::Relaxed) > 0) {
-                    Ok((d, made)) => {
-                        if made {
-                            created.push(up.to_string());
-                        }
-                        return Ok(d);
-                    }
-                    // the held directory was deleted meanwhile: from the root, afresh
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.forget(up),
-                    Err(e) => return Err(e),
-                }
+            if let Some((d, _)) = self.child_of_held(root, up, name, created)? {
+                return Ok(d);
             }
         }
         root.open_or_make_dir(rel, created)
