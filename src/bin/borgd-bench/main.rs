@@ -924,6 +924,72 @@ fn read_measurements(path: &Path) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// One real `create` session kept for replaying (see [`replay_session`]): the client's request
+/// stream as the first server received it, the repository as it was before the backup, where
+/// the stream expects it, and how many objects the backup stored.
+struct Recording {
+    stream: PathBuf,
+    before: PathBuf,
+    repo: PathBuf,
+    objects: usize,
+}
+
+/// Objects below `repo/data`.
+fn count_objects(repo: &Path) -> usize {
+    fn walk(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()).unwrap_or(0)
+    }
+    walk(&repo.join("data"))
+}
+
+/// `cp -a FROM TO`.
+fn copy_tree(from: &Path, to: &Path) -> Res<()> {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().map_err(|e| format!("cp: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cp -a {} {}: {st}", from.display(), to.display()))
+    }
+}
+
+/// Feeds the recorded `create` session through a pipe into `SERVER serve` (answers discarded),
+/// into a fresh copy of the repository as it was before the backup (the previous replay's is
+/// renamed to `aside`: deleting it would slow the next file creations, see `bench-fs.sh`), and
+/// returns the server's CPU seconds and peak memory (MiB) as `measure` saw them. The same requests
+/// as the live session, with no client beside the server and no waiting for it.
+fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside: &Path) -> Res<(f64, f64)> {
+    if rec.repo.exists() {
+        std::fs::rename(&rec.repo, aside).map_err(|e| format!("{}: {e}", rec.repo.display()))?;
+    }
+    copy_tree(&rec.before, &rec.repo)?;
+    settle();
+    let mut child = Command::new(me)
+        .args(["measure", "--out"])
+        .arg(out)
+        .arg("--")
+        .arg(&cmd[0])
+        .arg("serve")
+        .args(&cmd[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", cmd[0]))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stream = std::fs::File::open(&rec.stream).map_err(|e| format!("{}: {e}", rec.stream.display()))?;
+    let fed = std::io::copy(&mut stream, &mut stdin);
+    drop(stdin);
+    let st = child.wait().map_err(|e| e.to_string())?;
+    fed.map_err(|e| format!("{}: feeding the recorded session: {e}", cmd[0]))?;
+    if !st.success() {
+        return Err(format!("{}: replayed session failed: {st}", cmd[0]));
+    }
+    let stored = count_objects(&rec.repo);
+    if stored != rec.objects {
+        return Err(format!("{}: the replayed session stored {stored} objects, the recorded one {}", cmd[0], rec.objects));
+    }
+    read_measurements(out).last().copied().ok_or_else(|| format!("{}: no measurement", cmd[0]))
+}
+
 /// `e2e --borg CLIENT --server 'LABEL::SERVER-EXECUTABLE' ...`: the real borg client creates and
 /// extracts a generated data set through each server (over the rsh shim, as ssh would).
 fn e2e(args: &[String]) -> Res<()> {
@@ -943,8 +1009,9 @@ fn e2e(args: &[String]) -> Res<()> {
     // the data set (once), then per workload its repository and its extracted copy
     let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
     warn_about_memory();
-    let per_rep = Space::e2e_workload(data, files).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
-    ensure_space(&root, Space { bytes: data, inodes: files }.plus(per_rep.times((reps + warmup) as u64)))?;
+    // per repetition: each server's workload and replay, the reference; once: the recording
+    let per_rep = Space::e2e_workload(data, files).plus(Space::e2e_reference(data, files)).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
+    ensure_space(&root, Space { bytes: data * 2, inodes: files }.plus(per_rep.times((reps + warmup) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
     eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
@@ -953,6 +1020,9 @@ fn e2e(args: &[String]) -> Res<()> {
     // the reference (see `replay`): the objects the first server stored, loaded once
     let mut stored: Option<Vec<replay::StoredObject>> = None;
     let mut reference: Vec<(f64, f64)> = Vec::new();
+    // the first repetition's first server's create session, recorded for the replays
+    let rec_dir = root.join("recording");
+    let mut recording: Option<Recording> = None;
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
@@ -965,16 +1035,21 @@ fn e2e(args: &[String]) -> Res<()> {
             // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
             // (e.g. `--fsync=never`) go after those, where serve's options belong
             let extra: Vec<String> = cmd[1..].iter().map(|w| format!("'{w}'")).collect();
-            std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' measure --out '{}' -- '{}' \"$@\" {}\n", me.display(), measurements.display(), cmd[0], extra.join(" ")))
+            // with BORGD_BENCH_RECORD set (the create session to be replayed), the input is
+            // copied to that file on its way
+            let run = format!("'{}' measure --out '{}' -- '{}' \"$@\" {}", me.display(), measurements.display(), cmd[0], extra.join(" "));
+            std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\ntee \"$BORGD_BENCH_RECORD\" | {run}\n"))
                 .map_err(|e| e.to_string())?;
             std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| e.to_string())?;
             let repo = format!("ssh://localhost/{}", dir.join("repo").display());
-            let borg_run = |a: &[&str], cwd: &Path| -> Res<f64> {
+            let record = recording.is_none() && si == order[0];
+            let borg_run = |a: &[&str], cwd: &Path, record_to: Option<&Path>| -> Res<f64> {
                 let t = Instant::now();
                 let st = Command::new(&borg)
                     .args(["-r", &repo])
                     .args(a)
                     .current_dir(cwd)
+                    .env("BORGD_BENCH_RECORD", record_to.unwrap_or(Path::new("")))
                     .env("BORG_RSH", &shim)
                     .env("BORG_REMOTE_PATH", &wrapper)
                     .env("BORG_BASE_DIR", dir.join("base"))
@@ -989,13 +1064,22 @@ fn e2e(args: &[String]) -> Res<()> {
                 }
                 Ok(t.elapsed().as_secs_f64())
             };
-            borg_run(&["repo-create", "-e", "none"], &dir)?;
+            borg_run(&["repo-create", "-e", "none"], &dir, None)?;
+            let stream = rec_dir.join("create.stream");
+            if record {
+                std::fs::create_dir_all(&rec_dir).map_err(|e| e.to_string())?;
+                copy_tree(&dir.join("repo"), &rec_dir.join("repo-before"))?;
+            }
             settle();
-            let create = borg_run(&["create", "bench", src.to_str().unwrap_or_default()], &dir)?;
+            let create = borg_run(&["create", "bench", src.to_str().unwrap_or_default()], &dir, record.then_some(stream.as_path()))?;
             let out = dir.join("extract");
             std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
             settle();
-            let extract = borg_run(&["extract", "bench"], &out)?;
+            let extract = borg_run(&["extract", "bench"], &out, None)?;
+            if record {
+                let repo = dir.join("repo");
+                recording = Some(Recording { stream, before: rec_dir.join("repo-before"), objects: count_objects(&repo), repo });
+            }
             let same = Command::new("diff").arg("-rq").arg(&src).arg(out.join(src.strip_prefix("/").unwrap_or(&src))).status().map_err(|e| e.to_string())?;
             if !same.success() {
                 return Err(format!("{label}: extracted data differs from the source"));
@@ -1029,6 +1113,16 @@ fn e2e(args: &[String]) -> Res<()> {
         );
         if keep {
             reference.push((cpu, wall));
+        }
+        let Some(rec) = &recording else { return Err("no create session was recorded".into()) };
+        for &si in &order {
+            let (label, cmd) = &servers[si];
+            let dir = root.join(format!("rep{rep}-s{si}"));
+            let (cpu, _) = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"))?;
+            eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {cpu:.2} s");
+            if keep {
+                samples[si].entry("create_replayed_server_cpu_s").or_default().push(cpu);
+            }
         }
     }
     let last = servers.len() - 1;
