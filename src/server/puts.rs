@@ -67,8 +67,9 @@ pub fn default_writers(durability: Durability) -> usize {
     }
 }
 
-/// Puts of values at least this large are written by the session itself (see the module docs).
-pub const LATER_BELOW: usize = 512 * 1024;
+/// Puts of values at least this large are written by the session itself (see the module docs):
+/// the ones the store writes directly, with the session's aligned buffer.
+pub const LATER_BELOW: usize = crate::store::DIRECT_FROM as usize;
 
 /// Bytes of values copied out of the receive buffer and not yet written, at most (a put that
 /// would exceed it waits). Keeps a session's memory flat whatever the client has in flight.

@@ -46,14 +46,12 @@ impl CName {
 
 fn cstr(s: &str) -> io::Result<CName> {
     let bytes = s.as_bytes();
-    if bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"));
-    }
-    if bytes.len() < SHORT_NAME {
+    if bytes.len() < SHORT_NAME && !bytes.contains(&0) {
         let mut b = [0u8; SHORT_NAME];
         b[..bytes.len()].copy_from_slice(bytes);
         return Ok(CName::Short(b));
     }
+    // long, or with a NUL inside (refused here)
     CString::new(s).map(CName::Long).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 

@@ -48,10 +48,10 @@ pub struct PosixFs {
 const SYNCFS_ABOVE: usize = 16;
 
 /// Objects at least this large start their writeback right away in barrier mode when they could
-/// not be written directly (see [`super::direct`]): borg's chunks (512 KiB – 8 MiB by default).
-/// Smaller ones wait for the barrier's `syncfs`: starting writeback for each 64 KiB object cost
-/// 20% of put throughput in the benchmark.
-const WRITE_BEHIND_FROM: usize = 512 * 1024;
+/// not be written directly (see [`super::direct`]): the ones that would have been, borg's chunks
+/// (512 KiB – 8 MiB by default). Smaller ones wait for the barrier's `syncfs`: starting writeback
+/// for each 64 KiB object cost 20% of put throughput in the benchmark.
+const WRITE_BEHIND_FROM: u64 = super::direct::DIRECT_FROM;
 
 /// The temp file name for `file`: `file.<token>.tmp`, the token unique enough for temp files
 /// (which are created with O_EXCL anyway): a random per-process prefix drawn once, plus a
@@ -250,7 +250,7 @@ fn write_named(
         }
         if how.durable {
             f.sync_all().map_err(|e| ("fsync", e))?;
-        } else if write_behind && !direct && len >= WRITE_BEHIND_FROM as u64 {
+        } else if write_behind && !direct && len >= WRITE_BEHIND_FROM {
             // start writing large objects to disk now, without waiting: the next barrier
             // then finds little left to do, and disk I/O overlaps the client's work.
             // SAFETY: valid descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback.

@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use super::{making_dir, no_unnamed_files, put_renamed, put_unnamed, temp_path, Res};
 
-/// Objects at least this large are written around the page cache, as borgd writes a backup's
-/// large chunks (borg's chunker's minimum).
-const DIRECT_FROM: usize = 512 * 1024;
+/// Objects at least this large are written around the page cache: borgd's own threshold (a
+/// backup's large chunks; borg's chunker's minimum).
+const DIRECT_FROM: usize = borgd::store::DIRECT_FROM as usize;
 
 /// Alignment of direct writes (memory, offset, length).
 const ALIGN: usize = 4096;
