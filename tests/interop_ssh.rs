@@ -270,9 +270,10 @@ fn write_path_options_store_the_same_backup() {
 
 /// A backup of many small files, sent by the client faster than one at a time (the session
 /// naps 50 ms after a put that emptied its input, so puts pile up): a session with writer
-/// threads (`--put-writers=4`; there are none by default) hands them over (its debug log says so), and what they wrote extracts identically
-/// and checks clean in Python borg. The other interop tests' backups are too small or too
-/// slow for the client ever to get ahead, so without this no real client reached the threads.
+/// threads (`--put-writers=4`; there are none by default) hands them over (its debug log says
+/// so), and what they wrote extracts identically and checks clean in Python borg. The other
+/// interop tests' backups are too small or too slow for the client ever to get ahead, so
+/// without this no real client reached the threads.
 #[test]
 fn puts_of_a_client_ahead_go_to_writer_threads() {
     let mut env = Env::new();
