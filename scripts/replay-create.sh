@@ -3,8 +3,8 @@
 # requests without the client's own CPU and pace in the measurement (docs/BENCHMARKS.md, "Large
 # puts streamed from 512 KiB"). The client's request stream is recorded once (through borgd);
 # each replay feeds it from the file through a pipe into a server, into a fresh copy of the
-# repository as it was before the backup, and reads the server's CPU time and peak memory with
-# `borgd-bench measure`. Needs target/release/{borgd,borgd-bench} (cargo build --release).
+# repository before the backup; `borgd-bench measure` reads the server's CPU time, peak memory and
+# waits (voluntary context switches). Needs target/release/{borgd,borgd-bench} (cargo build).
 #
 #   scripts/replay-create.sh record DIR BORG SOURCE...        # a new repository, one backup
 #   scripts/replay-create.sh run DIR REPS LABEL::SERVER...    # e.g. new::target/release/borgd
@@ -76,8 +76,9 @@ run() {
     done
     for spec in "$@"; do
         label=${spec%%::*}
-        printf '%s: server CPU %s s, peak memory %s KiB (medians of %s replays)\n' "$label" \
-            "$(field cpu_s "$dir/$label.jsonl")" "$(field peak_rss_kib "$dir/$label.jsonl")" "$reps"
+        printf '%s: server CPU %s s, peak memory %s KiB, %s waits (medians of %s replays)\n' "$label" \
+            "$(field cpu_s "$dir/$label.jsonl")" "$(field peak_rss_kib "$dir/$label.jsonl")" \
+            "$(field waits "$dir/$label.jsonl")" "$reps"
     done
 }
 

@@ -31,3 +31,18 @@ fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
     }
     assert!(stdout.contains("| borgd: 1 KiB put CPU / unnamed-file loop CPU |"), "{stdout}");
 }
+
+/// `measure` (the wrapper `e2e` starts each server through) records what the tables report for
+/// a session: CPU time, peak memory and waits — a process that sleeps has waited at least once.
+#[test]
+fn measure_records_cpu_peak_memory_and_waits_of_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.jsonl");
+    let st = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(["measure", "--out"]).arg(&out).args(["--", "sleep", "0.1"]).status().unwrap();
+    assert!(st.success());
+    let line = std::fs::read_to_string(&out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert!(v["cpu_s"].as_f64().is_some_and(|c| c >= 0.0), "{line}");
+    assert!(v["peak_rss_kib"].as_f64().is_some_and(|k| k > 0.0), "{line}");
+    assert!(v["waits"].as_f64().is_some_and(|w| w >= 1.0), "{line}");
+}

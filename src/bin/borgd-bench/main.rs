@@ -136,7 +136,7 @@ impl Server {
         self.call("close", &[])?;
         let hwm = proc_hwm(self.pid());
         drop(self.stdin);
-        wait_rusage(&mut self.child).map(|(ru, _)| Rusage { cpu: ru.cpu, maxrss_kib: hwm })
+        wait_rusage(&mut self.child).map(|(ru, _)| Rusage { maxrss_kib: hwm, ..ru })
     }
 }
 
@@ -189,6 +189,9 @@ fn timeval(t: libc::timeval) -> Duration {
 struct Rusage {
     cpu: Duration,
     maxrss_kib: u64,
+    /// Voluntary context switches: how often the server slept, waiting for its client, the
+    /// disk or a nap. On the benchmark machine each costs CPU after it (docs/BENCHMARKS.md).
+    waits: u64,
 }
 
 /// Waits for a child; returns its resource usage and exit code.
@@ -203,7 +206,8 @@ fn wait_rusage(child: &mut Child) -> Res<(Rusage, i32)> {
         return Err(format!("wait4: {}", std::io::Error::last_os_error()));
     }
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-    Ok((Rusage { cpu: timeval(ru.ru_utime) + timeval(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64 }, code))
+    let rusage = Rusage { cpu: timeval(ru.ru_utime) + timeval(ru.ru_stime), maxrss_kib: ru.ru_maxrss as u64, waits: ru.ru_nvcsw as u64 };
+    Ok((rusage, code))
 }
 
 /// CPU time of a running process so far, all its threads (living or ended): the process's CPU
@@ -844,9 +848,9 @@ fn protocol(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-/// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time (wait4)
-/// and peak RSS (VmHWM, polled: wait4's maxrss would include our own pages) to FILE as a JSON
-/// line; exits with CMD's status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
+/// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time and
+/// voluntary context switches (wait4) and peak RSS (VmHWM, polled: wait4's maxrss would include
+/// our own pages) to FILE as a JSON line; exits with CMD's status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
 fn measure(args: &[String]) -> Res<i32> {
     let out = opt(args, "--out").ok_or("measure needs --out FILE")?;
     let dash = args.iter().position(|a| a == "--").ok_or("measure needs -- CMD")?;
@@ -872,10 +876,11 @@ fn measure(args: &[String]) -> Res<i32> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.join();
     let line = format!(
-        "{{\"cpu_s\": {:.6}, \"peak_rss_kib\": {}, \"wall_s\": {:.6}}}\n",
+        "{{\"cpu_s\": {:.6}, \"peak_rss_kib\": {}, \"wall_s\": {:.6}, \"waits\": {}}}\n",
         ru.cpu.as_secs_f64(),
         peak.load(std::sync::atomic::Ordering::Relaxed),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        ru.waits
     );
     std::fs::OpenOptions::new().create(true).append(true).open(&out).and_then(|mut f| f.write_all(line.as_bytes())).map_err(|e| e.to_string())?;
     Ok(code)
@@ -916,11 +921,21 @@ fn make_dataset(dir: &Path, mb: usize) -> Res<u64> {
     Ok(total)
 }
 
-fn read_measurements(path: &Path) -> Vec<(f64, f64)> {
+/// One server session as `measure` saw it.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    cpu_s: f64,
+    peak_mib: f64,
+    /// Voluntary context switches (see [`Rusage::waits`]).
+    waits: f64,
+}
+
+fn read_measurements(path: &Path) -> Vec<Session> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let field = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| (v["cpu_s"].as_f64().unwrap_or(f64::NAN), v["peak_rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0))
+        .map(|v| Session { cpu_s: field(&v, "cpu_s"), peak_mib: field(&v, "peak_rss_kib") / 1024.0, waits: field(&v, "waits") })
         .collect()
 }
 
@@ -955,9 +970,9 @@ fn copy_tree(from: &Path, to: &Path) -> Res<()> {
 /// Feeds the recorded `create` session through a pipe into `SERVER serve` (answers discarded),
 /// into a fresh copy of the repository as it was before the backup (the previous replay's is
 /// renamed to `aside`: deleting it would slow the next file creations, see `bench-fs.sh`), and
-/// returns the server's CPU seconds and peak memory (MiB) as `measure` saw them. The same requests
-/// as the live session, with no client beside the server and no waiting for it.
-fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside: &Path) -> Res<(f64, f64)> {
+/// returns the server's session as `measure` saw it. The same requests as the live session, with
+/// no client beside the server and no waiting for it.
+fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside: &Path) -> Res<Session> {
     if rec.repo.exists() {
         std::fs::rename(&rec.repo, aside).map_err(|e| format!("{}: {e}", rec.repo.display()))?;
     }
@@ -1088,17 +1103,18 @@ fn e2e(args: &[String]) -> Res<()> {
             if m.len() != 3 {
                 return Err(format!("{label}: expected 3 measured server sessions, got {}", m.len()));
             }
-            eprintln!("{rep_label} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].0, m[1].1, m[2].0);
+            eprintln!("{rep_label} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].cpu_s, m[1].peak_mib, m[2].cpu_s);
             if !keep {
                 continue;
             }
             let s = &mut samples[si];
             s.entry("create_wall_s").or_default().push(create);
-            s.entry("create_server_cpu_s").or_default().push(m[1].0);
-            s.entry("create_server_peak_rss_mib").or_default().push(m[1].1);
+            s.entry("create_server_cpu_s").or_default().push(m[1].cpu_s);
+            s.entry("create_server_peak_rss_mib").or_default().push(m[1].peak_mib);
+            s.entry("create_server_waits").or_default().push(m[1].waits);
             s.entry("extract_wall_s").or_default().push(extract);
-            s.entry("extract_server_cpu_s").or_default().push(m[2].0);
-            s.entry("extract_server_peak_rss_mib").or_default().push(m[2].1);
+            s.entry("extract_server_cpu_s").or_default().push(m[2].cpu_s);
+            s.entry("extract_server_peak_rss_mib").or_default().push(m[2].peak_mib);
         }
         let objects = match &stored {
             Some(o) => o,
@@ -1118,10 +1134,13 @@ fn e2e(args: &[String]) -> Res<()> {
         for &si in &order {
             let (label, cmd) = &servers[si];
             let dir = root.join(format!("rep{rep}-s{si}"));
-            let (cpu, _) = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"))?;
-            eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {cpu:.2} s");
+            let r = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"))?;
+            eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {:.2} s", r.cpu_s);
             if keep {
-                samples[si].entry("create_replayed_server_cpu_s").or_default().push(cpu);
+                let s = &mut samples[si];
+                s.entry("create_replayed_server_cpu_s").or_default().push(r.cpu_s);
+                s.entry("create_replayed_server_peak_rss_mib").or_default().push(r.peak_mib);
+                s.entry("create_replayed_server_waits").or_default().push(r.waits);
             }
         }
     }
