@@ -7,7 +7,11 @@
 # waits (voluntary context switches). Needs target/release/{borgd,borgd-bench} (cargo build).
 #
 #   scripts/replay-create.sh record DIR BORG SOURCE...        # a new repository, one backup
-#   scripts/replay-create.sh run DIR REPS LABEL::SERVER...    # e.g. new::target/release/borgd
+#   scripts/replay-create.sh run DIR REPS [--gap-us N] LABEL::SERVER... # new::target/release/borgd
+#
+# With --gap-us N the stream is fed one request at a time, each N µs after the one before (as a
+# client that works between messages; docs/BENCHMARKS.md, "A live session's waits"); without it,
+# as fast as the server reads.
 #
 # SERVER is the executable the client would start (`SERVER serve` is run, with any further words
 # of SERVER after `serve`). Put DIR on a file system of its own (scripts/bench-fs.sh): replays
@@ -51,9 +55,14 @@ EOF
 run() {
     [ $# -ge 3 ] || usage
     built
-    local dir reps=$2 rep spec label want got out
+    local dir reps=$2 rep spec label want got out gap=
     dir=$(cd "$1" && pwd)
     shift 2
+    if [ "${1:-}" = --gap-us ]; then
+        [ $# -ge 3 ] || usage
+        gap=$2
+        shift 2
+    fi
     [ -s "$dir/create.stream" ] && [ -d "$dir/repo-before" ] || { echo "$0: nothing recorded in $dir" >&2; exit 1; }
     want=$(objects "$dir/repo-recorded")
     for spec in "$@"; do rm -f "$dir/${spec%%::*}.jsonl"; done
@@ -68,7 +77,7 @@ run() {
             [ ! -e "$dir/repo" ] || mv "$dir/repo" "$dir/replayed-$(date +%s%N)"
             cp -a "$dir/repo-before" "$dir/repo"
             sync
-            cat "$dir/create.stream" | "$bench" measure --out "$out" -- "${cmd[0]}" serve "${cmd[@]:1}" >/dev/null ||
+            stream "$dir/create.stream" "$gap" | "$bench" measure --out "$out" -- "${cmd[0]}" serve "${cmd[@]:1}" >/dev/null ||
                 { echo "$0: $label, replay $rep: the server failed" >&2; exit 1; }
             got=$(objects "$dir/repo")
             [ "$got" = "$want" ] || { echo "$0: $label, replay $rep: $got objects stored, the recording has $want" >&2; exit 1; }
@@ -80,6 +89,11 @@ run() {
             "$(field cpu_s "$dir/$label.jsonl")" "$(field peak_rss_kib "$dir/$label.jsonl")" \
             "$(field waits "$dir/$label.jsonl")" "$reps"
     done
+}
+
+# The recorded stream FILE on stdout: whole, or one request every GAP µs.
+stream() {
+    if [ -n "$2" ]; then "$bench" feed --gap-us "$2" "$1"; else cat "$1"; fi
 }
 
 # The median (min-max) of one field of `measure`'s JSON lines.

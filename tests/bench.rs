@@ -46,3 +46,26 @@ fn measure_records_cpu_peak_memory_and_waits_of_a_session() {
     assert!(v["peak_rss_kib"].as_f64().is_some_and(|k| k > 0.0), "{line}");
     assert!(v["waits"].as_f64().is_some_and(|w| w >= 1.0), "{line}");
 }
+
+/// `feed` (the one-message-at-a-time replay of docs/BENCHMARKS.md, "A live session's waits")
+/// passes a recorded stream through unchanged — messages with newline bytes in them too — paced
+/// by the gap, and refuses a stream that ends inside a message.
+#[test]
+fn feed_passes_a_recorded_stream_through_one_message_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stream = vec![0x81, 0xa1, b'i', 0x01]; // {"i": 1}
+    stream.extend([0x81, 0xa1, b'd', 0xc5, 0x01, 0x00]); // {"d": 256 bytes}
+    stream.extend((0..=255u8).collect::<Vec<u8>>());
+    stream.extend([0x81, 0xa1, b'i', 0x03]);
+    let path = dir.path().join("s.stream");
+    std::fs::write(&path, &stream).unwrap();
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(["feed", "--gap-us", "20000"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == stream, "the stream came out changed");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(40), "three messages, two gaps of 20 ms");
+    std::fs::write(&path, &stream[..20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(["feed", "--gap-us", "0"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a whole msgpack message"), "{}", String::from_utf8_lossy(&out.stderr));
+}

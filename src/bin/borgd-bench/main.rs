@@ -4,7 +4,8 @@
 //! ```text
 //! borgd-bench protocol --server 'borgd::target/release/borgd serve' --server 'python::/venv/bin/borg serve'
 //! borgd-bench e2e --borg /venv/bin/borg --server 'borgd::target/release/borgd' --server 'python::/venv/bin/borg'
-//! borgd-bench measure --out FILE -- CMD...   (runs CMD, writes its CPU time and peak RSS)
+//! borgd-bench measure --out FILE -- CMD...   (runs CMD, writes its CPU time, waits, peak RSS)
+//! borgd-bench feed --gap-us N FILE          (a recorded client stream, one request every N µs)
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
@@ -886,6 +887,34 @@ fn measure(args: &[String]) -> Res<i32> {
     Ok(code)
 }
 
+/// `feed --gap-us N FILE`: writes a recorded client stream (msgpack requests, as
+/// `scripts/replay-create.sh record` keeps them) to stdout one request at a time, the next one due
+/// N microseconds after the one before. A replay fed this way models a client that sends a
+/// message, then works for a while: the server handles each one alone after sleeping (see
+/// docs/BENCHMARKS.md, "A live session's waits"). With 0 every request is still its own write.
+fn feed(args: &[String]) -> Res<i32> {
+    let gap = Duration::from_micros(opt(args, "--gap-us").ok_or("feed needs --gap-us N")?.parse::<u64>().map_err(|e| format!("--gap-us: {e}"))?);
+    let files: Vec<&String> = args.iter().enumerate().filter(|&(i, a)| a != "--gap-us" && (i == 0 || args[i - 1] != "--gap-us")).map(|(_, a)| a).collect();
+    let [path] = files.as_slice() else { return Err("feed needs --gap-us N and one FILE".into()) };
+    let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    // the descriptor itself: `Stdout` would split a message at its newline bytes
+    let mut out = std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned().map_err(|e| format!("stdout: {e}"))?);
+    let mut due = Instant::now();
+    let mut pos = 0;
+    while pos < data.len() {
+        let n = msgpack::check(&data[pos..], data.len() - pos).map_err(|e| format!("{path}: byte {pos}: not a whole msgpack message: {e}"))?;
+        if pos > 0 {
+            due += gap;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        out.write_all(&data[pos..pos + n]).map_err(|e| format!("stdout: {e}"))?;
+        pos += n;
+    }
+    Ok(0)
+}
+
 /// The end-to-end data set: small files, large files and duplicate content (incompressible).
 fn make_dataset(dir: &Path, mb: usize) -> Res<u64> {
     let io = |e: std::io::Error| e.to_string();
@@ -1184,8 +1213,9 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("protocol") => protocol(&args[1..]).map(|_| 0),
         Some("measure") => measure(&args[1..]),
+        Some("feed") => feed(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
