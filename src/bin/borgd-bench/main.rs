@@ -851,7 +851,8 @@ fn protocol(args: &[String]) -> Res<()> {
 
 /// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time and
 /// voluntary context switches (wait4) and peak RSS (VmHWM, polled: wait4's maxrss would include
-/// our own pages) to FILE as a JSON line; exits with CMD's status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
+/// our own pages) to FILE as a JSON line; exits with CMD's status. Used as the BORG_REMOTE_PATH
+/// wrapper in `e2e`.
 fn measure(args: &[String]) -> Res<i32> {
     let out = opt(args, "--out").ok_or("measure needs --out FILE")?;
     let dash = args.iter().position(|a| a == "--").ok_or("measure needs -- CMD")?;
