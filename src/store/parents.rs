@@ -76,9 +76,11 @@ impl Parents {
             // a directory in the root (a flat namespace): one name already
             return root.open_or_make_dir(rel, created);
         };
-        // twice: a held parent deleted meanwhile is forgotten, then opened afresh
+        // twice: a held parent deleted meanwhile is forgotten, then opened afresh; none held
+        // (the budget is spent): from the root at once
         for _ in 0..2 {
-            if let Some((d, made)) = self.child_of_held(root, parent_rel, leaf, created)? {
+            let Some(parent) = self.parent(root, parent_rel, created)? else { break };
+            if let Some((d, made)) = self.child_of_held(&parent, parent_rel, leaf, created)? {
                 let step = if made { 1 } else { -1 };
                 let _ = self.youth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |y| Some((y + step).clamp(-YOUTH_RANGE, YOUTH_RANGE)));
                 return Ok(d);
@@ -87,12 +89,10 @@ impl Parents {
         root.open_or_make_dir(rel, created)
     }
 
-    /// Directory `name` in the held directory `up`, opened or made (made first while the
-    /// repository is young), and whether it was made; `created` gets `up` then. `Ok(None)` when
-    /// `up` is not to be held (the budget is spent) or its held descriptor names a directory
-    /// deleted meanwhile (then it is forgotten).
-    fn child_of_held(&self, root: &Dir, up: &str, name: &str, created: &mut Vec<String>) -> io::Result<Option<(Dir, bool)>> {
-        let Some(parent) = self.parent(root, up, created)? else { return Ok(None) };
+    /// Directory `name` in `parent`, the held directory `up`, opened or made (made first while
+    /// the repository is young), and whether it was made; `created` gets `up` then. `Ok(None)`
+    /// when the held descriptor names a directory deleted meanwhile (then it is forgotten).
+    fn child_of_held(&self, parent: &Dir, up: &str, name: &str, created: &mut Vec<String>) -> io::Result<Option<(Dir, bool)>> {
         match parent.open_or_make_child(name, self.youth.load(Ordering::Relaxed) > 0) {
             Ok((d, made)) => {
                 if made {
@@ -146,8 +146,10 @@ impl Parents {
     /// each of a new repository's first 256 objects), else from the root.
     fn open_for_holding(&self, root: &Dir, rel: &str, created: &mut Vec<String>) -> io::Result<Dir> {
         if let Some((up, name)) = rel.rsplit_once('/') {
-            if let Some((d, _)) = self.child_of_held(root, up, name, created)? {
-                return Ok(d);
+            if let Some(parent) = self.parent(root, up, created)? {
+                if let Some((d, _)) = self.child_of_held(&parent, up, name, created)? {
+                    return Ok(d);
+                }
             }
         }
         root.open_or_make_dir(rel, created)
