@@ -38,6 +38,8 @@ pub struct FrameReader<R> {
     needed: usize,
     /// The last read returned less than it asked for: the sender is slower than we are.
     drained: bool,
+    /// Bytes the last read returned.
+    last_read: usize,
 }
 
 /// The buffer's initial size, and how much it grows by when full.
@@ -46,7 +48,7 @@ const READ_CHUNK: usize = 256 * 1024;
 impl<R: Read> FrameReader<R> {
     /// A reader for messages of at most `limit` bytes.
     pub fn new(inner: R, limit: usize) -> FrameReader<R> {
-        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1, drained: false }
+        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1, drained: false, last_read: 0 }
     }
 
     /// The length of the next complete message if one is buffered; never reads.
@@ -103,6 +105,11 @@ impl<R: Read> FrameReader<R> {
         self.drained
     }
 
+    /// How many bytes the last [`fill`](Self::fill) got (how fast the sender is).
+    pub fn last_read(&self) -> usize {
+        self.last_read
+    }
+
     /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream.
     pub fn fill(&mut self) -> Result<bool, FrameError> {
         // move a partial message to the front so the buffer never grows past one message.
@@ -124,6 +131,7 @@ impl<R: Read> FrameReader<R> {
         let asked = self.buf.len() - self.end;
         let n = self.inner.read(&mut self.buf[self.end..])?;
         self.drained = n < asked;
+        self.last_read = n;
         self.end += n;
         if n == 0 {
             return if self.end == 0 { Ok(false) } else { Err(FrameError::Truncated(self.end)) };

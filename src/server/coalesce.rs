@@ -7,17 +7,22 @@
 //! recorded `borg create` session from a file (never waiting), borgd spent 0.19–0.21 s of CPU
 //! on it, live 0.25–0.35 s with 4 400 context switches.
 //!
-//! Puts are asynchronous: borg's client keeps up to 100 requests in flight and waits for none of
-//! them. So after handling puts that emptied the input, the session naps briefly (default 1 ms,
-//! `--coalesce-us`) before reading again, and one wake-up then takes what the client sent in the
-//! meantime. Answers are flushed and queued puts handed to the writer threads before the nap.
-//! A client that sends one request at a time and waits for each answer would only see its
-//! requests delayed, so a nap that brought at most one request turns napping off for the next
-//! [`BACK_OFF`] reads, as does one that held a fast client up (see
+//! Puts are asynchronous: borg's client waits for none of their answers (it blocks only when its
+//! pipe to us is full). So after handling puts that emptied the input, the session naps briefly
+//! (at first 1 ms, `--coalesce-us`) before reading again, and one wake-up then takes what the
+//! client sent in the meantime. Answers are flushed and queued puts handed to the writer threads
+//! before the nap. A client that sends one request at a time and waits for each answer would
+//! only see its requests delayed, so a nap that brought at most one request turns napping off
+//! for the next [`BACK_OFF`] reads, as does one that held a fast client up (see
 //! [`Coalescer::before_read`]); and nothing but a put is ever followed by a nap (after any other
 //! call the client may be waiting for its answer). Measured (docs/BENCHMARKS.md): `borg create`
 //! 2 250 instead of 4 400 context switches, 0.23–0.26 s of CPU instead of 0.25–0.35 s, and a
 //! little faster; the protocol benchmark's fast client unchanged.
+//!
+//! A nap that paid is followed by a longer one, sized to bring about [`TARGET_REQUESTS`] or a
+//! quarter of the pipe, up to [`MAX_STRETCH`] times the configured nap; any other call brings
+//! it back to the configured length. A 1 ms nap brought a real `borg create` 6–10 small puts;
+//! naps of 3–4 ms bring ~24, and the session's waits went from ~950 to ~720 (docs/BENCHMARKS.md).
 //!
 //! The same observations say when the session's writer threads pay ([`Coalescer::client_ahead`]):
 //! while the client is ahead of the session, not while it trickles.
@@ -43,18 +48,40 @@ pub const AHEAD_AT: u32 = 8;
 /// to its own work per file.
 pub const DEFAULT_NAP_US: u64 = 1000;
 
+/// The longest nap, as a multiple of the configured one: naps grow towards this while each
+/// still brings little (see [`Coalescer::before_read`]).
+pub const MAX_STRETCH: u32 = 8;
+
+/// A nap is lengthened until it brings about this many requests: well below [`MANY`], so a
+/// longer nap is not taken for one that held a fast client up.
+pub const TARGET_REQUESTS: u32 = MANY / 2;
+
+/// Where the input's capacity is not known (not a pipe): a nap that brought more than one read
+/// takes held a client up, and naps are lengthened until they bring about this many bytes,
+/// half of one read.
+pub const TARGET_BYTES_UNKNOWN: usize = 128 * 1024;
+
 /// What came in since the last nap, to judge it by.
 #[derive(Debug, Default)]
 struct SinceNap {
     requests: u32,
+    /// Bytes read since the nap.
+    bytes: usize,
+    /// A request other than a put came (see [`Coalescer::handled`]).
+    other: bool,
     /// A read returned all it asked for: more had arrived than one read takes.
     full_read: bool,
 }
 
-/// Decides, before each read that may block, whether to nap first, and whether the client is
-/// ahead of the session (see the module docs).
+/// Decides, before each read that may block, whether to nap first and for how long, and whether
+/// the client is ahead of the session (see the module docs).
 #[derive(Debug)]
 pub struct Coalescer {
+    /// The configured nap (`--coalesce-us`): the shortest, and the one after a back-off.
+    base: Duration,
+    /// Bytes the client can send before it blocks (a pipe's capacity), if known.
+    capacity: Option<usize>,
+    /// The next nap's length, between `base` and [`MAX_STRETCH`] times it.
     nap: Duration,
     /// The last request handled was a put.
     after_put: bool,
@@ -70,13 +97,14 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// A coalescer napping `nap` at a time (zero: never).
-    pub fn new(nap: Duration) -> Coalescer {
-        Coalescer { nap, after_put: false, drained: false, since_nap: None, backoff: 0, batch: 0, last_batch: 0 }
+    /// A coalescer napping `nap` at a time at first (zero: never), for an input that holds
+    /// `capacity` bytes before its writer blocks (a pipe's size), if known.
+    pub fn new(nap: Duration, capacity: Option<usize>) -> Coalescer {
+        Coalescer { base: nap, capacity, nap, after_put: false, drained: false, since_nap: None, backoff: 0, batch: 0, last_batch: 0 }
     }
 
-    /// A read from the client returned; `drained`: it got less than it asked for.
-    pub fn read(&mut self, drained: bool) {
+    /// A read from the client returned `bytes`; `drained`: it got less than it asked for.
+    pub fn read(&mut self, bytes: usize, drained: bool) {
         self.drained = drained;
         if self.batch > 0 {
             self.last_batch = self.batch;
@@ -84,15 +112,22 @@ impl Coalescer {
         }
         if let Some(s) = &mut self.since_nap {
             s.full_read |= !drained;
+            s.bytes += bytes;
         }
     }
 
-    /// A request was handled; `put`: it was a put.
+    /// A request was handled; `put`: it was a put. Anything else may have a client waiting for
+    /// its answer, and the next such call after a put may arrive during a nap: naps are the
+    /// configured length again.
     pub fn handled(&mut self, put: bool) {
         self.after_put = put;
         self.batch += 1;
         if let Some(s) = &mut self.since_nap {
             s.requests += 1;
+            s.other |= !put;
+        }
+        if !put {
+            self.nap = self.base;
         }
     }
 
@@ -109,12 +144,22 @@ impl Coalescer {
     /// Called when no complete request is buffered and the next read may block. Returns how
     /// long to nap before reading, if at all: only after a put, when the last read emptied the
     /// input. The previous nap is judged first: if it brought at most [`FEW`] requests (it saved
-    /// nothing, or delayed a client waiting for each answer), [`MANY`] or more, or more than one
-    /// read takes (it held up a client faster than us), there is no nap for [`BACK_OFF`] reads.
+    /// nothing, or delayed a client waiting for each answer), or held a client faster than us up
+    /// ([`MANY`] requests or more; half the input's capacity or more, where that is known — else
+    /// more than one read takes), there is no nap for [`BACK_OFF`] reads, and the next one is the
+    /// configured length again. Otherwise the next nap is sized from this one's yield to bring
+    /// about [`TARGET_REQUESTS`], or a quarter of the input's capacity, whichever comes first (at
+    /// most twice or half as long as this one, between the configured length and
+    /// [`MAX_STRETCH`] times it): borg's client does not wait for the answers to its puts, so a
+    /// longer nap costs it nothing while its pipe has room, and every wake-up saved saves the
+    /// server tens of microseconds of CPU on a virtual machine (docs/BENCHMARKS.md).
     pub fn before_read(&mut self) -> Option<Duration> {
         if let Some(s) = self.since_nap.take() {
-            if s.full_read || s.requests <= FEW || s.requests >= MANY {
+            if s.requests <= FEW || self.held_up(&s) {
                 self.backoff = BACK_OFF;
+                self.nap = self.base;
+            } else if !s.other {
+                self.nap = self.next_nap(&s);
             }
         }
         if self.backoff > 0 {
@@ -127,6 +172,24 @@ impl Coalescer {
         self.since_nap = Some(SinceNap::default());
         Some(self.nap)
     }
+
+    /// Whether the nap that brought `s` held the client up (see [`Coalescer::before_read`]).
+    fn held_up(&self, s: &SinceNap) -> bool {
+        s.requests >= MANY
+            || match self.capacity {
+                Some(c) => s.bytes >= c / 2,
+                None => s.full_read,
+            }
+    }
+
+    /// The length of the nap after one of the current length that brought `s`.
+    fn next_nap(&self, s: &SinceNap) -> Duration {
+        let target_bytes = self.capacity.map_or(TARGET_BYTES_UNKNOWN, |c| c / 4);
+        let by_requests = f64::from(TARGET_REQUESTS) / f64::from(s.requests.max(1));
+        let by_bytes = target_bytes as f64 / s.bytes.max(1) as f64;
+        let factor = by_requests.min(by_bytes).clamp(0.5, 2.0);
+        self.nap.mul_f64(factor).clamp(self.base, self.base * MAX_STRETCH)
+    }
 }
 
 #[cfg(test)]
@@ -135,9 +198,13 @@ mod tests {
 
     const NAP: Duration = Duration::from_millis(1);
 
-    /// A nap, then `requests` puts arriving in one read (`full`: it filled the buffer).
-    fn nap_brings(c: &mut Coalescer, requests: u32, full: bool) {
-        c.read(!full);
+    /// A pipe's capacity, as `F_GETPIPE_SZ` gives borgd's stdin.
+    const PIPE: usize = 1 << 20;
+
+    /// A nap, then `requests` puts of `bytes` in all arriving in one read (`full`: it filled the
+    /// buffer).
+    fn nap_brings(c: &mut Coalescer, requests: u32, bytes: usize, full: bool) {
+        c.read(bytes, !full);
         for _ in 0..requests {
             c.handled(true);
         }
@@ -145,65 +212,138 @@ mod tests {
 
     #[test]
     fn naps_only_after_puts_that_emptied_the_input() {
-        let mut c = Coalescer::new(NAP);
-        c.read(true);
-        assert_eq!(c.before_read(), None, "nothing handled yet");
-        c.handled(false);
-        assert_eq!(c.before_read(), None, "after a call the client may be waiting for");
-        c.read(false);
-        c.handled(true);
-        assert_eq!(c.before_read(), None, "the client is ahead of us: read at once");
-        c.read(true);
-        assert_eq!(c.before_read(), Some(NAP));
-        // naps that bring a few requests each keep napping on
-        for _ in 0..10 {
-            nap_brings(&mut c, 3, false);
+        for capacity in [None, Some(PIPE)] {
+            let mut c = Coalescer::new(NAP, capacity);
+            c.read(100, true);
+            assert_eq!(c.before_read(), None, "nothing handled yet");
+            c.handled(false);
+            assert_eq!(c.before_read(), None, "after a call the client may be waiting for");
+            c.read(100, false);
+            c.handled(true);
+            assert_eq!(c.before_read(), None, "the client is ahead of us: read at once");
+            c.read(100, true);
             assert_eq!(c.before_read(), Some(NAP));
+            // naps that bring a few requests each keep napping on
+            for _ in 0..10 {
+                nap_brings(&mut c, 3, 3 * 1024, false);
+                assert!(c.before_read().is_some());
+            }
         }
     }
 
     #[test]
     fn naps_that_did_not_pay_turn_napping_off_for_a_while() {
-        for (requests, full, why) in [(1, false, "one request: a client waiting for each answer"), (0, false, "nothing: a large put still arriving"), (MANY, false, "a fast client's window"), (5, true, "more than one read takes")] {
-            let mut c = Coalescer::new(NAP);
-            c.read(true);
+        let cases = [
+            (None, 1, 1024, false, "one request: a client waiting for each answer"),
+            (None, 0, 1024, false, "nothing: a large put still arriving"),
+            (None, MANY, 50 * 1024, false, "a fast client's window"),
+            (None, 5, 256 * 1024, true, "more than one read takes"),
+            (Some(PIPE), MANY, 50 * 1024, false, "a fast client's window"),
+            (Some(PIPE), 5, PIPE / 2, true, "half the pipe: a fast client"),
+        ];
+        for (capacity, requests, bytes, full, why) in cases {
+            let mut c = Coalescer::new(NAP, capacity);
+            c.read(100, true);
             c.handled(true);
             assert_eq!(c.before_read(), Some(NAP));
-            nap_brings(&mut c, requests, full);
+            nap_brings(&mut c, 4, 4096, false);
+            assert_eq!(c.before_read(), Some(NAP * 2), "{why}: a nap that paid is lengthened");
+            nap_brings(&mut c, requests, bytes, full);
             for i in 0..BACK_OFF {
                 assert_eq!(c.before_read(), None, "{why}: read {i} of the back-off");
-                c.read(true);
+                c.read(100, true);
                 c.handled(true);
             }
-            assert_eq!(c.before_read(), Some(NAP), "{why}: tried again after the back-off");
+            assert_eq!(c.before_read(), Some(NAP), "{why}: tried again after the back-off, as configured");
         }
     }
 
     #[test]
+    fn a_full_read_is_not_a_fast_client_where_the_pipe_had_room() {
+        let mut c = Coalescer::new(NAP, Some(PIPE));
+        c.read(100, true);
+        c.handled(true);
+        assert_eq!(c.before_read(), Some(NAP));
+        // 300 KiB arrived: more than one 256 KiB read takes, well under half the pipe
+        nap_brings(&mut c, 10, 300 * 1024, true);
+        assert_eq!(c.before_read(), None, "more is waiting: read it at once");
+        nap_brings(&mut c, 2, 40 * 1024, false);
+        assert_eq!(c.before_read(), Some(NAP), "no back-off; not lengthened, past a quarter of the pipe");
+    }
+
+    #[test]
+    fn naps_grow_towards_their_targets_and_no_further() {
+        let mut c = Coalescer::new(NAP, Some(PIPE));
+        c.read(100, true);
+        c.handled(true);
+        let mut nap = c.before_read().unwrap_or_default();
+        let mut naps = vec![nap];
+        // a client sending 4 small puts per millisecond, 8 KiB each
+        for _ in 0..8 {
+            let requests = (4.0 * nap.as_secs_f64() * 1000.0) as u32;
+            nap_brings(&mut c, requests, requests as usize * 8192, false);
+            nap = c.before_read().unwrap_or_default();
+            naps.push(nap);
+        }
+        let ms: Vec<u128> = naps.iter().map(Duration::as_millis).collect();
+        // doubling at most per nap; TARGET_REQUESTS (25) at 4 per ms is 6.25 ms
+        assert_eq!(ms, [1, 2, 4, 6, 6, 6, 6, 6, 6]);
+        // a faster client: the byte target (a quarter of the pipe) shortens them again, by
+        // half at most per nap, never below the configured nap
+        for _ in 0..4 {
+            nap_brings(&mut c, 20, 512 * 1024 - 1, false);
+            nap = c.before_read().unwrap_or_default();
+        }
+        assert_eq!(nap, NAP);
+        // a very slow client: never past MAX_STRETCH times the configured nap
+        for _ in 0..10 {
+            nap_brings(&mut c, 2, 2048, false);
+            nap = c.before_read().unwrap_or_default();
+        }
+        assert_eq!(nap, NAP * MAX_STRETCH);
+    }
+
+    #[test]
+    fn any_other_call_brings_naps_back_to_the_configured_length() {
+        let mut c = Coalescer::new(NAP, Some(PIPE));
+        c.read(100, true);
+        c.handled(true);
+        for _ in 0..4 {
+            c.before_read();
+            nap_brings(&mut c, 3, 3 * 8192, false);
+        }
+        assert!(c.before_read().is_some_and(|n| n > NAP));
+        c.read(100, true);
+        c.handled(false); // say, a get the client waits for
+        c.handled(true);
+        assert_eq!(c.before_read(), Some(NAP));
+    }
+
+    #[test]
     fn the_client_is_ahead_while_reads_bring_many_requests() {
-        let mut c = Coalescer::new(NAP);
-        c.read(true);
+        let mut c = Coalescer::new(NAP, None);
+        c.read(100, true);
         for i in 0..AHEAD_AT {
             assert!(!c.client_ahead(), "request {i} of the first read");
             c.handled(true);
         }
         assert!(c.client_ahead(), "a large read");
-        c.read(true); // the rest of a message: no request yet, the last batch still counts
-        c.read(true);
+        c.read(100, true); // the rest of a message: no request yet, the last batch still counts
+        c.read(100, true);
         c.handled(true);
         assert!(c.client_ahead(), "judged by the read before while this one is small");
-        c.read(true);
+        c.read(100, true);
         c.handled(true);
         assert!(!c.client_ahead(), "two small reads: trickling");
-        c.read(false);
+        c.read(256 * 1024, false);
         assert!(c.client_ahead(), "a read that got all it asked for (large puts)");
     }
 
     #[test]
     fn zero_never_naps() {
-        let mut c = Coalescer::new(Duration::ZERO);
+        let mut c = Coalescer::new(Duration::ZERO, Some(PIPE));
         for _ in 0..3 {
-            nap_brings(&mut c, 3, false);
+            nap_brings(&mut c, 3, 3000, false);
             assert_eq!(c.before_read(), None);
         }
     }

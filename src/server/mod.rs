@@ -74,6 +74,7 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     cfg: Arc<Config>,
     logcfg: &LogConfig,
     input: R,
+    input_capacity: Option<usize>,
     output: W,
     thread: i64,
     stop: &AtomicBool,
@@ -82,7 +83,7 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
     let mut session = Session::new(cfg.clone(), log, thread);
-    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message), stop) {
+    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message), input_capacity, stop) {
         // whatever failed while a termination signal was being handled: it is the signal
         Err(_) if stop.load(Ordering::Relaxed) => Err(ServeError::Stopped),
         r => r,
@@ -96,11 +97,11 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     result
 }
 
-fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, stop: &AtomicBool) -> Result<(), ServeError> {
+fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, input_capacity: Option<usize>, stop: &AtomicBool) -> Result<(), ServeError> {
     let mut header = Vec::with_capacity(256);
     // started at the first put they can take; dropped (finishing their puts) when this returns
     let mut writers: Option<PutWriters> = None;
-    let mut coalescer = coalesce::Coalescer::new(session.config().coalesce);
+    let mut coalescer = coalesce::Coalescer::new(session.config().coalesce, input_capacity);
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(ServeError::Stopped);
@@ -122,7 +123,7 @@ fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameRead
             }
             match reader.fill() {
                 Ok(true) => {
-                    coalescer.read(reader.drained());
+                    coalescer.read(reader.last_read(), reader.drained());
                     continue;
                 }
                 Ok(false) => return Ok(()), // clean end of input
@@ -253,5 +254,8 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
         // SAFETY: fcntl on a valid descriptor we own.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
     }
-    serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), stdout, 0, stop)
+    // what the client can send before it blocks, for judging naps (see `coalesce`)
+    // SAFETY: fcntl on a valid descriptor we own; -1 (not a pipe) is handled.
+    let capacity = usize::try_from(unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) }).ok().filter(|&c| c > 0);
+    serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), capacity, stdout, 0, stop)
 }

@@ -199,7 +199,7 @@ pub fn serve_socket(
         let logcfg = logcfg.clone();
         let registry = sessions.clone();
         let spawned = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
-            let result = serve_stream(cfg, &logcfg, reader, stream, id, stop);
+            let result = serve_stream(cfg, &logcfg, reader, None, stream, id, stop);
             match result {
                 Ok(()) | Err(ServeError::Stopped) => eprintln!("borgd: finished connection {id}"),
                 Err(e) => eprintln!("borgd: connection {id} ended: {e}"),
