@@ -7,11 +7,12 @@
 # waits (voluntary context switches). Needs target/release/{borgd,borgd-bench} (cargo build).
 #
 #   scripts/replay-create.sh record DIR BORG SOURCE...        # a new repository, one backup
-#   scripts/replay-create.sh run DIR REPS [--gap-us N] LABEL::SERVER... # new::target/release/borgd
+#   scripts/replay-create.sh run DIR REPS [--gap-us N | --paced] LABEL::SERVER...
 #
 # With --gap-us N the stream is fed one request at a time, each N µs after the one before (as a
-# client that works between messages; docs/BENCHMARKS.md, "A live session's waits"); without it,
-# as fast as the server reads.
+# client that works between messages; docs/BENCHMARKS.md, "A live session's waits"); with
+# --paced in the pieces and at the moments the client had sent it (recorded beside the stream,
+# `create.stream.pace`); without either, as fast as the server reads.
 #
 # SERVER is the executable the client would start (`SERVER serve` is run, with any further words
 # of SERVER after `serve`). Put DIR on a file system of its own (scripts/bench-fs.sh): replays
@@ -40,7 +41,7 @@ record() {
     cat > "$dir/remote" <<EOF
 #!/bin/sh
 [ -z "\${RECORD:-}" ] && exec '$borgd' "\$@"
-tee "\$RECORD" | '$borgd' "\$@"
+'$bench' tap "\$RECORD" | '$borgd' "\$@"
 EOF
     chmod +x "$dir/remote"
     export BORG_RSH=$here/tests/support/rsh-shim BORG_REMOTE_PATH=$dir/remote BORG_BASE_DIR=$dir/base \
@@ -62,6 +63,10 @@ run() {
         [ $# -ge 3 ] || usage
         gap=$2
         shift 2
+    elif [ "${1:-}" = --paced ]; then
+        [ $# -ge 2 ] || usage
+        gap=paced
+        shift
     fi
     [ -s "$dir/create.stream" ] && [ -d "$dir/repo-before" ] || { echo "$0: nothing recorded in $dir" >&2; exit 1; }
     want=$(objects "$dir/repo-recorded")
@@ -91,9 +96,13 @@ run() {
     done
 }
 
-# The recorded stream FILE on stdout: whole, or one request every GAP µs.
+# The recorded stream FILE on stdout: whole, one request every GAP µs, or at its pace (GAP paced).
 stream() {
-    if [ -n "$2" ]; then "$bench" feed --gap-us "$2" "$1"; else cat "$1"; fi
+    case $2 in
+        '') cat "$1" ;;
+        paced) "$bench" feed --paced "$1" ;;
+        *) "$bench" feed --gap-us "$2" "$1" ;;
+    esac
 }
 
 # The median (min-max) of one field of `measure`'s JSON lines.

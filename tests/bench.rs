@@ -69,3 +69,52 @@ fn feed_passes_a_recorded_stream_through_one_message_at_a_time() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a whole msgpack message"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `tap` (the recorder between a real client and its server) passes its input through unchanged,
+/// keeping a copy and when each piece arrived; `feed --paced` writes the same bytes in the same
+/// pieces at the same moments (docs/BENCHMARKS.md, "A live session's waits").
+#[test]
+fn tap_records_a_stream_with_its_pace_and_feed_replays_it_at_that_pace() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.stream");
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .arg("tap")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = tap.stdin.take().unwrap();
+    let mut output = tap.stdout.take().unwrap();
+    let pieces: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'\n' + i; 1000 * (usize::from(i) + 1)]).collect();
+    for p in &pieces {
+        input.write_all(p).unwrap();
+        input.flush().unwrap();
+        // the piece has passed through before the next one is written: each is a read of its own
+        let mut got = vec![0; p.len()];
+        output.read_exact(&mut got).unwrap();
+        assert_eq!(&got, p);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    drop(input);
+    assert!(tap.wait().unwrap().success());
+    let all = pieces.concat();
+    assert_eq!(std::fs::read(&path).unwrap(), all);
+    let pace = std::fs::read_to_string(dir.path().join("s.stream.pace")).unwrap();
+    let lines: Vec<(u64, usize)> = pace.lines().map(|l| l.split_once(' ').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap()).collect();
+    assert_eq!(lines.iter().map(|l| l.1).collect::<Vec<_>>(), [1000, 2000, 3000], "{pace}");
+    assert_eq!(lines[0].0, 0, "{pace}");
+    assert!(lines[2].0 >= 60_000, "two 30 ms pauses: {pace}");
+
+    let t = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(["feed", "--paced"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == all, "the stream came out changed");
+    assert!(t.elapsed() >= std::time::Duration::from_micros(lines[2].0), "fed faster than recorded");
+    // a pace that does not match its stream is refused
+    std::fs::write(dir.path().join("s.stream.pace"), "0 1000\n10 2000\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(["feed", "--paced"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add up to 3000 bytes, the stream has 6000"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -6,6 +6,8 @@
 //! borgd-bench e2e --borg /venv/bin/borg --server 'borgd::target/release/borgd' --server 'python::/venv/bin/borg'
 //! borgd-bench measure --out FILE -- CMD...   (runs CMD, writes its CPU time, waits, peak RSS)
 //! borgd-bench feed --gap-us N FILE          (a recorded client stream, one request every N µs)
+//! borgd-bench feed --paced FILE             (... at the pace it was recorded with, see `tap`)
+//! borgd-bench tap FILE                      (stdin to stdout, recording the stream and its pace)
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
@@ -21,7 +23,10 @@
 //! writes small objects) the floor of any server that puts whole files in place atomically.
 //! Medians and spreads are printed as a markdown table with ratios against the last server given.
 //! `e2e` likewise replays the objects of each repetition's `borg create` — received from a pipe
-//! and put in place, no RPC (see `replay`) — for the floor of a server's `create` CPU.
+//! and put in place, no RPC (see `replay`) — for the floor of a server's `create` CPU; and feeds
+//! the first `create` session's recorded stream to every server in each repetition, once as fast
+//! as it reads and once at the pace the client had sent it (see `pace`): the session's cost
+//! without the client beside the server, and with its idle periods.
 //!
 //! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
 //! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
@@ -40,6 +45,7 @@ use borgd::rpc::msgpack::{self, Value};
 use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
 
+mod pace;
 mod replay;
 
 type Res<T> = Result<T, String>;
@@ -894,12 +900,18 @@ fn measure(args: &[String]) -> Res<i32> {
 /// message, then works for a while: the server handles each one alone after sleeping (see
 /// docs/BENCHMARKS.md, "A live session's waits"). With 0 every request is still its own write.
 fn feed(args: &[String]) -> Res<i32> {
-    let gap = Duration::from_micros(opt(args, "--gap-us").ok_or("feed needs --gap-us N")?.parse::<u64>().map_err(|e| format!("--gap-us: {e}"))?);
-    let files: Vec<&String> = args.iter().enumerate().filter(|&(i, a)| a != "--gap-us" && (i == 0 || args[i - 1] != "--gap-us")).map(|(_, a)| a).collect();
-    let [path] = files.as_slice() else { return Err("feed needs --gap-us N and one FILE".into()) };
+    let paced = args.iter().any(|a| a == "--paced");
+    let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
+    let files: Vec<&String> = args.iter().enumerate().filter(|&(i, a)| a != "--gap-us" && a != "--paced" && (i == 0 || args[i - 1] != "--gap-us")).map(|(_, a)| a).collect();
+    let ([path], false) = (files.as_slice(), paced == gap.is_some()) else { return Err("feed needs --gap-us N or --paced, and one FILE".into()) };
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     // the descriptor itself: `Stdout` would split a message at its newline bytes
     let mut out = std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned().map_err(|e| format!("stdout: {e}"))?);
+    let Some(gap) = gap else {
+        let pieces = pace::load(Path::new(path), data.len())?;
+        pace::feed_paced(&data, &pieces, &mut out).map_err(|e| format!("stdout: {e}"))?;
+        return Ok(0);
+    };
     let mut due = Instant::now();
     let mut pos = 0;
     while pos < data.len() {
@@ -913,6 +925,23 @@ fn feed(args: &[String]) -> Res<i32> {
         out.write_all(&data[pos..pos + n]).map_err(|e| format!("stdout: {e}"))?;
         pos += n;
     }
+    Ok(0)
+}
+
+/// `tap FILE`: passes stdin to stdout, keeping a copy in FILE and when each piece came in
+/// FILE.pace (see [`pace`]): the recorder between a real client and its server.
+fn tap(args: &[String]) -> Res<i32> {
+    let [path] = args else { return Err("tap needs one FILE".into()) };
+    let fd = |f: std::os::fd::BorrowedFd<'_>| f.try_clone_to_owned().map(std::fs::File::from).map_err(|e| e.to_string());
+    let input = fd(std::os::fd::AsFd::as_fd(&std::io::stdin()))?;
+    let output = fd(std::os::fd::AsFd::as_fd(&std::io::stdout()))?;
+    for f in [&input, &output] {
+        // pipes as large as the server makes its own, so the client can get as far ahead as
+        // without the tap (not a pipe: nothing to do)
+        // SAFETY: fcntl on a valid descriptor we own.
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_SETPIPE_SZ, 1 << 20) };
+    }
+    pace::tap(input, output, Path::new(path))?;
     Ok(0)
 }
 
@@ -974,6 +1003,8 @@ fn read_measurements(path: &Path) -> Vec<Session> {
 /// the stream expects it, and how many objects the backup stored.
 struct Recording {
     stream: PathBuf,
+    /// When each piece of the stream arrived from the client (see `pace`).
+    pace: Vec<pace::Piece>,
     before: PathBuf,
     repo: PathBuf,
     objects: usize,
@@ -1001,8 +1032,9 @@ fn copy_tree(from: &Path, to: &Path) -> Res<()> {
 /// into a fresh copy of the repository as it was before the backup (the previous replay's is
 /// renamed to `aside`: deleting it would slow the next file creations, see `bench-fs.sh`), and
 /// returns the server's session as `measure` saw it. The same requests as the live session, with
-/// no client beside the server and no waiting for it.
-fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside: &Path) -> Res<Session> {
+/// no client beside the server; with `pace`, in the pieces and at the moments the client had sent
+/// them (see `pace`), else as fast as the server reads.
+fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside: &Path, pace: Option<&[pace::Piece]>) -> Res<Session> {
     if rec.repo.exists() {
         std::fs::rename(&rec.repo, aside).map_err(|e| format!("{}: {e}", rec.repo.display()))?;
     }
@@ -1020,8 +1052,10 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         .spawn()
         .map_err(|e| format!("{}: {e}", cmd[0]))?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
-    let mut stream = std::fs::File::open(&rec.stream).map_err(|e| format!("{}: {e}", rec.stream.display()))?;
-    let fed = std::io::copy(&mut stream, &mut stdin);
+    let fed = match pace {
+        None => std::fs::File::open(&rec.stream).and_then(|mut stream| std::io::copy(&mut stream, &mut stdin)).map(|_| ()),
+        Some(pieces) => std::fs::read(&rec.stream).and_then(|data| pace::feed_paced(&data, pieces, &mut stdin)),
+    };
     drop(stdin);
     let st = child.wait().map_err(|e| e.to_string())?;
     fed.map_err(|e| format!("{}: feeding the recorded session: {e}", cmd[0]))?;
@@ -1054,8 +1088,9 @@ fn e2e(args: &[String]) -> Res<()> {
     // the data set (once), then per workload its repository and its extracted copy
     let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
     warn_about_memory();
-    // per repetition: each server's workload and replay, the reference; once: the recording
-    let per_rep = Space::e2e_workload(data, files).plus(Space::e2e_reference(data, files)).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
+    // per repetition: each server's workload and its two replays (at once, at the client's
+    // pace), the reference; once: the recording
+    let per_rep = Space::e2e_workload(data, files).plus(Space::e2e_reference(data, files).times(2)).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
     ensure_space(&root, Space { bytes: data * 2, inodes: files }.plus(per_rep.times((reps + warmup) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
@@ -1081,9 +1116,9 @@ fn e2e(args: &[String]) -> Res<()> {
             // (e.g. `--fsync=never`) go after those, where serve's options belong
             let extra: Vec<String> = cmd[1..].iter().map(|w| format!("'{w}'")).collect();
             // with BORGD_BENCH_RECORD set (the create session to be replayed), the input is
-            // copied to that file on its way
+            // copied to that file on its way, with its pace (see `pace`)
             let run = format!("'{}' measure --out '{}' -- '{}' \"$@\" {}", me.display(), measurements.display(), cmd[0], extra.join(" "));
-            std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\ntee \"$BORGD_BENCH_RECORD\" | {run}\n"))
+            std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\n'{}' tap \"$BORGD_BENCH_RECORD\" | {run}\n", me.display()))
                 .map_err(|e| e.to_string())?;
             std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| e.to_string())?;
             let repo = format!("ssh://localhost/{}", dir.join("repo").display());
@@ -1123,7 +1158,9 @@ fn e2e(args: &[String]) -> Res<()> {
             let extract = borg_run(&["extract", "bench"], &out, None)?;
             if record {
                 let repo = dir.join("repo");
-                recording = Some(Recording { stream, before: rec_dir.join("repo-before"), objects: count_objects(&repo), repo });
+                let len = std::fs::metadata(&stream).map_err(|e| format!("{}: {e}", stream.display()))?.len() as usize;
+                let pace = pace::load(&stream, len)?;
+                recording = Some(Recording { stream, pace, before: rec_dir.join("repo-before"), objects: count_objects(&repo), repo });
             }
             let same = Command::new("diff").arg("-rq").arg(&src).arg(out.join(src.strip_prefix("/").unwrap_or(&src))).status().map_err(|e| e.to_string())?;
             if !same.success() {
@@ -1164,13 +1201,16 @@ fn e2e(args: &[String]) -> Res<()> {
         for &si in &order {
             let (label, cmd) = &servers[si];
             let dir = root.join(format!("rep{rep}-s{si}"));
-            let r = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"))?;
-            eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {:.2} s", r.cpu_s);
+            let r = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"), None)?;
+            let p = replay_session(&me, rec, cmd, &dir.join("paced.jsonl"), &dir.join("paced"), Some(&rec.pace))?;
+            eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {:.2} s; at its pace {:.2} s", r.cpu_s, p.cpu_s);
             if keep {
                 let s = &mut samples[si];
                 s.entry("create_replayed_server_cpu_s").or_default().push(r.cpu_s);
                 s.entry("create_replayed_server_peak_rss_mib").or_default().push(r.peak_mib);
                 s.entry("create_replayed_server_waits").or_default().push(r.waits);
+                s.entry("create_paced_server_cpu_s").or_default().push(p.cpu_s);
+                s.entry("create_paced_server_waits").or_default().push(p.waits);
             }
         }
     }
@@ -1215,8 +1255,9 @@ fn main() {
         Some("protocol") => protocol(&args[1..]).map(|_| 0),
         Some("measure") => measure(&args[1..]),
         Some("feed") => feed(&args[1..]),
+        Some("tap") => tap(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
