@@ -7,8 +7,8 @@
 //! recorded `borg create` session from a file (never waiting), borgd spent 0.19–0.21 s of CPU
 //! on it, live 0.25–0.35 s with 4 400 context switches.
 //!
-//! Puts are asynchronous: borg's client waits for none of their answers (it blocks only when its
-//! pipe to us is full). So after handling puts that emptied the input, the session naps briefly
+//! Puts are asynchronous: borg's client sends a backup's chunks without waiting for their answers
+//! (it blocks only when its pipe to us is full). So after handling puts that emptied the input, the session naps briefly
 //! (at first 1 ms, `--coalesce-us`) before reading again, and one wake-up then takes what the
 //! client sent in the meantime. Answers are flushed and queued puts handed to the writer threads
 //! before the nap. A client that sends one request at a time and waits for each answer would
@@ -150,8 +150,8 @@ impl Coalescer {
     /// configured length again. Otherwise the next nap is sized from this one's yield to bring
     /// about [`TARGET_REQUESTS`], or a quarter of the input's capacity, whichever comes first (at
     /// most twice or half as long as this one, between the configured length and
-    /// [`MAX_STRETCH`] times it): borg's client does not wait for the answers to its puts, so a
-    /// longer nap costs it nothing while its pipe has room, and every wake-up saved saves the
+    /// [`MAX_STRETCH`] times it): borg's client does not wait for the answers to a backup's puts,
+    /// so a longer nap costs it nothing while its pipe has room, and every wake-up saved saves the
     /// server tens of microseconds of CPU on a virtual machine (docs/BENCHMARKS.md).
     pub fn before_read(&mut self) -> Option<Duration> {
         if let Some(s) = self.since_nap.take() {
