@@ -118,3 +118,33 @@ fn tap_records_a_stream_with_its_pace_and_feed_replays_it_at_that_pace() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("add up to 3000 bytes, the stream has 6000"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `borgd-bench e2e` (the end-to-end benchmark with the real client, scaled down) still runs: the
+/// real borg client backs a small data set up through borgd and extracts it (the benchmark checks
+/// the extracted copy), the session is recorded with its pace (`tap`) and replayed into borgd at
+/// once and at that pace, each replay checked to store every object; every row is reported.
+#[test]
+fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["e2e", "--reps", "1", "--warmup", "0", "--size-mb", "8", "--server", &server, "--borg"])
+        .arg(&borg)
+        .arg("--workdir")
+        .arg(dir.path().join("w"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench e2e failed:\n{stderr}");
+    for row in ["create_server_cpu_s", "create_replayed_server_cpu_s", "create_paced_server_cpu_s", "create_paced_server_waits", "extract_server_cpu_s"] {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        let cell = line.split('|').nth(2).unwrap().trim();
+        let v: f64 = cell.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{row}: {cell:?}"));
+        assert!(v > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    let pace = std::fs::read_to_string(dir.path().join("w/recording/create.stream.pace")).unwrap();
+    let recorded: usize = pace.lines().map(|l| l.split_once(' ').unwrap().1.parse::<usize>().unwrap()).sum();
+    assert_eq!(recorded as u64, std::fs::metadata(dir.path().join("w/recording/create.stream")).unwrap().len());
+    assert!(!stderr.contains("Reserve some repository storage space"), "borg's notes leak into the output:\n{stderr}");
+}

@@ -1137,10 +1137,12 @@ fn e2e(args: &[String]) -> Res<()> {
                     .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
-                    .status()
+                    .stderr(Stdio::piped())
+                    .output()
                     .map_err(|e| e.to_string())?;
-                if !st.success() {
-                    return Err(format!("{label}: borg {a:?} failed: {st}"));
+                // borg's notes (repo-create's advice to reserve space) only with a failure
+                if !st.status.success() {
+                    return Err(format!("{label}: borg {a:?} failed: {}: {}", st.status, String::from_utf8_lossy(&st.stderr).trim()));
                 }
                 Ok(t.elapsed().as_secs_f64())
             };
