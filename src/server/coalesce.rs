@@ -7,13 +7,14 @@
 //! recorded `borg create` session from a file (never waiting), borgd spent 0.19–0.21 s of CPU
 //! on it, live 0.25–0.35 s with 4 400 context switches.
 //!
-//! Puts are asynchronous: borg's client sends a backup's chunks without waiting for their answers
-//! (it blocks only when its pipe to us is full). So after handling puts that emptied the input, the session naps briefly
-//! (at first 1 ms, `--coalesce-us`) before reading again, and one wake-up then takes what the
-//! client sent in the meantime. Answers are flushed and queued puts handed to the writer threads
-//! before the nap. A client that sends one request at a time and waits for each answer would
-//! only see its requests delayed, so a nap that brought at most one request turns napping off
-//! for the next [`BACK_OFF`] reads, as does one that held a fast client up (see
+//! Puts are asynchronous: borg's client sends a backup's chunks without waiting for their
+//! answers (it blocks only when its pipe to us is full). So after handling puts that emptied the
+//! input, the session naps briefly (at first 1 ms, `--coalesce-us`) before reading again, and one
+//! wake-up then takes what the client sent in the meantime. Answers are flushed and queued puts
+//! handed to the writer threads before the nap. A client that sends one request at a time and
+//! waits for each answer would only see its requests delayed, so a nap that brought at most one
+//! request turns napping off for the next [`BACK_OFF`] reads, as does one that held a fast
+//! client up (see
 //! [`Coalescer::before_read`]); and nothing but a put is ever followed by a nap (after any other
 //! call the client may be waiting for its answer). Measured (docs/BENCHMARKS.md): `borg create`
 //! 2 250 instead of 4 400 context switches, 0.23–0.26 s of CPU instead of 0.25–0.35 s, and a

@@ -69,7 +69,9 @@ fn write_answer(out: &SharedOutput, header: &[u8], body: Body<'_>) -> io::Result
     }
 }
 
-/// Serves one client over `input`/`output` until the stream ends or `stop` is set.
+/// Serves one client over `input`/`output` until the stream ends or `stop` is set;
+/// `input_capacity`: how much the client can send before it blocks (a pipe's size), if known,
+/// for judging the coalescer's naps (see [`coalesce`]).
 pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     cfg: Arc<Config>,
     logcfg: &LogConfig,

@@ -34,8 +34,9 @@ const ALIGN: usize = 4096;
 
 /// Bytes per direct write (a multiple of [`ALIGN`]): the size of the pipe a client writes into
 /// (borgd makes it 1 MiB), so one read can take all it holds. Each write waits for the disk; with
-/// half as many as with 512 KiB (590 instead of 750 per `create` session), a session cost 3–6%
-/// less CPU, paired over 49 replays; 2 MiB saved no more (docs/BENCHMARKS.md).
+/// fewer than with 512 KiB pieces (~590 instead of ~750 waits per `create` session), a session
+/// cost ~5% less CPU (paired medians 0.95–0.955 over 48 replays at the client's pace); 2 MiB
+/// pieces saved no more (docs/BENCHMARKS.md).
 const CHUNK: usize = 1024 * 1024;
 
 /// Whether this file system takes direct writes, as far as we know yet.
