@@ -21,8 +21,8 @@
 //! little faster; the protocol benchmark's fast client unchanged.
 //!
 //! A nap that paid is followed by a longer one, sized to bring about [`TARGET_REQUESTS`] or a
-//! quarter of the pipe, up to [`MAX_STRETCH`] times the configured nap; any other call brings
-//! it back to the configured length. A 1 ms nap brought a real `borg create` 6–10 small puts;
+//! quarter of the pipe, up to [`MAX_STRETCH`] times the configured nap (and [`MAX_STRETCHED`]);
+//! any other call brings it back to the configured length. A 1 ms nap brought a real `borg create` 6–10 small puts;
 //! naps of 3–4 ms bring ~24, and the session's waits went from ~950 to ~720 (docs/BENCHMARKS.md).
 //!
 //! The same observations say when the session's writer threads pay ([`Coalescer::client_ahead`]):
@@ -50,8 +50,12 @@ pub const AHEAD_AT: u32 = 8;
 pub const DEFAULT_NAP_US: u64 = 1000;
 
 /// The longest nap, as a multiple of the configured one: naps grow towards this while each
-/// still brings little (see [`Coalescer::before_read`]).
+/// still brings little (see [`Coalescer::before_read`]) …
 pub const MAX_STRETCH: u32 = 8;
+
+/// … but never past this, unless the configured nap is longer (then naps stay at that length):
+/// an operator who configured long naps gets what they asked for, and no more.
+pub const MAX_STRETCHED: Duration = Duration::from_millis(8);
 
 /// A nap is lengthened until it brings about this many requests: well below [`MANY`], so a
 /// longer nap is not taken for one that held a fast client up.
@@ -82,7 +86,8 @@ pub struct Coalescer {
     base: Duration,
     /// Bytes the client can send before it blocks (a pipe's capacity), if known.
     capacity: Option<usize>,
-    /// The next nap's length, between `base` and [`MAX_STRETCH`] times it.
+    /// The next nap's length, between `base` and [`MAX_STRETCH`] times it (at most
+    /// [`MAX_STRETCHED`], or `base` where that is longer).
     nap: Duration,
     /// The last request handled was a put.
     after_put: bool,
@@ -142,18 +147,19 @@ impl Coalescer {
         !self.drained || self.batch.max(self.last_batch) >= AHEAD_AT
     }
 
-    /// Called when no complete request is buffered and the next read may block. Returns how
-    /// long to nap before reading, if at all: only after a put, when the last read emptied the
-    /// input. The previous nap is judged first: if it brought at most [`FEW`] requests (it saved
-    /// nothing, or delayed a client waiting for each answer), or held a client faster than us up
-    /// ([`MANY`] requests or more; half the input's capacity or more, where that is known — else
-    /// more than one read takes), there is no nap for [`BACK_OFF`] reads, and the next one is the
-    /// configured length again. Otherwise the next nap is sized from this one's yield to bring
-    /// about [`TARGET_REQUESTS`], or a quarter of the input's capacity, whichever comes first (at
-    /// most twice or half as long as this one, between the configured length and
-    /// [`MAX_STRETCH`] times it): borg's client does not wait for the answers to a backup's puts,
-    /// so a longer nap costs it nothing while its pipe has room, and every wake-up saved saves the
-    /// server tens of microseconds of CPU on a virtual machine (docs/BENCHMARKS.md).
+    /// Called when no complete request is buffered and the next read may block. Returns how long to
+    /// nap before reading, if at all: only after a put, when the last read emptied the input. The
+    /// previous nap is judged first: if it brought at most [`FEW`] requests (it saved nothing, or
+    /// delayed a client waiting for each answer), or held a client faster than us up ([`MANY`]
+    /// requests or more; half the input's capacity or more, where that is known — else more than
+    /// one read takes), there is no nap for [`BACK_OFF`] reads, and the next one is the configured
+    /// length again. Otherwise the next nap is sized from this one's yield to bring about
+    /// [`TARGET_REQUESTS`], or a quarter of the input's capacity, whichever comes first (at most
+    /// twice or half as long as this one, between the configured length and [`MAX_STRETCH`] times
+    /// it, never past [`MAX_STRETCHED`] unless configured longer): borg's client does not wait for
+    /// the answers to a backup's puts, so a longer nap costs it nothing while its pipe has room,
+    /// and every wake-up saved saves the server tens of microseconds of CPU on a virtual machine
+    /// (docs/BENCHMARKS.md).
     pub fn before_read(&mut self) -> Option<Duration> {
         if let Some(s) = self.since_nap.take() {
             if s.requests <= FEW || self.held_up(&s) {
@@ -189,7 +195,7 @@ impl Coalescer {
         let by_requests = f64::from(TARGET_REQUESTS) / f64::from(s.requests.max(1));
         let by_bytes = target_bytes as f64 / s.bytes.max(1) as f64;
         let factor = by_requests.min(by_bytes).clamp(0.5, 2.0);
-        self.nap.mul_f64(factor).clamp(self.base, self.base * MAX_STRETCH)
+        self.nap.mul_f64(factor).clamp(self.base, (self.base * MAX_STRETCH).min(self.base.max(MAX_STRETCHED)))
     }
 }
 
@@ -302,6 +308,23 @@ mod tests {
             nap = c.before_read().unwrap_or_default();
         }
         assert_eq!(nap, NAP * MAX_STRETCH);
+    }
+
+    #[test]
+    fn configured_long_naps_are_not_stretched_past_8_ms_or_their_own_length() {
+        for (base_ms, longest_ms) in [(1, 8), (2, 8), (4, 8), (8, 8), (20, 20)] {
+            let base = Duration::from_millis(base_ms);
+            let mut c = Coalescer::new(base, Some(PIPE));
+            c.read(100, true);
+            c.handled(true);
+            let mut nap = c.before_read().unwrap_or_default();
+            // a slow client: every nap brings two small puts
+            for _ in 0..10 {
+                nap_brings(&mut c, 2, 2048, false);
+                nap = c.before_read().unwrap_or_default();
+            }
+            assert_eq!(nap, Duration::from_millis(longest_ms), "configured {base_ms} ms");
+        }
     }
 
     #[test]
