@@ -6,6 +6,13 @@
 
 use std::process::Command;
 
+/// The first figure (the median) of `row` in a table `borgd-bench` printed.
+fn figure(stdout: &str, row: &str) -> f64 {
+    let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+    let cell = line.split('|').nth(2).unwrap().trim();
+    cell.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{row}: {cell:?}"))
+}
+
 #[test]
 fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,17 +24,12 @@ fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "borgd-bench failed:\n{stderr}");
-    let figure = |row: &str| -> f64 {
-        let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
-        let cell = line.split('|').nth(2).unwrap().trim();
-        cell.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{row}: {cell:?}"))
-    };
     // CPU rows too: read from the process CPU clock (nanoseconds), never a whole 0 for a phase
     for row in ["startup_s", "put1k_per_s", "put1k_cpu_s", "put64k_mb_per_s", "get64k_mb_per_s", "getmeta_per_s", "list_s", "list_cpu_s", "check_s", "check_cpu_s", "peak_rss_mib"] {
-        assert!(figure(row) > 0.0, "{row} is not positive:\n{stdout}");
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
     for row in ["temp file + rename: 1 KiB objects per second", "unnamed file + link: 1 KiB objects per second"] {
-        assert!(figure(row) > 0.0, "{row} is not positive:\n{stdout}");
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
     assert!(stdout.contains("| borgd: 1 KiB put CPU / unnamed-file loop CPU |"), "{stdout}");
 }
@@ -138,10 +140,7 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "borgd-bench e2e failed:\n{stderr}");
     for row in ["create_server_cpu_s", "create_replayed_server_cpu_s", "create_paced_server_cpu_s", "create_paced_server_waits", "extract_server_cpu_s"] {
-        let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
-        let cell = line.split('|').nth(2).unwrap().trim();
-        let v: f64 = cell.split_whitespace().next().unwrap().parse().unwrap_or_else(|_| panic!("{row}: {cell:?}"));
-        assert!(v > 0.0, "{row} is not positive:\n{stdout}");
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
     let pace = std::fs::read_to_string(dir.path().join("w/recording/create.stream.pace")).unwrap();
     let recorded: usize = pace.lines().map(|l| l.split_once(' ').unwrap().1.parse::<usize>().unwrap()).sum();

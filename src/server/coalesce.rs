@@ -7,23 +7,23 @@
 //! recorded `borg create` session from a file (never waiting), borgd spent 0.19–0.21 s of CPU
 //! on it, live 0.25–0.35 s with 4 400 context switches.
 //!
-//! Puts are asynchronous: borg's client sends a backup's chunks without waiting for their
-//! answers (it blocks only when its pipe to us is full). So after handling puts that emptied the
-//! input, the session naps briefly (at first 1 ms, `--coalesce-us`) before reading again, and one
-//! wake-up then takes what the client sent in the meantime. Answers are flushed and queued puts
-//! handed to the writer threads before the nap. A client that sends one request at a time and
-//! waits for each answer would only see its requests delayed, so a nap that brought at most one
-//! request turns napping off for the next [`BACK_OFF`] reads, as does one that held a fast
-//! client up (see
+//! Puts are asynchronous: borg's client sends a backup's chunks without waiting for their answers
+//! (it blocks only when its pipe to us is full). So after handling puts that emptied the input, the
+//! session naps briefly (at first 1 ms, `--coalesce-us`) before reading again, and one wake-up then
+//! takes what the client sent in the meantime. Answers are flushed and queued puts handed to the
+//! writer threads before the nap. A client that sends one request at a time and waits for each
+//! answer would only see its requests delayed, so a nap that brought at most one request turns
+//! napping off for the next [`BACK_OFF`] reads, as does one that held a fast client up (see
 //! [`Coalescer::before_read`]); and nothing but a put is ever followed by a nap (after any other
 //! call the client may be waiting for its answer). Measured (docs/BENCHMARKS.md): `borg create`
 //! 2 250 instead of 4 400 context switches, 0.23–0.26 s of CPU instead of 0.25–0.35 s, and a
 //! little faster; the protocol benchmark's fast client unchanged.
 //!
 //! A nap that paid is followed by a longer one, sized to bring about [`TARGET_REQUESTS`] or a
-//! quarter of the pipe, up to [`MAX_STRETCH`] times the configured nap (and [`MAX_STRETCHED`]);
-//! any other call brings it back to the configured length. A 1 ms nap brought a real `borg create` 6–10 small puts;
-//! naps of 3–4 ms bring ~24, and the session's waits went from ~950 to ~720 (docs/BENCHMARKS.md).
+//! quarter of the pipe, up to [`MAX_STRETCH`] times the configured nap (and [`MAX_STRETCHED`]); any
+//! other call brings it back to the configured length. A 1 ms nap brought a real `borg create` 6–10
+//! small puts; naps of 3–4 ms bring ~24, and the session's waits went from ~950 to ~720
+//! (docs/BENCHMARKS.md).
 //!
 //! The same observations say when the session's writer threads pay ([`Coalescer::client_ahead`]):
 //! while the client is ahead of the session, not while it trickles.
@@ -208,6 +208,15 @@ mod tests {
     /// A pipe's capacity, as `F_GETPIPE_SZ` gives borgd's stdin.
     const PIPE: usize = 1 << 20;
 
+    /// A coalescer with nap `base` that has just handled a put which emptied its input: its
+    /// next `before_read` decides the first nap.
+    fn after_a_put(base: Duration, capacity: Option<usize>) -> Coalescer {
+        let mut c = Coalescer::new(base, capacity);
+        c.read(100, true);
+        c.handled(true);
+        c
+    }
+
     /// A nap, then `requests` puts of `bytes` in all arriving in one read (`full`: it filled the
     /// buffer).
     fn nap_brings(c: &mut Coalescer, requests: u32, bytes: usize, full: bool) {
@@ -249,9 +258,7 @@ mod tests {
             (Some(PIPE), 5, PIPE / 2, true, "half the pipe: a fast client"),
         ];
         for (capacity, requests, bytes, full, why) in cases {
-            let mut c = Coalescer::new(NAP, capacity);
-            c.read(100, true);
-            c.handled(true);
+            let mut c = after_a_put(NAP, capacity);
             assert_eq!(c.before_read(), Some(NAP));
             nap_brings(&mut c, 4, 4096, false);
             assert_eq!(c.before_read(), Some(NAP * 2), "{why}: a nap that paid is lengthened");
@@ -267,9 +274,7 @@ mod tests {
 
     #[test]
     fn a_full_read_is_not_a_fast_client_where_the_pipe_had_room() {
-        let mut c = Coalescer::new(NAP, Some(PIPE));
-        c.read(100, true);
-        c.handled(true);
+        let mut c = after_a_put(NAP, Some(PIPE));
         assert_eq!(c.before_read(), Some(NAP));
         // 300 KiB arrived: more than one 256 KiB read takes, well under half the pipe
         nap_brings(&mut c, 10, 300 * 1024, true);
@@ -280,9 +285,7 @@ mod tests {
 
     #[test]
     fn naps_grow_towards_their_targets_and_no_further() {
-        let mut c = Coalescer::new(NAP, Some(PIPE));
-        c.read(100, true);
-        c.handled(true);
+        let mut c = after_a_put(NAP, Some(PIPE));
         let mut nap = c.before_read().unwrap_or_default();
         let mut naps = vec![nap];
         // a client sending 4 small puts per millisecond, 8 KiB each
@@ -314,9 +317,7 @@ mod tests {
     fn configured_long_naps_are_not_stretched_past_8_ms_or_their_own_length() {
         for (base_ms, longest_ms) in [(1, 8), (2, 8), (4, 8), (8, 8), (20, 20)] {
             let base = Duration::from_millis(base_ms);
-            let mut c = Coalescer::new(base, Some(PIPE));
-            c.read(100, true);
-            c.handled(true);
+            let mut c = after_a_put(base, Some(PIPE));
             let mut nap = c.before_read().unwrap_or_default();
             // a slow client: every nap brings two small puts
             for _ in 0..10 {
@@ -329,9 +330,7 @@ mod tests {
 
     #[test]
     fn any_other_call_brings_naps_back_to_the_configured_length() {
-        let mut c = Coalescer::new(NAP, Some(PIPE));
-        c.read(100, true);
-        c.handled(true);
+        let mut c = after_a_put(NAP, Some(PIPE));
         for _ in 0..4 {
             c.before_read();
             nap_brings(&mut c, 3, 3 * 8192, false);

@@ -899,6 +899,7 @@ fn measure(args: &[String]) -> Res<i32> {
 /// N microseconds after the one before. A replay fed this way models a client that sends a
 /// message, then works for a while: the server handles each one alone after sleeping (see
 /// docs/BENCHMARKS.md, "A live session's waits"). With 0 every request is still its own write.
+/// `feed --paced FILE`: in the pieces and at the moments recorded beside it (see [`tap`]).
 fn feed(args: &[String]) -> Res<i32> {
     let paced = args.iter().any(|a| a == "--paced");
     let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
@@ -906,7 +907,7 @@ fn feed(args: &[String]) -> Res<i32> {
     let ([path], false) = (files.as_slice(), paced == gap.is_some()) else { return Err("feed needs --gap-us N or --paced, and one FILE".into()) };
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     // the descriptor itself: `Stdout` would split a message at its newline bytes
-    let mut out = std::fs::File::from(std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned().map_err(|e| format!("stdout: {e}"))?);
+    let mut out = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), "stdout")?;
     let Some(gap) = gap else {
         let pieces = pace::load(Path::new(path), data.len())?;
         pace::feed_paced(&data, &pieces, &mut out).map_err(|e| format!("stdout: {e}"))?;
@@ -928,13 +929,18 @@ fn feed(args: &[String]) -> Res<i32> {
     Ok(0)
 }
 
+/// A standard descriptor as a `File` of its own: unbuffered, written as given (`Stdout` splits
+/// writes at newline bytes).
+fn stdio_file(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> Res<std::fs::File> {
+    fd.try_clone_to_owned().map(std::fs::File::from).map_err(|e| format!("{name}: {e}"))
+}
+
 /// `tap FILE`: passes stdin to stdout, keeping a copy in FILE and when each piece came in
 /// FILE.pace (see [`pace`]): the recorder between a real client and its server.
 fn tap(args: &[String]) -> Res<i32> {
     let [path] = args else { return Err("tap needs one FILE".into()) };
-    let fd = |f: std::os::fd::BorrowedFd<'_>| f.try_clone_to_owned().map(std::fs::File::from).map_err(|e| e.to_string());
-    let input = fd(std::os::fd::AsFd::as_fd(&std::io::stdin()))?;
-    let output = fd(std::os::fd::AsFd::as_fd(&std::io::stdout()))?;
+    let input = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdin()), "stdin")?;
+    let output = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), "stdout")?;
     for f in [&input, &output] {
         // pipes as large as the server makes its own, so the client can get as far ahead as
         // without the tap (not a pipe: nothing to do)
@@ -1039,6 +1045,8 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         std::fs::rename(&rec.repo, aside).map_err(|e| format!("{}: {e}", rec.repo.display()))?;
     }
     copy_tree(&rec.before, &rec.repo)?;
+    // a paced feed needs the stream in memory: read before the server starts, not while it waits
+    let paced = pace.map(|pieces| std::fs::read(&rec.stream).map(|data| (data, pieces))).transpose().map_err(|e| format!("{}: {e}", rec.stream.display()))?;
     settle();
     let mut child = Command::new(me)
         .args(["measure", "--out"])
@@ -1052,9 +1060,9 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         .spawn()
         .map_err(|e| format!("{}: {e}", cmd[0]))?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
-    let fed = match pace {
+    let fed = match &paced {
         None => std::fs::File::open(&rec.stream).and_then(|mut stream| std::io::copy(&mut stream, &mut stdin)).map(|_| ()),
-        Some(pieces) => std::fs::read(&rec.stream).and_then(|data| pace::feed_paced(&data, pieces, &mut stdin)),
+        Some((data, pieces)) => pace::feed_paced(data, pieces, &mut stdin),
     };
     drop(stdin);
     let st = child.wait().map_err(|e| e.to_string())?;
