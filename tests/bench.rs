@@ -147,3 +147,42 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     assert_eq!(recorded as u64, std::fs::metadata(dir.path().join("w/recording/create.stream")).unwrap().len());
     assert!(!stderr.contains("Reserve some repository storage space"), "borg's notes leak into the output:\n{stderr}");
 }
+
+/// `compare` (docs/BENCHMARKS.md, "Commands"): a small backup by the real borg client through
+/// borgd is recorded once, then replayed into two servers as fast as they read, at the client's
+/// pace and one request at a time, each replay checked to store every object the backup stored;
+/// the table reports each server's figures and its CPU against the first server's, pair by pair.
+#[test]
+fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // a small file, a medium one, one written directly (a chunk past 512 KiB)
+    for (i, size) in [1_000usize, 100_000, 3_000_000].into_iter().enumerate() {
+        std::fs::write(src.join(format!("f{i}")), borgd::testdata::noise(i as u64, size)).unwrap();
+    }
+    let rec = dir.path().join("rec");
+    let bench = |args: Vec<std::ffi::OsString>| Command::new(env!("CARGO_BIN_EXE_borgd-bench")).arg("compare").args(args).output().unwrap();
+    let record = || bench(vec!["record".into(), rec.clone().into(), "--borg".into(), borg.clone(), src.clone().into()]);
+    let out = record();
+    assert!(out.status.success(), "compare record failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("objects"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!record().status.success(), "a second recording into the same directory was not refused");
+    let a = format!("a::{}", env!("CARGO_BIN_EXE_borgd"));
+    let b = format!("b::{} --fsync=never", env!("CARGO_BIN_EXE_borgd"));
+    for feed in [&[][..], &["--paced"][..], &["--gap-us", "100"][..]] {
+        let mut args: Vec<std::ffi::OsString> = vec!["run".into(), rec.clone().into()];
+        args.extend(["--reps", "2", "--warmup", "0"].map(Into::into));
+        args.extend(feed.iter().map(Into::into));
+        args.extend(["--server", &a, "--server", &b].map(Into::into));
+        let out = bench(args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "compare run {feed:?} failed:\n{stderr}");
+        for row in ["server CPU s", "waits", "peak memory MiB"] {
+            assert!(figure(&stdout, row) > 0.0, "{feed:?}: {row} is not positive:\n{stdout}");
+        }
+        let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's, paired")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
+        assert!(paired.ends_with(" of 2) |"), "{feed:?}: {paired}");
+    }
+}

@@ -8,6 +8,8 @@
 //! borgd-bench feed --gap-us N FILE          (a recorded client stream, one request every N µs)
 //! borgd-bench feed --paced FILE             (... at the pace it was recorded with, see `tap`)
 //! borgd-bench tap FILE                      (stdin to stdout, recording the stream and its pace)
+//! borgd-bench compare record DIR --borg CLIENT SOURCE...   (one backup through borgd, recorded)
+//! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
@@ -45,6 +47,7 @@ use borgd::rpc::msgpack::{self, Value};
 use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
 
+mod compare;
 mod pace;
 mod replay;
 
@@ -857,8 +860,8 @@ fn protocol(args: &[String]) -> Res<()> {
 
 /// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time and
 /// voluntary context switches (wait4) and peak RSS (VmHWM, polled: wait4's maxrss would include
-/// our own pages) to FILE as a JSON line; exits with CMD's status. Used as the BORG_REMOTE_PATH
-/// wrapper in `e2e`.
+/// our own pages; growth after the last look is missed) to FILE as a JSON line; exits with CMD's
+/// status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
 fn measure(args: &[String]) -> Res<i32> {
     let out = opt(args, "--out").ok_or("measure needs --out FILE")?;
     let dash = args.iter().position(|a| a == "--").ok_or("measure needs -- CMD")?;
@@ -874,9 +877,19 @@ fn measure(args: &[String]) -> Res<i32> {
     let poller = {
         let (peak, stop) = (peak.clone(), stop.clone());
         std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                peak.fetch_max(proc_hwm(pid), std::sync::atomic::Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
+            // every millisecond at first, so a session of a few milliseconds is seen after its
+            // exec; then every 10 (VmHWM keeps the peak between looks). Before the exec the
+            // child is still a copy of us: its figures are ours, not CMD's.
+            let me = std::env::current_exe().ok();
+            let exec_done = || std::fs::read_link(format!("/proc/{pid}/exe")).ok() != me;
+            for look in 0u32.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if exec_done() {
+                    peak.fetch_max(proc_hwm(pid), std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(if look < 20 { 1 } else { 10 }));
             }
         })
     };
@@ -894,8 +907,8 @@ fn measure(args: &[String]) -> Res<i32> {
     Ok(code)
 }
 
-/// `feed --gap-us N FILE`: writes a recorded client stream (msgpack requests, as
-/// `scripts/replay-create.sh record` keeps them) to stdout one request at a time, the next one due
+/// `feed --gap-us N FILE`: writes a recorded client stream (msgpack requests, as `tap` and
+/// `compare record` keep them) to stdout one request at a time, the next one due
 /// N microseconds after the one before. A replay fed this way models a client that sends a
 /// message, then works for a while: the server handles each one alone after sleeping (see
 /// docs/BENCHMARKS.md, "A live session's waits"). With 0 every request is still its own write.
@@ -908,24 +921,11 @@ fn feed(args: &[String]) -> Res<i32> {
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     // the descriptor itself: `Stdout` would split a message at its newline bytes
     let mut out = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), "stdout")?;
-    let Some(gap) = gap else {
-        let pieces = pace::load(Path::new(path), data.len())?;
-        pace::feed_paced(&data, &pieces, &mut out).map_err(|e| format!("stdout: {e}"))?;
-        return Ok(0);
+    let pieces = match gap {
+        None => pace::load(Path::new(path), data.len())?,
+        Some(gap) => pace::per_message(&data, gap).map_err(|e| format!("{path}: {e}"))?,
     };
-    let mut due = Instant::now();
-    let mut pos = 0;
-    while pos < data.len() {
-        let n = msgpack::check(&data[pos..], data.len() - pos).map_err(|e| format!("{path}: byte {pos}: not a whole msgpack message: {e}"))?;
-        if pos > 0 {
-            due += gap;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        out.write_all(&data[pos..pos + n]).map_err(|e| format!("stdout: {e}"))?;
-        pos += n;
-    }
+    pace::feed_paced(&data, &pieces, &mut out).map_err(|e| format!("stdout: {e}"))?;
     Ok(0)
 }
 
@@ -1077,6 +1077,62 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
     read_measurements(out).last().copied().ok_or_else(|| format!("{}: no measurement", cmd[0]))
 }
 
+/// The real borg client, set up to back up into `DIR/repo` through one server: over the rsh shim
+/// (as ssh would start it, on this machine), with its own base directory and no encryption.
+struct Client<'a> {
+    borg: &'a Path,
+    repo: String,
+    wrapper: PathBuf,
+    base: PathBuf,
+}
+
+impl<'a> Client<'a> {
+    /// Writes `DIR/remote`, the executable the client starts as its server: `SERVER serve
+    /// CLIENT-OPTIONS EXTRA-WORDS` (`cmd`), under `measure` when `measurements` is given, and
+    /// with its input copied through `tap` to `$BORGD_BENCH_RECORD` when that is set.
+    fn new(borg: &'a Path, me: &Path, dir: &Path, cmd: &[String], measurements: Option<&Path>) -> Res<Client<'a>> {
+        let wrapper = dir.join("remote");
+        // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
+        // (e.g. `--fsync=never`) go after those, where serve's options belong
+        let extra: Vec<String> = cmd[1..].iter().map(|w| format!("'{w}'")).collect();
+        let server = format!("'{}' \"$@\" {}", cmd[0], extra.join(" "));
+        let run = match measurements {
+            Some(m) => format!("'{}' measure --out '{}' -- {server}", me.display(), m.display()),
+            None => server,
+        };
+        std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\n'{}' tap \"$BORGD_BENCH_RECORD\" | {run}\n", me.display()))
+            .map_err(|e| format!("{}: {e}", wrapper.display()))?;
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("{}: {e}", wrapper.display()))?;
+        Ok(Client { borg, repo: format!("ssh://localhost/{}", dir.join("repo").display()), wrapper, base: dir.join("base") })
+    }
+
+    /// `borg -r REPO ARGS` in `cwd`, its output discarded (its notes shown only with a failure);
+    /// with `record_to`, the server's input is recorded there with its pace (see `pace`).
+    /// Returns the wall time.
+    fn run(&self, args: &[&str], cwd: &Path, record_to: Option<&Path>) -> Res<f64> {
+        let t = Instant::now();
+        let st = Command::new(self.borg)
+            .args(["-r", &self.repo])
+            .args(args)
+            .current_dir(cwd)
+            .env("BORGD_BENCH_RECORD", record_to.unwrap_or(Path::new("")))
+            .env("BORG_RSH", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim"))
+            .env("BORG_REMOTE_PATH", &self.wrapper)
+            .env("BORG_BASE_DIR", &self.base)
+            .env("BORG_PASSPHRASE", "bench")
+            .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("{}: {e}", self.borg.display()))?;
+        if !st.status.success() {
+            return Err(format!("borg {args:?} failed: {}: {}", st.status, String::from_utf8_lossy(&st.stderr).trim()));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
 /// `e2e --borg CLIENT --server 'LABEL::SERVER-EXECUTABLE' ...`: the real borg client creates and
 /// extracts a generated data set through each server (over the rsh shim, as ssh would).
 fn e2e(args: &[String]) -> Res<()> {
@@ -1089,7 +1145,6 @@ fn e2e(args: &[String]) -> Res<()> {
     let warmup = count(args, "--warmup", 1)?;
     let mb = count(args, "--size-mb", 300)?.max(1);
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-e2e-{}", std::process::id())));
-    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim");
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
     let data = (mb as u64) << 20;
@@ -1118,42 +1173,10 @@ fn e2e(args: &[String]) -> Res<()> {
             let (label, cmd) = &servers[si];
             let dir = root.join(format!("rep{rep}-s{si}"));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let wrapper = dir.join("remote");
             let measurements = dir.join("server.jsonl");
-            // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
-            // (e.g. `--fsync=never`) go after those, where serve's options belong
-            let extra: Vec<String> = cmd[1..].iter().map(|w| format!("'{w}'")).collect();
-            // with BORGD_BENCH_RECORD set (the create session to be replayed), the input is
-            // copied to that file on its way, with its pace (see `pace`)
-            let run = format!("'{}' measure --out '{}' -- '{}' \"$@\" {}", me.display(), measurements.display(), cmd[0], extra.join(" "));
-            std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\n'{}' tap \"$BORGD_BENCH_RECORD\" | {run}\n", me.display()))
-                .map_err(|e| e.to_string())?;
-            std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| e.to_string())?;
-            let repo = format!("ssh://localhost/{}", dir.join("repo").display());
+            let client = Client::new(&borg, &me, &dir, cmd, Some(&measurements))?;
             let record = recording.is_none() && si == order[0];
-            let borg_run = |a: &[&str], cwd: &Path, record_to: Option<&Path>| -> Res<f64> {
-                let t = Instant::now();
-                let st = Command::new(&borg)
-                    .args(["-r", &repo])
-                    .args(a)
-                    .current_dir(cwd)
-                    .env("BORGD_BENCH_RECORD", record_to.unwrap_or(Path::new("")))
-                    .env("BORG_RSH", &shim)
-                    .env("BORG_REMOTE_PATH", &wrapper)
-                    .env("BORG_BASE_DIR", dir.join("base"))
-                    .env("BORG_PASSPHRASE", "bench")
-                    .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                // borg's notes (repo-create's advice to reserve space) only with a failure
-                if !st.status.success() {
-                    return Err(format!("{label}: borg {a:?} failed: {}: {}", st.status, String::from_utf8_lossy(&st.stderr).trim()));
-                }
-                Ok(t.elapsed().as_secs_f64())
-            };
+            let borg_run = |a: &[&str], cwd: &Path, record_to: Option<&Path>| client.run(a, cwd, record_to).map_err(|e| format!("{label}: {e}"));
             borg_run(&["repo-create", "-e", "none"], &dir, None)?;
             let stream = rec_dir.join("create.stream");
             if record {
@@ -1267,7 +1290,8 @@ fn main() {
         Some("feed") => feed(&args[1..]),
         Some("tap") => tap(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE".into()),
+        Some("compare") => compare::main(&args[1..]).map(|_| 0),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),

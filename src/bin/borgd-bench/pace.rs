@@ -68,6 +68,21 @@ pub fn load(stream: &Path, len: usize) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
+/// `data` (a client's stream) as one piece per request, each `gap` after the one before: a client
+/// that sends a message, then works for a while (docs/BENCHMARKS.md, "A live session's waits").
+/// Refuses a stream that does not split into whole msgpack messages.
+pub fn per_message(data: &[u8], gap: Duration) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let len = borgd::rpc::msgpack::check(&data[pos..], data.len() - pos).map_err(|e| format!("byte {pos}: not a whole msgpack message: {e}"))?;
+        let at = gap.saturating_mul(u32::try_from(pieces.len()).unwrap_or(u32::MAX));
+        pieces.push(Piece { at, len });
+        pos += len;
+    }
+    Ok(pieces)
+}
+
 /// Writes `data` to `out` in `pieces`, each at its moment (counted from now); a piece that is
 /// late (the reader was slower than the client had been) goes at once.
 pub fn feed_paced(data: &[u8], pieces: &[Piece], out: &mut impl Write) -> std::io::Result<()> {
