@@ -1147,6 +1147,9 @@ fn e2e(args: &[String]) -> Res<()> {
     let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-e2e-{}", std::process::id())));
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    // absolute: the repositories' ssh:// URLs are (a relative one would be taken from the
+    // client's working directory, a different one per step)
+    let root = root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))?;
     let data = (mb as u64) << 20;
     // the data set (once), then per workload its repository and its extracted copy
     let files = data / 10 / (16 * 1024) + data / (4 << 20) + 100;
