@@ -1251,6 +1251,20 @@ fn e2e(args: &[String]) -> Res<()> {
         }
     }
     let last = servers.len() - 1;
+    // each server's CPU over the last one's, repetition by repetition (taken before the medians
+    // sort the samples): the machine's drift from one repetition to the next moves it less
+    let paired: Vec<(&str, Vec<(f64, f64, f64)>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"]
+        .into_iter()
+        .map(|m| {
+            let of = |si: usize| samples[si].get(m).cloned().unwrap_or_default();
+            let ratios = (0..last).map(|si| {
+                let mut r: Vec<f64> = of(si).iter().zip(of(last)).map(|(a, b)| a / b).collect();
+                let med = median(&mut r);
+                (med, r.first().copied().unwrap_or(f64::NAN), r.last().copied().unwrap_or(f64::NAN))
+            });
+            (m, ratios.collect())
+        })
+        .collect();
     print_header(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers);
     let metrics: Vec<&'static str> = samples[0].keys().copied().collect();
     for m in metrics {
@@ -1268,6 +1282,22 @@ fn e2e(args: &[String]) -> Res<()> {
             print!(" {} |", fmt(meds[si] / meds[last]));
         }
         println!();
+    }
+    if last > 0 {
+        println!();
+        print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max) |", servers[last].0);
+        for (l, _) in &servers[..last] {
+            print!(" {l} |");
+        }
+        println!();
+        println!("|{}", "---|".repeat(1 + last));
+        for (m, ratios) in &paired {
+            print!("| {m} |");
+            for (med, lo, hi) in ratios {
+                print!(" {} ({}–{}) |", fmt(*med), fmt(*lo), fmt(*hi));
+            }
+            println!();
+        }
     }
     let mut cpu: Vec<f64> = reference.iter().map(|r| r.0).collect();
     let mut wall: Vec<f64> = reference.iter().map(|r| r.1).collect();
