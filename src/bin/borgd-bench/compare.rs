@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, fmt, median, opt, pace, parse_servers, replay_session, repetition, Client, Recording, Res, Session};
+use super::{copy_tree, count, count_objects, fmt, median, opt, pace, parse_servers, replay_session, repetition, Client, Recording, Res, Session, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -169,9 +169,7 @@ fn print_comparison(title: &str, servers: &[(String, Vec<String>)], sessions: &[
     for (name, field) in rows {
         print!("| {name} |");
         for s in sessions {
-            let mut v: Vec<f64> = s.iter().map(field).collect();
-            let m = median(&mut v);
-            print!(" {} ({}–{}) |", fmt(m), fmt(v.first().copied().unwrap_or(f64::NAN)), fmt(v.last().copied().unwrap_or(f64::NAN)));
+            print!(" {} |", Spread::of(&mut s.iter().map(field).collect::<Vec<f64>>()));
         }
         println!();
     }

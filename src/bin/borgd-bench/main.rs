@@ -587,6 +587,28 @@ fn fmt(x: f64) -> String {
     }
 }
 
+/// A sample's median and range: how every figure is reported, as `median (min–max)`.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// Of the sample `v` (sorted in place; all NaN if it is empty).
+    fn of(v: &mut [f64]) -> Spread {
+        let median = median(v);
+        Spread { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN) }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}–{})", fmt(self.median), fmt(self.min), fmt(self.max))
+    }
+}
+
 /// The header of a results table: one column per server, then each one's ratio to the last.
 fn print_header(title: &str, servers: &[(String, Vec<String>)]) {
     let last = servers.len() - 1;
@@ -807,27 +829,18 @@ fn protocol(args: &[String]) -> Res<()> {
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
     let last = servers.len() - 1;
     print_header(&format!("metric (median of {reps}, min–max)"), &servers);
-    let stat = |si: usize, m: &str| -> (f64, f64, f64) {
-        let mut v: Vec<f64> = results[si].iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect();
-        let med = median(&mut v);
-        (med, v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
-    };
+    let stat = |si: usize, m: &str| Spread::of(&mut results[si].iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>());
     for m in &metrics {
         print!("| {m} |");
         for si in 0..servers.len() {
-            let (med, lo, hi) = stat(si, m);
-            print!(" {} ({}–{}) |", fmt(med), fmt(lo), fmt(hi));
+            print!(" {} |", stat(si, m));
         }
         for si in 0..last {
-            print!(" {} |", fmt(stat(si, m).0 / stat(last, m).0));
+            print!(" {} |", fmt(stat(si, m).median / stat(last, m).median));
         }
         println!();
     }
-    let column = |i: usize| -> (f64, f64, f64) {
-        let mut v: Vec<f64> = reference.iter().map(|r| r[i]).collect();
-        let m = median(&mut v);
-        (m, v[0], v[v.len() - 1])
-    };
+    let column = |i: usize| Spread::of(&mut reference.iter().map(|r| r[i]).collect::<Vec<f64>>());
     println!();
     println!("| reference loops (no RPC), same run | median (min–max) |");
     println!("|---|---|");
@@ -843,16 +856,15 @@ fn protocol(args: &[String]) -> Res<()> {
         "unnamed file + link: 1 KiB CPU seconds, established repository",
     ];
     for (i, label) in rows.iter().enumerate() {
-        let (m, lo, hi) = column(i);
-        println!("| {label} | {} ({}–{}) |", fmt(m), fmt(lo), fmt(hi));
+        println!("| {label} | {} |", column(i));
     }
     for (si, (l, _)) in servers.iter().enumerate() {
-        println!("| {l}: 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_per_s").0 / column(0).0));
-        println!("| {l}: 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(1).0));
-        println!("| {l}: 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").0 / column(6).0));
-        println!("| {l}: established 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_established_per_s").0 / column(3).0));
-        println!("| {l}: established 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(4).0));
-        println!("| {l}: established 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").0 / column(8).0));
+        println!("| {l}: 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_per_s").median / column(0).median));
+        println!("| {l}: 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").median / column(1).median));
+        println!("| {l}: 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_cpu_s").median / column(6).median));
+        println!("| {l}: established 1 KiB put rate / temp-file loop | {} |", fmt(stat(si, "put1k_established_per_s").median / column(3).median));
+        println!("| {l}: established 1 KiB put CPU / temp-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").median / column(4).median));
+        println!("| {l}: established 1 KiB put CPU / unnamed-file loop CPU | {} |", fmt(stat(si, "put1k_established_cpu_s").median / column(8).median));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
@@ -1253,16 +1265,11 @@ fn e2e(args: &[String]) -> Res<()> {
     let last = servers.len() - 1;
     // each server's CPU over the last one's, repetition by repetition (taken before the medians
     // sort the samples): the machine's drift from one repetition to the next moves it less
-    let paired: Vec<(&str, Vec<(f64, f64, f64)>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"]
+    let paired: Vec<(&str, Vec<Spread>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"]
         .into_iter()
         .map(|m| {
             let of = |si: usize| samples[si].get(m).cloned().unwrap_or_default();
-            let ratios = (0..last).map(|si| {
-                let mut r: Vec<f64> = of(si).iter().zip(of(last)).map(|(a, b)| a / b).collect();
-                let med = median(&mut r);
-                (med, r.first().copied().unwrap_or(f64::NAN), r.last().copied().unwrap_or(f64::NAN))
-            });
-            (m, ratios.collect())
+            (m, (0..last).map(|si| Spread::of(&mut of(si).iter().zip(of(last)).map(|(a, b)| a / b).collect::<Vec<f64>>())).collect())
         })
         .collect();
     print_header(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers);
@@ -1272,10 +1279,9 @@ fn e2e(args: &[String]) -> Res<()> {
         let meds: Vec<f64> = samples
             .iter_mut()
             .map(|s| {
-                let v = s.get_mut(m).map(|v| v.as_mut_slice()).unwrap_or(&mut []);
-                let med = median(v);
-                print!(" {} ({}–{}) |", fmt(med), fmt(v.first().copied().unwrap_or(f64::NAN)), fmt(v.last().copied().unwrap_or(f64::NAN)));
-                med
+                let spread = Spread::of(s.get_mut(m).map(|v| v.as_mut_slice()).unwrap_or(&mut []));
+                print!(" {spread} |");
+                spread.median
             })
             .collect();
         for si in 0..last {
@@ -1293,23 +1299,22 @@ fn e2e(args: &[String]) -> Res<()> {
         println!("|{}", "---|".repeat(1 + last));
         for (m, ratios) in &paired {
             print!("| {m} |");
-            for (med, lo, hi) in ratios {
-                print!(" {} ({}–{}) |", fmt(*med), fmt(*lo), fmt(*hi));
+            for spread in ratios {
+                print!(" {spread} |");
             }
             println!();
         }
     }
-    let mut cpu: Vec<f64> = reference.iter().map(|r| r.0).collect();
-    let mut wall: Vec<f64> = reference.iter().map(|r| r.1).collect();
-    let (cpu_med, wall_med) = (median(&mut cpu), median(&mut wall));
+    let cpu = Spread::of(&mut reference.iter().map(|r| r.0).collect::<Vec<f64>>());
+    let wall = Spread::of(&mut reference.iter().map(|r| r.1).collect::<Vec<f64>>());
     println!();
     println!("| reference (no RPC), same run | median (min–max) |");
     println!("|---|---|");
-    println!("| the create session's objects received from a pipe and put in place: CPU seconds | {} ({}–{}) |", fmt(cpu_med), fmt(cpu[0]), fmt(cpu[cpu.len() - 1]));
-    println!("| the same: wall seconds | {} ({}–{}) |", fmt(wall_med), fmt(wall[0]), fmt(wall[wall.len() - 1]));
+    println!("| the create session's objects received from a pipe and put in place: CPU seconds | {cpu} |");
+    println!("| the same: wall seconds | {wall} |");
     for (si, (l, _)) in servers.iter().enumerate() {
         let server_cpu = samples[si].get_mut("create_server_cpu_s").map(|v| median(v)).unwrap_or(f64::NAN);
-        println!("| {l}: create server CPU / reference CPU | {} |", fmt(server_cpu / cpu_med));
+        println!("| {l}: create server CPU / reference CPU | {} |", fmt(server_cpu / cpu.median));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
