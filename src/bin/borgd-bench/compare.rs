@@ -6,10 +6,11 @@
 //! running: `compare record` backs a source up once through borgd with the client's stream
 //! recorded (and its pace, see `pace`); `compare run` replays it into each server — into a fresh
 //! copy of the repository as it was before the backup — as fast as the server reads, at the
-//! client's recorded pace (`--paced`), or one request every N µs (`--gap-us N`). Servers
-//! alternate from one repetition to the next, and the figure that decides is paired: each
-//! server's CPU over the first server's in the same repetition, whose median and how many of
-//! them are below 1 it prints. On this machine 20 pairs resolve 3–5% (docs/BENCHMARKS.md).
+//! client's recorded pace (`--paced`), or one request every N µs (`--gap-us N`); `--reps` counted
+//! repetitions (10 unless given) after `--warmup` ones that are not (2). Servers alternate from
+//! one repetition to the next, and the figure that decides is paired: each server's CPU over the
+//! first server's in the same repetition, whose median and how many of them are below 1 it
+//! prints. On this machine 20 pairs resolve 3–5% (docs/BENCHMARKS.md).
 //!
 //! Layout of a recording directory DIR: `create.stream` and `create.stream.pace` (the client's
 //! requests and when they arrived), `repo-before` (the repository before the backup),
@@ -69,6 +70,9 @@ fn record(args: &[String]) -> Res<()> {
         Some(s) => PathBuf::from(s),
         None => me.with_file_name("borgd"),
     };
+    if !server.is_file() {
+        return Err(format!("{}: no such server executable (give --server EXECUTABLE)", server.display()));
+    }
     let dir = Path::new(dir.as_str());
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -126,6 +130,7 @@ fn run(args: &[String]) -> Res<()> {
         Feed::Gap(g) => (Some(pace::per_message(&data, g).map_err(|e| format!("{}: {e}", stream.display()))?), format!("one request every {} µs", g.as_micros())),
     };
     drop(data);
+    // (the pieces to feed, if any, are handed to each replay as `pieces`)
     let rec = Recording { stream, pace: Vec::new(), before, repo: dir.join("repo"), objects: count_objects(&recorded) };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // measure's lines of this run, one file per server (the warm-up's apart)
