@@ -191,7 +191,7 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         for row in ["server CPU s", "waits", "peak memory MiB"] {
             assert!(figure(&stdout, row) > 0.0, "{feed:?}: {row} is not positive:\n{stdout}");
         }
-        let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's, paired")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
-        assert!(paired.ends_with(" of 2) |"), "{feed:?}: {paired}");
+        let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's in the same repetition")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
+        assert!(paired.ends_with(" of 2 |"), "{feed:?}: {paired}");
     }
 }

@@ -9,8 +9,8 @@
 //! client's recorded pace (`--paced`), or one request every N µs (`--gap-us N`); `--reps` counted
 //! repetitions (10 unless given) after `--warmup` ones that are not (2). Servers alternate from
 //! one repetition to the next, and the figure that decides is paired: each server's CPU over the
-//! first server's in the same repetition, whose median and how many of them are below 1 it
-//! prints. On this machine 20 pairs resolve 3–5% (docs/BENCHMARKS.md).
+//! first server's in the same repetition, whose median (with a 95% confidence interval) and how
+//! many of them are below 1 it prints. On this machine 20 pairs resolve 3–5% (docs/BENCHMARKS.md).
 //!
 //! Layout of a recording directory DIR: `create.stream` and `create.stream.pace` (the client's
 //! requests and when they arrived), `repo-before` (the repository before the backup),
@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, fmt, median, opt, pace, parse_servers, replay_session, repetition, Client, Recording, Res, Session, Spread};
+use super::{copy_tree, count, count_objects, opt, pace, parse_servers, replay_session, repetition, Client, Recording, Res, Session, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -179,20 +179,21 @@ fn print_comparison(title: &str, servers: &[(String, Vec<String>)], sessions: &[
         println!();
     }
     let first = &servers[0].0;
-    print!("| server CPU / {first}'s, paired: median (lower in) |");
+    print!("| server CPU / {first}'s in the same repetition: median (min–max; 95% CI), lower in |");
     print!(" — |");
     for s in &sessions[1..] {
-        let (m, lower, n) = paired(&sessions[0], s);
-        print!(" {} ({lower} of {n}) |", fmt(m));
+        let (ratios, lower, n) = paired(&sessions[0], s);
+        print!(" {}, {lower} of {n} |", ratios.with_ci());
     }
     println!();
 }
 
-/// The median of `b`'s CPU over `a`'s, repetition by repetition, and in how many `b` was lower.
-fn paired(a: &[Session], b: &[Session]) -> (f64, usize, usize) {
+/// `b`'s CPU over `a`'s, repetition by repetition, and in how many `b` was lower. A change is
+/// real where the interval excludes 1.
+fn paired(a: &[Session], b: &[Session]) -> (Spread, usize, usize) {
     let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| b.cpu_s / a.cpu_s).collect();
     let lower = r.iter().filter(|&&x| x < 1.0).count();
-    (median(&mut r), lower, r.len())
+    (Spread::of(&mut r), lower, r.len())
 }
 
 #[cfg(test)]
@@ -208,10 +209,11 @@ mod tests {
         // b is 10% cheaper in every repetition
         let a: Vec<Session> = [1.0, 2.0, 3.0].map(session).to_vec();
         let b: Vec<Session> = [0.9, 1.8, 2.7].map(session).to_vec();
-        let (m, lower, n) = paired(&a, &b);
-        assert!((m - 0.9).abs() < 1e-9, "{m}");
+        let (r, lower, n) = paired(&a, &b);
+        assert!((r.median - 0.9).abs() < 1e-9 && (r.max - 0.9).abs() < 1e-9, "{r:?}");
         assert_eq!((lower, n), (3, 3));
-        assert_eq!(paired(&a, &a), (1.0, 0, 3));
+        let (same, lower, _) = paired(&a, &a);
+        assert_eq!((same.median, lower), (1.0, 0));
     }
 
     #[test]

@@ -50,6 +50,9 @@ use borgd::testdata::noise;
 mod compare;
 mod pace;
 mod replay;
+mod stats;
+
+use stats::{fmt, median, Spread};
 
 type Res<T> = Result<T, String>;
 
@@ -561,52 +564,6 @@ fn reference_loop(dir: &Path, n: usize, size: usize, seed_base: u64, placing: Pl
         }
     }
     Ok((n as f64 / t.elapsed().as_secs_f64(), (self_cpu() - cpu0).as_secs_f64()))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn fmt(x: f64) -> String {
-    if x.is_nan() {
-        "-".into()
-    } else if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.4}")
-    }
-}
-
-/// A sample's median and range: how every figure is reported, as `median (min–max)`.
-#[derive(Debug, Clone, Copy)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    /// Of the sample `v` (sorted in place; all NaN if it is empty).
-    fn of(v: &mut [f64]) -> Spread {
-        let median = median(v);
-        Spread { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN) }
-    }
-}
-
-impl std::fmt::Display for Spread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}–{})", fmt(self.median), fmt(self.min), fmt(self.max))
-    }
 }
 
 /// The header of a results table: one column per server, then each one's ratio to the last.
@@ -1291,7 +1248,7 @@ fn e2e(args: &[String]) -> Res<()> {
     }
     if last > 0 {
         println!();
-        print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max) |", servers[last].0);
+        print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
         for (l, _) in &servers[..last] {
             print!(" {l} |");
         }
@@ -1300,7 +1257,7 @@ fn e2e(args: &[String]) -> Res<()> {
         for (m, ratios) in &paired {
             print!("| {m} |");
             for spread in ratios {
-                print!(" {spread} |");
+                print!(" {} |", spread.with_ci());
             }
             println!();
         }
