@@ -109,6 +109,10 @@ fn run(args: &[String]) -> Res<()> {
     if servers.is_empty() {
         return Err(USAGE.into());
     }
+    // each label names its measurement file and its column
+    if let Some((l, _)) = servers.iter().enumerate().find_map(|(i, (l, _))| servers[..i].iter().find(|(m, _)| m == l)) {
+        return Err(format!("two servers labelled {l:?}: give each its own LABEL::"));
+    }
     let reps = count(args, "--reps", 10)?.max(1);
     let warmup = count(args, "--warmup", WARMUP)?;
     let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
