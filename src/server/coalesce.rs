@@ -206,7 +206,7 @@ mod tests {
     const NAP: Duration = Duration::from_millis(1);
 
     /// A pipe's capacity, as `F_GETPIPE_SZ` gives borgd's stdin.
-    const PIPE: usize = 1 << 20;
+    const PIPE: usize = crate::server::PIPE_SIZE;
 
     /// A coalescer with nap `base` that has just handled a put which emptied its input: its
     /// next `before_read` decides the first nap.

@@ -242,6 +242,11 @@ fn stream_put<R: Read>(session: &mut Session, out: &SharedOutput, reader: &mut F
     Ok(true)
 }
 
+/// The size borgd makes its stdin and stdout pipes (the kernel's limit for unprivileged
+/// processes): larger pipes mean fewer context switches per large object. The benchmark sizes its
+/// own pipes to match, so a recorder or a feeder between client and server changes nothing.
+pub const PIPE_SIZE: usize = 1 << 20;
+
 /// Serves one client on this process's stdin/stdout (the ssh case).
 ///
 /// The descriptors are used unbuffered by Rust's std (whose stdout is line-buffered): we do our
@@ -251,10 +256,10 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
     let stdin = dup(io::stdin().as_fd())?;
     let stdout = dup(io::stdout().as_fd())?;
     for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
-        // larger pipes (if these are pipes) mean fewer context switches per 64 KiB object;
-        // failure (not a pipe, over the system limit) just keeps the default.
+        // (if these are pipes) see PIPE_SIZE; failure (not a pipe, over the system limit) just
+        // keeps the default.
         // SAFETY: fcntl on a valid descriptor we own.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
     }
     // what the client can send before it blocks, for judging naps (see `coalesce`)
     // SAFETY: fcntl on a valid descriptor we own; -1 (not a pipe) is handled.

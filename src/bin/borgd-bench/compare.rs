@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, opt, pace, parse_servers, replay_session, repetition, Client, Recording, Res, Session, Spread};
+use super::{copy_tree, count, count_objects, opt, pace, parse_servers, positional, replay_session, repetition, Client, Recording, Res, Session, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -36,23 +36,6 @@ pub fn main(args: &[String]) -> Res<()> {
         Some("run") => run(&args[1..]),
         _ => Err(USAGE.into()),
     }
-}
-
-/// The words of `args` that are not options (`--name value`, or a bare `flags` entry).
-fn positional<'a>(args: &'a [String], flags: &[&str]) -> Vec<&'a String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if flags.contains(&args[i].as_str()) {
-            i += 1;
-        } else if args[i].starts_with("--") {
-            i += 2;
-        } else {
-            out.push(&args[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// `compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...`: a new repository in
@@ -133,9 +116,7 @@ fn run(args: &[String]) -> Res<()> {
         Feed::Paced => (Some(pace::load(&stream, data.len())?), "at the client's pace".to_string()),
         Feed::Gap(g) => (Some(pace::per_message(&data, g).map_err(|e| format!("{}: {e}", stream.display()))?), format!("one request every {} µs", g.as_micros())),
     };
-    drop(data);
-    // (the pieces to feed, if any, are handed to each replay as `pieces`)
-    let rec = Recording { stream, pace: Vec::new(), before, repo: dir.join("repo"), objects: count_objects(&recorded) };
+    let rec = Recording { stream: data, before, repo: dir.join("repo"), objects: count_objects(&recorded) };
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     // measure's lines of this run, one file per server (the warm-up's apart)
     let outs: Vec<PathBuf> = servers.iter().map(|(l, _)| dir.join(format!("{l}.jsonl"))).collect();
@@ -218,11 +199,5 @@ mod tests {
         assert_eq!((lower, n), (3, 3));
         let (same, lower, _) = paired(&a, &a);
         assert_eq!((same.median, lower), (1.0, 0));
-    }
-
-    #[test]
-    fn positional_words_skip_options_and_their_values() {
-        let args: Vec<String> = ["DIR", "--reps", "3", "--paced", "--server", "a::x", "more"].map(String::from).to_vec();
-        assert_eq!(positional(&args, &["--paced"]), ["DIR", "more"]);
     }
 }

@@ -607,6 +607,23 @@ fn opt(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// The words of `args` that are not options (`--name value`, or a bare `flags` entry).
+fn positional<'a>(args: &'a [String], flags: &[&str]) -> Vec<&'a String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if flags.contains(&args[i].as_str()) {
+            i += 1;
+        } else if args[i].starts_with("--") {
+            i += 2;
+        } else {
+            out.push(&args[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Repetition `rep` of a run with `warmup` uncounted ones first: its label, and whether it counts.
 fn repetition(rep: usize, warmup: usize) -> (String, bool) {
     if rep < warmup {
@@ -885,7 +902,7 @@ fn measure(args: &[String]) -> Res<i32> {
 fn feed(args: &[String]) -> Res<i32> {
     let paced = args.iter().any(|a| a == "--paced");
     let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
-    let files: Vec<&String> = args.iter().enumerate().filter(|&(i, a)| a != "--gap-us" && a != "--paced" && (i == 0 || args[i - 1] != "--gap-us")).map(|(_, a)| a).collect();
+    let files = positional(args, &["--paced"]);
     let ([path], false) = (files.as_slice(), paced == gap.is_some()) else { return Err("feed needs --gap-us N or --paced, and one FILE".into()) };
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
     // the descriptor itself: `Stdout` would split a message at its newline bytes
@@ -914,7 +931,7 @@ fn tap(args: &[String]) -> Res<i32> {
         // pipes as large as the server makes its own, so the client can get as far ahead as
         // without the tap (not a pipe: nothing to do)
         // SAFETY: fcntl on a valid descriptor we own.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_SETPIPE_SZ, 1 << 20) };
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_SETPIPE_SZ, borgd::server::PIPE_SIZE as libc::c_int) };
     }
     pace::tap(input, output, Path::new(path))?;
     Ok(0)
@@ -974,12 +991,11 @@ fn read_measurements(path: &Path) -> Vec<Session> {
 }
 
 /// One real `create` session kept for replaying (see [`replay_session`]): the client's request
-/// stream as the first server received it, the repository as it was before the backup, where
-/// the stream expects it, and how many objects the backup stored.
+/// stream as the first server received it (read once, fed from memory to every replay), the
+/// repository as it was before the backup, where the stream expects it, and how many objects
+/// the backup stored.
 struct Recording {
-    stream: PathBuf,
-    /// When each piece of the stream arrived from the client (see `pace`).
-    pace: Vec<pace::Piece>,
+    stream: Vec<u8>,
     before: PathBuf,
     repo: PathBuf,
     objects: usize,
@@ -1014,8 +1030,6 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         std::fs::rename(&rec.repo, aside).map_err(|e| format!("{}: {e}", rec.repo.display()))?;
     }
     copy_tree(&rec.before, &rec.repo)?;
-    // a paced feed needs the stream in memory: read before the server starts, not while it waits
-    let paced = pace.map(|pieces| std::fs::read(&rec.stream).map(|data| (data, pieces))).transpose().map_err(|e| format!("{}: {e}", rec.stream.display()))?;
     settle();
     let mut child = Command::new(me)
         .args(["measure", "--out"])
@@ -1029,9 +1043,9 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         .spawn()
         .map_err(|e| format!("{}: {e}", cmd[0]))?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
-    let fed = match &paced {
-        None => std::fs::File::open(&rec.stream).and_then(|mut stream| std::io::copy(&mut stream, &mut stdin)).map(|_| ()),
-        Some((data, pieces)) => pace::feed_paced(data, pieces, &mut stdin),
+    let fed = match pace {
+        None => stdin.write_all(&rec.stream),
+        Some(pieces) => pace::feed_paced(&rec.stream, pieces, &mut stdin),
     };
     drop(stdin);
     let st = child.wait().map_err(|e| e.to_string())?;
@@ -1137,7 +1151,8 @@ fn e2e(args: &[String]) -> Res<()> {
     let mut reference: Vec<(f64, f64)> = Vec::new();
     // the first repetition's first server's create session, recorded for the replays
     let rec_dir = root.join("recording");
-    let mut recording: Option<Recording> = None;
+    // and when each piece of it arrived (see `pace`)
+    let mut recording: Option<(Recording, Vec<pace::Piece>)> = None;
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
         let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
@@ -1163,9 +1178,9 @@ fn e2e(args: &[String]) -> Res<()> {
             let extract = borg_run(&["extract", "bench"], &out, None)?;
             if record {
                 let repo = dir.join("repo");
-                let len = std::fs::metadata(&stream).map_err(|e| format!("{}: {e}", stream.display()))?.len() as usize;
-                let pace = pace::load(&stream, len)?;
-                recording = Some(Recording { stream, pace, before: rec_dir.join("repo-before"), objects: count_objects(&repo), repo });
+                let data = std::fs::read(&stream).map_err(|e| format!("{}: {e}", stream.display()))?;
+                let pace = pace::load(&stream, data.len())?;
+                recording = Some((Recording { stream: data, before: rec_dir.join("repo-before"), objects: count_objects(&repo), repo }, pace));
             }
             let same = Command::new("diff").arg("-rq").arg(&src).arg(out.join(src.strip_prefix("/").unwrap_or(&src))).status().map_err(|e| e.to_string())?;
             if !same.success() {
@@ -1202,12 +1217,12 @@ fn e2e(args: &[String]) -> Res<()> {
         if keep {
             reference.push((cpu, wall));
         }
-        let Some(rec) = &recording else { return Err("no create session was recorded".into()) };
+        let Some((rec, rec_pace)) = &recording else { return Err("no create session was recorded".into()) };
         for &si in &order {
             let (label, cmd) = &servers[si];
             let dir = root.join(format!("rep{rep}-s{si}"));
             let r = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"), None)?;
-            let p = replay_session(&me, rec, cmd, &dir.join("paced.jsonl"), &dir.join("paced"), Some(&rec.pace))?;
+            let p = replay_session(&me, rec, cmd, &dir.join("paced.jsonl"), &dir.join("paced"), Some(rec_pace))?;
             eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {:.2} s; at its pace {:.2} s", r.cpu_s, p.cpu_s);
             if keep {
                 let s = &mut samples[si];
@@ -1294,5 +1309,16 @@ fn main() {
             eprintln!("borgd-bench: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_words_skip_options_and_their_values() {
+        let args: Vec<String> = ["DIR", "--reps", "3", "--paced", "--server", "a::x", "more"].map(String::from).to_vec();
+        assert_eq!(positional(&args, &["--paced"]), ["DIR", "more"]);
     }
 }
