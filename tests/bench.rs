@@ -160,7 +160,8 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 /// `compare` (docs/BENCHMARKS.md, "Commands"): a small backup by the real borg client through
 /// borgd is recorded once, then replayed into two servers as fast as they read, at the client's
 /// pace and one request at a time, each replay checked to store every object the backup stored;
-/// the table reports each server's figures and its CPU against the first server's, pair by pair.
+/// the table reports each server's figures and its CPU against the first server's, pair by pair;
+/// servers run beside a neighbour and stop it; a run the disk cannot hold is refused up front.
 #[test]
 fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
@@ -194,4 +195,27 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's in the same repetition")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
         assert!(paired.ends_with(" of 2 |"), "{feed:?}: {paired}");
     }
+    // servers beside a neighbour (scripts/beside.sh): each replay runs, and no neighbour outlives
+    // its server
+    let beside = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/beside.sh");
+    let servers = [format!("none::{beside} none {}", env!("CARGO_BIN_EXE_borgd")), format!("stream::{beside} stream:1 {}", env!("CARGO_BIN_EXE_borgd"))];
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .env("BORGD_BENCH", env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["compare", "run", rec.to_str().unwrap(), "--reps", "1", "--warmup", "0", "--server", &servers[0], "--server", &servers[1]])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "compare run beside a neighbour failed:\n{stderr}");
+    assert!(stdout.contains("| server CPU / none's in the same repetition"), "{stdout}");
+    let left = Command::new("pgrep").args(["-f", "borgd-bench neighbour stream:1"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a neighbour outlived its server: {}", String::from_utf8_lossy(&left.stdout));
+    // every replay leaves its repository behind: a run the file system cannot hold is refused
+    // before the first replay, not failed in the middle
+    let replays = std::fs::read_dir(&rec).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("replayed-")).count();
+    // (a server that would fail at once, so that a run not refused fails here fast)
+    let out = bench(["run", rec.to_str().unwrap(), "--reps", "100000000", "--server", "f::/bin/false"].map(Into::into).into());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not enough room"), "a run too large for the disk was not refused:\n{stderr}");
+    let after = std::fs::read_dir(&rec).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("replayed-")).count();
+    assert_eq!(after, replays, "the refused run replayed");
 }

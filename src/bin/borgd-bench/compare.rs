@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, opt, pace, parse_servers, positional, replay_session, repetition, Client, Recording, Res, Session, Spread};
+use super::{copy_tree, count, count_objects, ensure_space, opt, pace, parse_servers, positional, replay_session, repetition, Client, Recording, Res, Session, Space, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -110,6 +110,10 @@ fn run(args: &[String]) -> Res<()> {
     if !stream.is_file() || !before.is_dir() || !recorded.is_dir() {
         return Err(format!("nothing recorded in {} (compare record first)", dir.display()));
     }
+    // every replay leaves its repository behind (deleting one would slow the next run's file
+    // creation): refuse a run that cannot finish rather than fail in the middle of it
+    let replays = (servers.len() * (warmup + reps)) as u64;
+    ensure_space(&dir, Space::of_tree(&recorded)?.times(replays))?;
     let data = std::fs::read(&stream).map_err(|e| format!("{}: {e}", stream.display()))?;
     let (pieces, how) = match feed {
         Feed::AtOnce => (None, "as fast as the server reads".to_string()),

@@ -10,6 +10,7 @@
 //! borgd-bench tap FILE                      (stdin to stdout, recording the stream and its pace)
 //! borgd-bench compare record DIR --borg CLIENT SOURCE...   (one backup through borgd, recorded)
 //! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
+//! borgd-bench neighbour spin | stream:MIB | stream-nt:MIB  (keeps a CPU busy, for scripts/beside.sh)
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
@@ -48,6 +49,7 @@ use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
 
 mod compare;
+mod neighbour;
 mod pace;
 mod replay;
 mod stats;
@@ -691,6 +693,18 @@ impl Space {
         Space { bytes: data_bytes * 8 / 10 + (16 << 20), inodes: files + DATA_DIRS / 4 }
     }
 
+    /// What a copy of the tree at `dir` takes: its files rounded up to whole blocks, a block per
+    /// directory, an inode each (what every `compare` replay leaves behind).
+    fn of_tree(dir: &Path) -> Res<Space> {
+        let mut total = Space { bytes: BLOCK, inodes: 1 };
+        for e in std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let md = e.metadata().map_err(|err| format!("{}: {err}", e.path().display()))?;
+            total = total.plus(if md.is_dir() { Space::of_tree(&e.path())? } else { Space { bytes: md.len().div_ceil(BLOCK) * BLOCK, inodes: 1 } });
+        }
+        Ok(total)
+    }
+
     fn times(self, n: u64) -> Space {
         Space { bytes: self.bytes * n, inodes: self.inodes * n }
     }
@@ -731,7 +745,7 @@ fn ensure_space(dir: &Path, need: Space) -> Res<()> {
     let inodes_short = free.inodes > 0 && free.inodes < need.inodes;
     if free.bytes < need.bytes || inodes_short {
         return Err(format!(
-            "not enough room in {}: about {:.1} GB and {} inodes needed, {:.1} GB and {} free (choose another --workdir, or fewer --reps / --warmup)",
+            "not enough room in {}: about {:.1} GB and {} inodes needed, {:.1} GB and {} free (choose another file system, or fewer --reps / --warmup)",
             dir.display(),
             gb(need.bytes),
             need.inodes,
@@ -1301,7 +1315,8 @@ fn main() {
         Some("tap") => tap(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE".into()),
+        Some("neighbour") => neighbour::main(&args[1..]),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
