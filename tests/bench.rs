@@ -211,11 +211,11 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     assert!(left.stdout.is_empty(), "a neighbour outlived its server: {}", String::from_utf8_lossy(&left.stdout));
     // every replay leaves its repository behind: a run the file system cannot hold is refused
     // before the first replay, not failed in the middle
-    let replays = std::fs::read_dir(&rec).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("replayed-")).count();
+    let replays = || std::fs::read_dir(&rec).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("replayed-")).count();
+    let before = replays();
     // (a server that would fail at once, so that a run not refused fails here fast)
     let out = bench(["run", rec.to_str().unwrap(), "--reps", "100000000", "--server", "f::/bin/false"].map(Into::into).into());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("not enough room"), "a run too large for the disk was not refused:\n{stderr}");
-    let after = std::fs::read_dir(&rec).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("replayed-")).count();
-    assert_eq!(after, replays, "the refused run replayed");
+    assert_eq!(replays(), before, "the refused run replayed");
 }

@@ -247,6 +247,13 @@ fn stream_put<R: Read>(session: &mut Session, out: &SharedOutput, reader: &mut F
 /// own pipes to match, so a recorder or a feeder between client and server changes nothing.
 pub const PIPE_SIZE: usize = 1 << 20;
 
+/// Makes `fd` a [`PIPE_SIZE`] pipe if it is a pipe; failure (not a pipe, over the system limit)
+/// keeps what it had. One place for the server's own descriptors and the benchmark's.
+pub fn enlarge_pipe(fd: impl AsFd) {
+    // SAFETY: fcntl on a descriptor the caller holds open.
+    unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+}
+
 /// Serves one client on this process's stdin/stdout (the ssh case).
 ///
 /// The descriptors are used unbuffered by Rust's std (whose stdout is line-buffered): we do our
@@ -255,12 +262,8 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from).map_err(ServeError::Write);
     let stdin = dup(io::stdin().as_fd())?;
     let stdout = dup(io::stdout().as_fd())?;
-    for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
-        // (if these are pipes) see PIPE_SIZE; failure (not a pipe, over the system limit) just
-        // keeps the default.
-        // SAFETY: fcntl on a valid descriptor we own.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-    }
+    enlarge_pipe(&stdin);
+    enlarge_pipe(&stdout);
     // what the client can send before it blocks, for judging naps (see `coalesce`)
     // SAFETY: fcntl on a valid descriptor we own; -1 (not a pipe) is handled.
     let capacity = usize::try_from(unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) }).ok().filter(|&c| c > 0);

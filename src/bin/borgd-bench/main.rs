@@ -941,12 +941,10 @@ fn tap(args: &[String]) -> Res<i32> {
     let [path] = args else { return Err("tap needs one FILE".into()) };
     let input = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdin()), "stdin")?;
     let output = stdio_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), "stdout")?;
-    for f in [&input, &output] {
-        // pipes as large as the server makes its own, so the client can get as far ahead as
-        // without the tap (not a pipe: nothing to do)
-        // SAFETY: fcntl on a valid descriptor we own.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(f), libc::F_SETPIPE_SZ, borgd::server::PIPE_SIZE as libc::c_int) };
-    }
+    // pipes as large as the server makes its own, so the client can get as far ahead as without
+    // the tap
+    borgd::server::enlarge_pipe(&input);
+    borgd::server::enlarge_pipe(&output);
     pace::tap(input, output, Path::new(path))?;
     Ok(0)
 }

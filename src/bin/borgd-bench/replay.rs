@@ -146,9 +146,8 @@ pub fn replay(objects: &[StoredObject], dst: &Path) -> Res<(f64, f64)> {
     }
     // SAFETY: two fresh descriptors nobody else owns.
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // as borgd enlarges its stdin pipe (failure keeps the default)
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(rx.as_raw_fd(), libc::F_SETPIPE_SZ, borgd::server::PIPE_SIZE as libc::c_int) };
+    // as borgd enlarges its stdin pipe
+    borgd::server::enlarge_pipe(&rx);
     let mut rx = std::fs::File::from(rx);
     let mut tx = std::fs::File::from(tx);
     std::fs::create_dir_all(dst.join("data")).map_err(|e| format!("{}: {e}", dst.display()))?;
