@@ -80,6 +80,11 @@ impl<R: Read + AsRawFd> Interruptible<R> {
     pub fn new(inner: R) -> Interruptible<R> {
         Interruptible { inner }
     }
+
+    /// The wrapped reader, for reads that never block (they need no interrupting).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
 }
 
 impl<R: Read + AsRawFd> Read for Interruptible<R> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::log::{Level, Log};
 use crate::output::{Output, SharedOutput};
-use crate::rpc::frame::{FrameError, FrameReader};
+use crate::rpc::frame::{FrameError, FrameReader, Input};
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, msgpack, Body, Request, RequestError};
 pub use session::{Config, Session};
@@ -72,7 +72,7 @@ fn write_answer(out: &SharedOutput, header: &[u8], body: Body<'_>) -> io::Result
 /// Serves one client over `input`/`output` until the stream ends or `stop` is set;
 /// `input_capacity`: how much the client can send before it blocks (a pipe's size), if known,
 /// for judging the coalescer's naps (see [`coalesce`]).
-pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
+pub fn serve_stream<R: Input, W: Write + AsRawFd + Send + 'static>(
     cfg: Arc<Config>,
     logcfg: &LogConfig,
     input: R,
@@ -85,7 +85,7 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
     let mut session = Session::new(cfg.clone(), log, thread);
-    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message), input_capacity, stop) {
+    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message).streaming(STREAM_FROM), input_capacity, stop) {
         // whatever failed while a termination signal was being handled: it is the signal
         Err(_) if stop.load(Ordering::Relaxed) => Err(ServeError::Stopped),
         r => r,
@@ -99,7 +99,7 @@ pub fn serve_stream<R: Read, W: Write + AsRawFd + Send + 'static>(
     result
 }
 
-fn run<R: Read>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, input_capacity: Option<usize>, stop: &AtomicBool) -> Result<(), ServeError> {
+fn run<R: Input>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, input_capacity: Option<usize>, stop: &AtomicBool) -> Result<(), ServeError> {
     let mut header = Vec::with_capacity(256);
     // started at the first put they can take; dropped (finishing their puts) when this returns
     let mut writers: Option<PutWriters> = None;
@@ -225,7 +225,7 @@ const STREAM_FROM: usize = crate::store::DIRECT_FROM as usize;
 /// If the message being received is a `put` whose data header has arrived, handles it now,
 /// streaming the data from the connection to disk instead of buffering it whole (chunks are up to
 /// 20 MiB; memory stays flat). Returns whether it did; otherwise the message is buffered as usual.
-fn stream_put<R: Read>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<bool, ServeError> {
+fn stream_put<R: Input>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<bool, ServeError> {
     let Some((bin_start, bin_end, len)) = msgpack::trailing_bin(reader.pending()) else { return Ok(false) };
     // the request with an empty binary in place of the data: parse it as usual
     let mut stub = reader.pending()[..bin_start].to_vec();
@@ -254,6 +254,29 @@ pub fn enlarge_pipe(fd: impl AsFd) {
     unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
 }
 
+/// Reads what has already arrived on `fd` without waiting (`WouldBlock` when nothing has), for
+/// the frame reader's reads split at message boundaries ([`FrameReader::streaming`]): a pipe or
+/// a socket, with `RWF_NOWAIT`. Where the kernel refuses that (another error), the reader stops
+/// splitting its reads.
+pub fn read_nowait(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: a descriptor its owner holds open; one iovec over `buf`, which outlives the call;
+    // offset -1 is the current position (the only one a pipe or socket has).
+    let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// stdin in stdio mode.
+impl<R: Read + AsRawFd> Input for crate::signals::Interruptible<R> {
+    fn reads_arrived(&self) -> bool {
+        true
+    }
+
+    fn read_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_nowait(self.get_ref(), buf)
+    }
+}
+
 /// Serves one client on this process's stdin/stdout (the ssh case).
 ///
 /// The descriptors are used unbuffered by Rust's std (whose stdout is line-buffered): we do our
@@ -268,4 +291,23 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
     // SAFETY: fcntl on a valid descriptor we own; -1 (not a pipe) is handled.
     let capacity = usize::try_from(unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) }).ok().filter(|&c| c > 0);
     serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), capacity, stdout, 0, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_without_waiting_take_what_arrived_and_never_block() {
+        let (mut rx, mut tx) = io::pipe().unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(read_nowait(&rx, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        tx.write_all(b"0123456789").unwrap();
+        assert_eq!(read_nowait(&rx, &mut buf).unwrap(), 10);
+        assert_eq!(&buf[..10], b"0123456789");
+        assert_eq!(read_nowait(&rx, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(tx);
+        assert_eq!(read_nowait(&rx, &mut buf).unwrap(), 0); // end of stream
+        assert_eq!(rx.read(&mut buf).unwrap(), 0);
+    }
 }

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{serve_stream, Config, LogConfig, ServeError};
-use crate::rpc::frame::FrameReader;
+use super::{read_nowait, serve_stream, Config, LogConfig, ServeError};
+use crate::rpc::frame::{FrameReader, Input};
 use crate::rpc::msgpack;
 use crate::rpc::wire::{encode_exception, Exception};
 use crate::rpc::{encode_reply, Reply, Request};
@@ -114,6 +114,17 @@ fn bind(path: &Path) -> Result<(UnixListener, Files), SocketError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770)).map_err(|e| io_err("chmod", e))?;
     std::fs::write(&pid, std::process::id().to_string()).map_err(|e| SocketError::Io { op: "write PID file", path: pid, source: e })?;
     Ok((listener, files))
+}
+
+/// A connection's input.
+impl Input for UnixStream {
+    fn reads_arrived(&self) -> bool {
+        true
+    }
+
+    fn read_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        read_nowait(self, buf)
+    }
 }
 
 /// Answers the requests of a connection we cannot serve with an error (and its `close` with
