@@ -268,4 +268,15 @@ mod tests {
         drop(files);
         assert!(!p.exists() && !dir.path().join("s.pid").exists());
     }
+
+    #[test]
+    fn a_connection_hands_over_what_arrived_without_waiting() {
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        assert!(ours.reads_arrived());
+        let mut buf = [0u8; 16];
+        assert_eq!(ours.read_arrived(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        theirs.write_all(b"put").unwrap();
+        assert_eq!(ours.read_arrived(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"put");
+    }
 }
