@@ -348,13 +348,13 @@ mod tests {
             assert_eq!(n, 10_003);
             r.consume(n);
         }
-        // the large message's head came with that read (it was not at a boundary): stream it
+        // three messages ahead, the large one's head came with that read: stream the rest
         assert!(r.buffered_frame().unwrap().is_none());
         assert!(r.needed() >= 512 * 1024);
         let mut p = r.payload(5, 600_000);
         std::io::copy(&mut p, &mut std::io::sink()).unwrap();
         p.finish().unwrap();
-        // at the boundary after it: a probe, then the rest without waiting (nothing left)
+        // at the boundary after it: a probe, which empties the pipe (so no second read)
         r.inner.reads.clear();
         assert!(r.fill().unwrap());
         assert_eq!(r.inner.reads, vec![("read", 12)]);
