@@ -219,3 +219,42 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     assert!(!out.status.success() && stderr.contains("not enough room"), "a run too large for the disk was not refused:\n{stderr}");
     assert_eq!(replays(), before, "the refused run replayed");
 }
+
+/// `clients` (docs/BENCHMARKS.md, "Many clients at once") runs its sessions at once through a
+/// socket-mode borgd: every session's repository holds its objects afterwards, the figures are
+/// reported, the server is stopped, and a server that cannot listen is an error, not a hang.
+#[test]
+fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let server = format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["clients", "--clients", "3", "--puts", "200", "--reps", "1", "--warmup", "0", "--server", &server, "--workdir"])
+        .arg(&work)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench failed:\n{stderr}");
+    for row in ["wall_s", "puts_per_s", "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"] {
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    let objects = |repo: &std::path::Path| -> usize {
+        fn walk(d: &std::path::Path) -> usize {
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
+        }
+        walk(&repo.join("data"))
+    };
+    for c in 0..3 {
+        assert_eq!(objects(&work.join(format!("rep0-s0/repo{c}"))), 200, "session {c}");
+    }
+    // the server was stopped: its socket file is gone (borgd removes it on SIGTERM)
+    assert!(!work.join("rep0-s0/server.sock").exists());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["clients", "--clients", "1", "--puts", "1", "--reps", "1", "--warmup", "0", "--server", "f::/bin/false", "--workdir"])
+        .arg(dir.path().join("f"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("before listening"), "{stderr}");
+}

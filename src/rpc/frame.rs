@@ -63,6 +63,17 @@ impl Input for &[u8] {}
 /// The benchmark's reader of a server's answers (it streams nothing).
 impl Input for std::process::ChildStdout {}
 
+/// Inputs chosen at run time (the benchmark reads servers over pipes and unix sockets alike).
+impl<T: Input + ?Sized> Input for Box<T> {
+    fn reads_arrived(&self) -> bool {
+        (**self).reads_arrived()
+    }
+
+    fn read_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_arrived(buf)
+    }
+}
+
 /// At a message boundary a reader that streams large messages first reads this much: enough
 /// for any message's header, so a large one's data stays in the stream for its destination.
 const PROBE: usize = 4096;

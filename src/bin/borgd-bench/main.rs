@@ -39,15 +39,17 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use borgd::repository::repoobj::Header;
-use borgd::rpc::frame::FrameReader;
+use borgd::rpc::frame::{FrameReader, Input};
 use borgd::rpc::msgpack::{self, Value};
 use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
 
+mod clients;
 mod compare;
 mod neighbour;
 mod pace;
@@ -58,11 +60,15 @@ use stats::{fmt, median, Spread};
 
 type Res<T> = Result<T, String>;
 
-/// A server under test, talking msgpack over its stdin/stdout.
+/// A session with a server under test, talking msgpack over its stdin/stdout (a server of its
+/// own) or over a unix-socket connection (one of a socket-mode server's sessions).
 struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    reader: FrameReader<ChildStdout>,
+    /// The server process, when the session is its stdin/stdout.
+    child: Option<Child>,
+    /// The process serving the session (for its CPU clock and peak memory).
+    pid: u32,
+    stdin: Box<dyn Write + Send>,
+    reader: FrameReader<Box<dyn Input + Send>>,
     next_id: i64,
     answer_bytes: u64,
 }
@@ -79,11 +85,19 @@ impl Server {
             .map_err(|e| format!("start {cmd:?}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        Ok(Server { child, stdin, reader: FrameReader::new(stdout, 1 << 30), next_id: 0, answer_bytes: 0 })
+        let pid = child.id();
+        Ok(Server { child: Some(child), pid, stdin: Box::new(stdin), reader: FrameReader::new(Box::new(stdout), 1 << 30), next_id: 0, answer_bytes: 0 })
+    }
+
+    /// A session with the socket-mode server `pid` listening on `socket`.
+    fn connect(socket: &Path, pid: u32) -> Res<Server> {
+        let stream = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        Ok(Server { child: None, pid, stdin: Box::new(writer), reader: FrameReader::new(Box::new(stream), 1 << 30), next_id: 0, answer_bytes: 0 })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Reads the next answer (skipping log records); returns its msgid and whether it failed.
@@ -151,13 +165,14 @@ impl Server {
         self.call("close", &[])?;
         let hwm = proc_hwm(self.pid());
         drop(self.stdin);
-        wait_rusage(&mut self.child).map(|(ru, _)| Rusage { maxrss_kib: hwm, ..ru })
+        let mut child = self.child.ok_or("a socket session has no process of its own to wait for")?;
+        wait_rusage(&mut child).map(|(ru, _)| Rusage { maxrss_kib: hwm, ..ru })
     }
 }
 
 /// Reads the next answer from a server (skipping log records): its msgid, its error if it
 /// failed, and (with `keep`) its bytes; counts answer bytes.
-fn read_answer(reader: &mut FrameReader<ChildStdout>, keep: bool, answer_bytes: &mut u64) -> Res<(i64, Option<String>, Vec<u8>)> {
+fn read_answer(reader: &mut FrameReader<Box<dyn Input + Send>>, keep: bool, answer_bytes: &mut u64) -> Res<(i64, Option<String>, Vec<u8>)> {
         loop {
             let n = loop {
                 if let Some(n) = reader.buffered_frame().map_err(|e| e.to_string())? {
@@ -1313,8 +1328,9 @@ fn main() {
         Some("tap") => tap(&args[1..]),
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
+        Some("clients") => clients::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
