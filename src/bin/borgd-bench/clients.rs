@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{count, ensure_space, fmt, leaves_used, object, opt, parse_servers, print_header, proc_cpu, proc_hwm, repetition, request, settle, Arg, Res, Run, Server, Space, Spread, BLOCK};
+use super::{count, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, repetition, request, settle, Arg, Res, Run, Server, Space, BLOCK};
 
 /// How long a server may take to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,19 +54,8 @@ pub fn main(args: &[String]) -> Res<()> {
             }
         }
     }
-    let last = servers.len() - 1;
-    print_header(&format!("{clients} sessions at once, {puts} puts of 1 KiB each (median of {reps}, min–max)"), &servers);
-    let stat = |si: usize, m: &str| Spread::of(&mut results[si].iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>());
-    for m in ["wall_s", "puts_per_s", "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"] {
-        print!("| {m} |");
-        for si in 0..servers.len() {
-            print!(" {} |", stat(si, m));
-        }
-        for si in 0..last {
-            print!(" {} |", fmt(stat(si, m).median / stat(last, m).median));
-        }
-        println!();
-    }
+    let title = format!("{clients} sessions at once, {puts} puts of 1 KiB each (median of {reps}, min–max)");
+    print_runs(&title, &servers, &results, &["wall_s", "puts_per_s", "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"]);
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
 }

@@ -597,6 +597,27 @@ fn print_header(title: &str, servers: &[(String, Vec<String>)]) {
     println!("|{}", "---|".repeat(1 + servers.len() + last));
 }
 
+/// The median (min–max) of metric `m` over one server's runs.
+fn spread(runs: &[Run], m: &str) -> Spread {
+    Spread::of(&mut runs.iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>())
+}
+
+/// A table of `metrics`: a column per server, then each server's median over the last one's.
+fn print_runs(title: &str, servers: &[(String, Vec<String>)], results: &[Vec<Run>], metrics: &[&str]) {
+    print_header(title, servers);
+    let last = servers.len() - 1;
+    for m in metrics {
+        print!("| {m} |");
+        for runs in results {
+            print!(" {} |", spread(runs, m));
+        }
+        for runs in &results[..last] {
+            print!(" {} |", fmt(spread(runs, m).median / spread(&results[last], m).median));
+        }
+        println!();
+    }
+}
+
 fn parse_servers(args: &[String]) -> Res<Vec<(String, Vec<String>)>> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -830,19 +851,8 @@ fn protocol(args: &[String]) -> Res<()> {
         }
     }
     let metrics: Vec<&'static str> = results[0][0].keys().copied().collect();
-    let last = servers.len() - 1;
-    print_header(&format!("metric (median of {reps}, min–max)"), &servers);
-    let stat = |si: usize, m: &str| Spread::of(&mut results[si].iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>());
-    for m in &metrics {
-        print!("| {m} |");
-        for si in 0..servers.len() {
-            print!(" {} |", stat(si, m));
-        }
-        for si in 0..last {
-            print!(" {} |", fmt(stat(si, m).median / stat(last, m).median));
-        }
-        println!();
-    }
+    print_runs(&format!("metric (median of {reps}, min–max)"), &servers, &results, &metrics);
+    let stat = |si: usize, m: &str| spread(&results[si], m);
     let column = |i: usize| Spread::of(&mut reference.iter().map(|r| r[i]).collect::<Vec<f64>>());
     println!();
     println!("| reference loops (no RPC), same run | median (min–max) |");
