@@ -11,6 +11,8 @@
 //! borgd-bench compare record DIR --borg CLIENT SOURCE...   (one backup through borgd, recorded)
 //! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
 //! borgd-bench neighbour spin | stream:MIB | stream-nt:MIB  (keeps a CPU busy, for scripts/beside.sh)
+//! borgd-bench clients --clients N --server 'borgd::target/release/borgd serve' --server ...
+//!                                           (N sessions at once through one socket-mode server)
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
