@@ -33,7 +33,5 @@ if [ "$kind" != none ]; then
     '' | Z*) echo "$0: neighbour $kind did not start (try: $bench neighbour $kind)" >&2; exit 2 ;;
     esac
 fi
-set +e
+# not exec'd: the EXIT trap stops the neighbour; the script ends with the server's status
 taskset -c 0 "$server" serve "$@"
-rc=$?
-exit $rc

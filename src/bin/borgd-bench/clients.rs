@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{count, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, repetition, request, settle, Arg, Res, Run, Server, Space, BLOCK};
+use super::{count, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, repetition, request, server_order, settle, Arg, Res, Run, Server, Space, BLOCK};
 
 /// How long a server may take to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,7 +40,7 @@ pub fn main(args: &[String]) -> Res<()> {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     for rep in 0..warmup + reps {
         let (label, keep) = repetition(rep, warmup);
-        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        let order = server_order(rep, servers.len());
         for &si in &order {
             let dir = root.join(format!("rep{rep}-s{si}"));
             settle();
@@ -64,7 +64,8 @@ pub fn main(args: &[String]) -> Res<()> {
 fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, window: usize) -> Res<Run> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let socket = dir.join("server.sock");
-    let log = std::fs::File::create(dir.join("server.log")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log_path = dir.join("server.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let mut child = Command::new(&cmd[0])
         .args(&cmd[1..])
         .arg(format!("--socket={}", socket.display()))
@@ -75,7 +76,7 @@ fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, win
         .spawn()
         .map_err(|e| format!("start {cmd:?}: {e}"))?;
     let pid = child.id();
-    let result = listening(&socket, &mut child).and_then(|()| {
+    let result = listening(&socket, &log_path, &mut child).and_then(|()| {
         // requests built before the clock starts; ids follow `negotiate` (1) and `open` (2)
         let batches: Vec<Vec<Vec<u8>>> = (0..clients)
             .map(|c| {
@@ -125,13 +126,13 @@ fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, win
 }
 
 /// Waits until the server accepts connections on `socket` (a first connection, closed at once),
-/// or fails with what the server said if it exits first.
-fn listening(socket: &Path, child: &mut std::process::Child) -> Res<()> {
+/// or fails with what the server said (its `log`) if it exits first.
+fn listening(socket: &Path, log: &Path, child: &mut std::process::Child) -> Res<()> {
     let started = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(socket.with_file_name("server.log")).unwrap_or_default();
-            return Err(format!("the server exited ({status}) before listening on {}: {}", socket.display(), log.trim()));
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("the server exited ({status}) before listening on {}: {}", socket.display(), said.trim()));
         }
         if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_ok() {
             return Ok(());

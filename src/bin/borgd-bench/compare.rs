@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, ensure_space, opt, pace, parse_servers, positional, replay_session, repetition, Client, Recording, Res, Session, Space, Spread};
+use super::{copy_tree, count, count_objects, ensure_space, gap_us, opt, pace, parse_servers, positional, replay_session, repetition, server_order, Client, Recording, Res, Session, Space, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -98,7 +98,7 @@ fn run(args: &[String]) -> Res<()> {
     }
     let reps = count(args, "--reps", 10)?.max(1);
     let warmup = count(args, "--warmup", WARMUP)?;
-    let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
+    let gap = gap_us(args)?;
     let feed = match (args.iter().any(|a| a == "--paced"), gap) {
         (false, None) => Feed::AtOnce,
         (true, None) => Feed::Paced,
@@ -131,7 +131,7 @@ fn run(args: &[String]) -> Res<()> {
     let mut sessions: Vec<Vec<Session>> = vec![Vec::new(); servers.len()];
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
-        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        let order = server_order(rep, servers.len());
         for si in order {
             let (label, cmd) = &servers[si];
             let out = if keep { outs[si].clone() } else { dir.join("warm-up.jsonl") };

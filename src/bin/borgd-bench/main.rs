@@ -664,6 +664,21 @@ fn positional<'a>(args: &'a [String], flags: &[&str]) -> Vec<&'a String> {
     out
 }
 
+/// The order `n` servers run in repetition `rep`: as given, then reversed, and so on, so that
+/// none is always first after a quiet spell or always last in a slowing hour.
+fn server_order(rep: usize, n: usize) -> Vec<usize> {
+    if rep.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
+/// `--gap-us N` (one request every N µs), if given.
+fn gap_us(args: &[String]) -> Res<Option<Duration>> {
+    opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()
+}
+
 /// Repetition `rep` of a run with `warmup` uncounted ones first: its label, and whether it counts.
 fn repetition(rep: usize, warmup: usize) -> (String, bool) {
     if rep < warmup {
@@ -816,7 +831,7 @@ fn protocol(args: &[String]) -> Res<()> {
         // spell (or a cache drop) pays for reading the file system's metadata back in.
         let (label, keep) = repetition(rep, warmup);
         // alternate the order of servers between repetitions
-        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        let order = server_order(rep, servers.len());
         for &si in &order {
             let dir = root.join(format!("rep{rep}-s{si}"));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -942,7 +957,7 @@ fn measure(args: &[String]) -> Res<i32> {
 /// `feed --paced FILE`: in the pieces and at the moments recorded beside it (see [`tap`]).
 fn feed(args: &[String]) -> Res<i32> {
     let paced = args.iter().any(|a| a == "--paced");
-    let gap = opt(args, "--gap-us").map(|g| g.parse::<u64>().map(Duration::from_micros).map_err(|e| format!("--gap-us: {e}"))).transpose()?;
+    let gap = gap_us(args)?;
     let files = positional(args, &["--paced"]);
     let ([path], false) = (files.as_slice(), paced == gap.is_some()) else { return Err("feed needs --gap-us N or --paced, and one FILE".into()) };
     let data = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
@@ -1194,7 +1209,7 @@ fn e2e(args: &[String]) -> Res<()> {
     let mut recording: Option<(Recording, Vec<pace::Piece>)> = None;
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
-        let order: Vec<usize> = if rep % 2 == 0 { (0..servers.len()).collect() } else { (0..servers.len()).rev().collect() };
+        let order = server_order(rep, servers.len());
         for &si in &order {
             let (label, cmd) = &servers[si];
             let dir = root.join(format!("rep{rep}-s{si}"));
