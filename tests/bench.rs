@@ -161,7 +161,9 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 /// borgd is recorded once, then replayed into two servers as fast as they read, at the client's
 /// pace and one request at a time, each replay checked to store every object the backup stored;
 /// the table reports each server's figures and its CPU against the first server's, pair by pair;
-/// servers run beside a neighbour and stop it; a run the disk cannot hold is refused up front.
+/// `clients --replay` sends it through one socket-mode borgd in two sessions at once, each into
+/// its own repository; servers run beside a neighbour and stop it; a run the disk cannot hold is
+/// refused up front.
 #[test]
 fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
@@ -195,6 +197,34 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's in the same repetition")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
         assert!(paired.ends_with(" of 2 |"), "{feed:?}: {paired}");
     }
+    // the recorded session replayed by several sessions at once through a socket-mode borgd,
+    // each into its own copy of the repository: every copy ends up with the backup's objects
+    let count = |d: &std::path::Path| -> usize {
+        fn walk(d: &std::path::Path) -> usize {
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
+        }
+        walk(&d.join("data"))
+    };
+    let recorded = count(&rec.join("repo-recorded"));
+    assert!(recorded > 3, "{recorded} objects recorded");
+    for (i, feed) in [&[][..], &["--paced"][..]].into_iter().enumerate() {
+        let work = dir.path().join(format!("clients{i}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+            .args(["clients", "--replay", rec.to_str().unwrap(), "--clients", "2", "--reps", "1", "--warmup", "0"])
+            .args(feed)
+            .args(["--server", &format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd")), "--workdir"])
+            .arg(&work)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "clients --replay {feed:?} failed:\n{stderr}");
+        for row in ["wall_s", "mb_per_s", "server_cpu_per_session_s", "peak_rss_mib"] {
+            assert!(figure(&stdout, row) > 0.0, "{feed:?}: {row} is not positive:\n{stdout}");
+        }
+        for c in 0..2 {
+            assert_eq!(count(&work.join(format!("rep0-s0/repo{c}"))), recorded, "{feed:?}: session {c}");
+        }
+    }
     // servers beside a neighbour (scripts/beside.sh): each replay runs, and no neighbour outlives
     // its server
     let beside = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/beside.sh");
@@ -222,7 +252,8 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
 
 /// `clients` (docs/BENCHMARKS.md, "Many clients at once") runs its sessions at once through a
 /// socket-mode borgd: every session's repository holds its objects afterwards, the figures are
-/// reported, the server is stopped, and a server that cannot listen is an error, not a hang.
+/// reported, the server is stopped, and a server that cannot listen is an error, not a hang; a
+/// replay without a recording, or a pace without a replay, is refused.
 #[test]
 fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,4 +288,11 @@ fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("before listening"), "{stderr}");
+
+    // a replay needs a recording; a pace needs a replay
+    for (args, says) in [(&["--replay", "/nonexistent"][..], "nothing recorded"), (&["--paced"][..], "give --replay")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).arg("clients").args(args).args(["--server", &server]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
 }

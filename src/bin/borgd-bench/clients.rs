@@ -3,39 +3,164 @@
 //! A backup host serves many clients. `borg serve --socket` serves its connections one after
 //! the other (the others wait); `borgd serve --socket` serves each in a thread of its own. This
 //! starts each server with `--socket=PATH` appended to its command, connects `--clients` sessions
-//! to it at once, and has every session open a repository of its own and put `--puts` 1 KiB
-//! objects with `--window` requests in flight, as the protocol benchmark's first phase does. It
-//! measures, from the first connection to the last session's `close`: the wall time, the
-//! server's CPU (all its threads), that per session, and the server's peak memory. All requests
-//! are built before the clock starts, servers alternate between repetitions, and the table is the
-//! median of `--reps` repetitions after `--warmup` ones (docs/BENCHMARKS.md, "Many clients at
-//! once").
+//! to it at once, and has every session work on a repository of its own: either put `--puts`
+//! 1 KiB objects with `--window` requests in flight, as the protocol benchmark's first phase
+//! does, or (`--replay DIR`) send the real `borg create` session that `compare record` recorded
+//! in DIR — into a copy of the repository as it was before that backup, as fast as the server
+//! reads or (`--paced`) at the pace the client had sent it. It measures, from the first
+//! connection to the last session's end: the wall time, the server's CPU (all its threads), that
+//! per session, and the server's peak memory; a replayed session must leave as many objects as
+//! the recorded one did. All requests are built (and repositories copied) before the clock
+//! starts, servers alternate between repetitions, and the table is the median of `--reps`
+//! repetitions after `--warmup` ones (docs/BENCHMARKS.md, "Many clients at once").
 
-use std::path::Path;
+use std::io::Write;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{count, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, repetition, request, server_order, settle, Arg, Res, Run, Server, Space, BLOCK};
+use borgd::rpc::frame::{FrameReader, Input};
+use borgd::rpc::msgpack::{self, Value};
+
+use super::pace::{self, Piece};
+use super::{copy_tree, count, count_objects, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, Arg, Res, Run, Server, Space, BLOCK};
 
 /// How long a server may take to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N] [--reps N]
-/// [--warmup N] [--workdir DIR]`.
+/// What every session does.
+enum Work {
+    /// `puts` 1 KiB objects, `window` requests in flight.
+    Puts { puts: usize, window: usize },
+    /// The recorded `borg create` session.
+    Replay(Recorded),
+}
+
+/// A `compare record` directory's `borg create` session, ready to be sent into other
+/// repositories than the one it was recorded with.
+struct Recorded {
+    stream: Vec<u8>,
+    /// Where the recorded `open` request names its repository: the offset of the encoded
+    /// `"path"` key, and the path.
+    path_at: usize,
+    path: String,
+    /// The id of the stream's last request (the client's `close`): its answer ends the session.
+    /// (Python's socket server keeps a finished session's connection open until the next one.)
+    last_id: i64,
+    /// The client's pace, with `--paced`.
+    pieces: Option<Vec<Piece>>,
+    /// The repository before the backup (each session gets a copy), and what the backup stored.
+    before: PathBuf,
+    objects: usize,
+    space: Space,
+}
+
+impl Recorded {
+    fn load(dir: &Path, paced: bool) -> Res<Recorded> {
+        let (file, before, recorded) = (dir.join("create.stream"), dir.join("repo-before"), dir.join("repo-recorded"));
+        if !file.is_file() || !before.is_dir() || !recorded.is_dir() {
+            return Err(format!("nothing recorded in {} (borgd-bench compare record first)", dir.display()));
+        }
+        let stream = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (path_at, path, last_id) = scan(&stream).map_err(|e| format!("{}: {e}", file.display()))?;
+        let pieces = if paced { Some(pace::load(&file, stream.len())?) } else { None };
+        Ok(Recorded { path_at, path, last_id, pieces, before, objects: count_objects(&recorded), space: Space::of_tree(&recorded)?, stream })
+    }
+
+    /// The session's stream with its `open` naming `repo` instead, and its pieces to match.
+    fn for_repository(&self, repo: &str) -> Res<(Vec<u8>, Option<Vec<Piece>>)> {
+        let (old, new) = (path_pair(&self.path), path_pair(repo));
+        let mut stream = Vec::with_capacity(self.stream.len() + new.len());
+        stream.extend_from_slice(&self.stream[..self.path_at]);
+        stream.extend_from_slice(&new);
+        stream.extend_from_slice(&self.stream[self.path_at + old.len()..]);
+        let pieces = match &self.pieces {
+            None => None,
+            Some(pieces) => {
+                // the piece the path starts in carries the difference
+                let mut pieces = pieces.clone();
+                let mut end = 0;
+                let p = pieces.iter_mut().find(|p| {
+                    end += p.len;
+                    end > self.path_at
+                });
+                let p = p.ok_or("the recorded pace ends before the open request")?;
+                p.len = (p.len + new.len()).checked_sub(old.len()).filter(|&n| n > 0).ok_or("the recorded open request spans pieces too short to rename its repository")?;
+                Some(pieces)
+            }
+        };
+        Ok((stream, pieces))
+    }
+}
+
+/// `"path"` and `path`, msgpack-encoded as in a request's argument map.
+fn path_pair(path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    msgpack::encode::str(&mut out, "path");
+    msgpack::encode::str(&mut out, path);
+    out
+}
+
+/// Reads a recorded client stream: where its `open` request's `"path"` argument starts, the
+/// path, and the id of its last request. (A msgpack map's entries are not counted in bytes, so
+/// one string can be swapped for another of any length.)
+fn scan(stream: &[u8]) -> Res<(usize, String, i64)> {
+    let (mut at, mut open, mut last_id) = (0, None, None);
+    while at < stream.len() {
+        let len = msgpack::check(&stream[at..], stream.len() - at).map_err(|e| format!("byte {at}: not a whole msgpack message: {e}"))?;
+        let msg = &stream[at..at + len];
+        let v = msgpack::parse(msg).map_err(|e| format!("byte {at}: {e}"))?;
+        last_id = match v.get("i") {
+            Some(Value::Int(i)) => i64::try_from(*i).ok(),
+            _ => None,
+        };
+        if open.is_none() && v.get("m") == Some(&Value::Str("open")) {
+            let Some(Value::Str(path)) = v.get("a").and_then(|a| a.get("path")) else {
+                return Err(format!("byte {at}: an open request without a path"));
+            };
+            let pair = path_pair(path);
+            let mut hits = msg.windows(pair.len()).enumerate().filter(|(_, w)| *w == pair.as_slice()).map(|(i, _)| i);
+            open = match (hits.next(), hits.next()) {
+                (Some(i), None) => Some((at + i, path.to_string())),
+                _ => return Err(format!("byte {at}: the open request's path is not where it can be replaced")),
+            };
+        }
+        at += len;
+    }
+    let (path_at, path) = open.ok_or("no open request in the stream")?;
+    Ok((path_at, path, last_id.ok_or("the stream does not end with a request")?))
+}
+
+/// `clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N]
+/// [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]`.
 pub fn main(args: &[String]) -> Res<()> {
     let servers = parse_servers(args)?;
     if servers.is_empty() {
         return Err("give at least one --server 'LABEL::CMD' (a command that takes --socket=PATH)".into());
     }
     let clients = count(args, "--clients", 4)?.max(1);
-    let puts = count(args, "--puts", 5_000)?;
-    let window = count(args, "--window", 100)?.max(1);
+    let paced = args.iter().any(|a| a == "--paced");
+    let work = match opt(args, "--replay") {
+        Some(dir) => Work::Replay(Recorded::load(Path::new(&dir), paced)?),
+        None if paced => return Err("--paced replays a recording: give --replay DIR".into()),
+        None => Work::Puts { puts: count(args, "--puts", 5_000)?, window: count(args, "--window", 100)?.max(1) },
+    };
     let reps = count(args, "--reps", 3)?.max(1);
     let warmup = count(args, "--warmup", 1)?;
-    let root = std::path::PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
+    let root = PathBuf::from(opt(args, "--workdir").unwrap_or_else(|| format!("/var/tmp/borgd-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    // replayed sessions name their repositories by absolute path
+    let root = root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))?;
     // each session's repository: its objects and the directories they create
-    let per_session = Space { bytes: (puts as u64 + leaves_used(puts as u64) + 256 + 64) * BLOCK, inodes: puts as u64 + leaves_used(puts as u64) + 256 + 64 };
+    let per_session = match &work {
+        Work::Puts { puts, .. } => {
+            let n = *puts as u64 + leaves_used(*puts as u64) + 256 + 64;
+            Space { bytes: n * BLOCK, inodes: n }
+        }
+        Work::Replay(rec) => rec.space,
+    };
     ensure_space(&root, per_session.times((clients * servers.len() * (reps + warmup)) as u64))?;
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     for rep in 0..warmup + reps {
@@ -43,26 +168,99 @@ pub fn main(args: &[String]) -> Res<()> {
         let order = server_order(rep, servers.len());
         for &si in &order {
             let dir = root.join(format!("rep{rep}-s{si}"));
-            settle();
-            let run = sessions_at_once(&servers[si].1, &dir, clients, puts, window).map_err(|e| format!("{}: {e}", servers[si].0))?;
-            eprintln!(
-                "{label} {}: {clients} sessions of {puts} puts in {:.2} s, server CPU {:.2} s, peak {:.1} MiB",
-                servers[si].0, run["wall_s"], run["server_cpu_s"], run["peak_rss_mib"]
-            );
+            let run = sessions_at_once(&servers[si].1, &dir, clients, &work).map_err(|e| format!("{}: {e}", servers[si].0))?;
+            eprintln!("{label} {}: {clients} sessions in {:.2} s, server CPU {:.2} s, peak {:.1} MiB", servers[si].0, run["wall_s"], run["server_cpu_s"], run["peak_rss_mib"]);
             if keep {
                 results[si].push(run);
             }
         }
     }
-    let title = format!("{clients} sessions at once, {puts} puts of 1 KiB each (median of {reps}, min–max)");
-    print_runs(&title, &servers, &results, &["wall_s", "puts_per_s", "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"]);
+    let (title, rate) = match &work {
+        Work::Puts { puts, .. } => (format!("{clients} sessions at once, {puts} puts of 1 KiB each"), "puts_per_s"),
+        Work::Replay(rec) => {
+            let how = if rec.pieces.is_some() { "at the client's pace" } else { "as fast as the server reads" };
+            (format!("{clients} × the recorded `borg create` session at once ({} objects, {:.0} MB), {how}", rec.objects, rec.stream.len() as f64 / 1e6), "mb_per_s")
+        }
+    };
+    let title = format!("{title} (median of {reps}, min–max)");
+    print_runs(&title, &servers, &results, &["wall_s", rate, "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"]);
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
 }
 
+/// What one session sends: pipelined puts after opening a repository, or a recorded stream.
+enum Plan {
+    Puts { repo: PathBuf, reqs: Vec<Vec<u8>>, window: usize },
+    Stream { stream: Vec<u8>, pieces: Option<Vec<Piece>>, last_id: i64 },
+}
+
+/// Everything `clients` sessions will send, built (and their repositories copied) in `dir`
+/// before the clock starts.
+fn plans(work: &Work, dir: &Path, clients: usize) -> Res<Vec<Plan>> {
+    (0..clients)
+        .map(|c| {
+            let repo = dir.join(format!("repo{c}"));
+            Ok(match work {
+                // ids follow `negotiate` (1) and `open` (2)
+                Work::Puts { puts, window } => Plan::Puts {
+                    reqs: (0..*puts)
+                        .map(|i| {
+                            let (oid, data) = object(((c as u64) << 32) | i as u64, 1024);
+                            request(3 + i as i64, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
+                        })
+                        .collect(),
+                    repo,
+                    window: *window,
+                },
+                Work::Replay(rec) => {
+                    copy_tree(&rec.before, &repo)?;
+                    let (stream, pieces) = rec.for_repository(&repo.display().to_string())?;
+                    Plan::Stream { stream, pieces, last_id: rec.last_id }
+                }
+            })
+        })
+        .collect()
+}
+
+/// One session's work over its own connection.
+fn run_session(socket: &Path, pid: u32, plan: &Plan) -> Res<()> {
+    match plan {
+        Plan::Puts { repo, reqs, window } => {
+            let mut s = Server::connect(socket, pid)?;
+            s.call("negotiate", &[("client_data", Arg::Nil)])?;
+            s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(600))])?;
+            s.pipeline(reqs, *window)?;
+            s.call("close", &[]).map(|_| ())
+        }
+        Plan::Stream { stream, pieces, last_id } => {
+            let conn = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+            let answers: Box<dyn Input + Send> = Box::new(conn.try_clone().map_err(|e| e.to_string())?);
+            let last_id = *last_id;
+            // the answers are read (and dropped) beside the writing, as the client does, up to
+            // the last request's
+            let drain = std::thread::spawn(move || -> Res<()> {
+                let (mut reader, mut bytes) = (FrameReader::new(answers, 1 << 30), 0);
+                while read_answer(&mut reader, false, &mut bytes)?.0 != last_id {}
+                Ok(())
+            });
+            let mut w = &conn;
+            let sent = match pieces {
+                None => w.write_all(stream),
+                Some(p) => pace::feed_paced(stream, p, &mut w),
+            };
+            let _ = conn.shutdown(Shutdown::Write);
+            let drained = drain.join().map_err(|_| "the answer reader panicked".to_string())?;
+            sent.map_err(|e| format!("sending the recorded session: {e}"))?;
+            drained.map_err(|e| format!("reading the answers: {e}"))
+        }
+    }
+}
+
 /// One repetition for one server: started on a socket in `dir`, `clients` sessions at once, stopped.
-fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, window: usize) -> Res<Run> {
+fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, work: &Work) -> Res<Run> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let plans = plans(work, dir, clients)?;
+    settle();
     let socket = dir.join("server.sock");
     let log_path = dir.join("server.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -77,42 +275,20 @@ fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, win
         .map_err(|e| format!("start {cmd:?}: {e}"))?;
     let pid = child.id();
     let result = listening(&socket, &log_path, &mut child).and_then(|()| {
-        // requests built before the clock starts; ids follow `negotiate` (1) and `open` (2)
-        let batches: Vec<Vec<Vec<u8>>> = (0..clients)
-            .map(|c| {
-                (0..puts)
-                    .map(|i| {
-                        let (oid, data) = object(((c as u64) << 32) | i as u64, 1024);
-                        request(3 + i as i64, "put", &[("id", Arg::Bin(&oid)), ("data", Arg::Bin(&data))])
-                    })
-                    .collect()
-            })
-            .collect();
         let cpu0 = proc_cpu(pid);
         let t = Instant::now();
         std::thread::scope(|sc| {
-            let sessions: Vec<_> = batches
-                .iter()
-                .enumerate()
-                .map(|(c, reqs)| {
-                    let socket = &socket;
-                    sc.spawn(move || -> Res<()> {
-                        let mut s = Server::connect(socket, pid)?;
-                        s.call("negotiate", &[("client_data", Arg::Nil)])?;
-                        let repo = dir.join(format!("repo{c}"));
-                        s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(600))])?;
-                        s.pipeline(reqs, window)?;
-                        s.call("close", &[]).map(|_| ())
-                    })
-                })
-                .collect();
+            let sessions: Vec<_> = plans.iter().map(|plan| sc.spawn(|| run_session(&socket, pid, plan))).collect();
             sessions.into_iter().try_for_each(|h| h.join().map_err(|_| "a session's thread panicked".to_string())?)
         })?;
         let wall = t.elapsed().as_secs_f64();
         let cpu = proc_cpu(pid).saturating_sub(cpu0).as_secs_f64();
         let mut run = Run::new();
         run.insert("wall_s", wall);
-        run.insert("puts_per_s", (clients * puts) as f64 / wall);
+        match work {
+            Work::Puts { puts, .. } => run.insert("puts_per_s", (clients * puts) as f64 / wall),
+            Work::Replay(rec) => run.insert("mb_per_s", (clients * rec.stream.len()) as f64 / 1e6 / wall),
+        };
         run.insert("server_cpu_s", cpu);
         run.insert("server_cpu_per_session_s", cpu / clients as f64);
         run.insert("peak_rss_mib", proc_hwm(pid) as f64 / 1024.0);
@@ -122,9 +298,17 @@ fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, puts: usize, win
     // SAFETY: kill with a child's pid we have not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
-    result
+    let run = result?;
+    if let Work::Replay(rec) = work {
+        for c in 0..clients {
+            let stored = count_objects(&dir.join(format!("repo{c}")));
+            if stored != rec.objects {
+                return Err(format!("session {c} stored {stored} objects, the recorded one {}", rec.objects));
+            }
+        }
+    }
+    Ok(run)
 }
-
 /// Waits until the server accepts connections on `socket` (a first connection, closed at once),
 /// or fails with what the server said (its `log`) if it exits first.
 fn listening(socket: &Path, log: &Path, child: &mut std::process::Child) -> Res<()> {

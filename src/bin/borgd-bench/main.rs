@@ -12,7 +12,8 @@
 //! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
 //! borgd-bench neighbour spin | stream:MIB | stream-nt:MIB  (keeps a CPU busy, for scripts/beside.sh)
 //! borgd-bench clients --clients N --server 'borgd::target/release/borgd serve' --server ...
-//!                                           (N sessions at once through one socket-mode server)
+//!                                           (N sessions at once through one socket-mode server;
+//!                                            --replay DIR: the session `compare record` recorded)
 //! ```
 //!
 //! Per repetition (servers alternate, every run gets a fresh directory, nothing is deleted until
@@ -1357,7 +1358,7 @@ fn main() {
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
         Some("clients") => clients::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
