@@ -161,8 +161,8 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 /// borgd is recorded once, then replayed into two servers as fast as they read, at the client's
 /// pace and one request at a time, each replay checked to store every object the backup stored;
 /// the table reports each server's figures and its CPU against the first server's, pair by pair;
-/// `clients --replay` sends it through one socket-mode borgd in two sessions at once, each into
-/// its own repository; servers run beside a neighbour and stop it; a run the disk cannot hold is
+/// `clients --replay` sends it in two sessions at once through one socket-mode borgd and through
+/// a borgd process each, every session into its own repository; servers run beside a neighbour and stop it; a run the disk cannot hold is
 /// refused up front.
 #[test]
 fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
@@ -212,7 +212,8 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
             .args(["clients", "--replay", rec.to_str().unwrap(), "--clients", "2", "--reps", "1", "--warmup", "0"])
             .args(feed)
-            .args(["--server", &format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd")), "--workdir"])
+            .args(["--server", &format!("socket::{} serve", env!("CARGO_BIN_EXE_borgd"))])
+            .args(["--stdio-server", &format!("stdio::{} serve", env!("CARGO_BIN_EXE_borgd")), "--workdir"])
             .arg(&work)
             .output()
             .unwrap();
@@ -221,8 +222,11 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         for row in ["wall_s", "mb_per_s", "server_cpu_per_session_s", "peak_rss_mib"] {
             assert!(figure(&stdout, row) > 0.0, "{feed:?}: {row} is not positive:\n{stdout}");
         }
-        for c in 0..2 {
-            assert_eq!(count(&work.join(format!("rep0-s0/repo{c}"))), recorded, "{feed:?}: session {c}");
+        // the socket server's sessions (s0) and the server processes of their own (s1)
+        for server in ["s0", "s1"] {
+            for c in 0..2 {
+                assert_eq!(count(&work.join(format!("rep0-{server}/repo{c}"))), recorded, "{feed:?}: {server}, session {c}");
+            }
         }
     }
     // servers beside a neighbour (scripts/beside.sh): each replay runs, and no neighbour outlives
@@ -251,7 +255,8 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
 }
 
 /// `clients` (docs/BENCHMARKS.md, "Many clients at once") runs its sessions at once through a
-/// socket-mode borgd: every session's repository holds its objects afterwards, the figures are
+/// socket-mode borgd and through a borgd process each (`--stdio-server`, as ssh starts them):
+/// every session's repository holds its objects afterwards, the figures are
 /// reported, the server is stopped, and a server that cannot listen is an error, not a hang; a
 /// replay without a recording, or a pace without a replay, is refused.
 #[test]
@@ -259,8 +264,9 @@ fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("w");
     let server = format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd"));
+    let stdio = format!("stdio::{} serve", env!("CARGO_BIN_EXE_borgd"));
     let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["clients", "--clients", "3", "--puts", "200", "--reps", "1", "--warmup", "0", "--server", &server, "--workdir"])
+        .args(["clients", "--clients", "3", "--puts", "200", "--reps", "1", "--warmup", "0", "--server", &server, "--stdio-server", &stdio, "--workdir"])
         .arg(&work)
         .output()
         .unwrap();
@@ -275,8 +281,11 @@ fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
         }
         walk(&repo.join("data"))
     };
-    for c in 0..3 {
-        assert_eq!(objects(&work.join(format!("rep0-s0/repo{c}"))), 200, "session {c}");
+    // the socket server's sessions (s0), and those of a server process each (s1)
+    for server in ["s0", "s1"] {
+        for c in 0..3 {
+            assert_eq!(objects(&work.join(format!("rep0-{server}/repo{c}"))), 200, "{server}, session {c}");
+        }
     }
     // the server was stopped: its socket file is gone (borgd removes it on SIGTERM)
     assert!(!work.join("rep0-s0/server.sock").exists());

@@ -1,18 +1,22 @@
-//! `clients`: several backup sessions at once through one socket-mode server.
+//! `clients`: several backup sessions at once, through one socket-mode server or a server each.
 //!
-//! A backup host serves many clients. `borg serve --socket` serves its connections one after
-//! the other (the others wait); `borgd serve --socket` serves each in a thread of its own. This
-//! starts each server with `--socket=PATH` appended to its command, connects `--clients` sessions
-//! to it at once, and has every session work on a repository of its own: either put `--puts`
-//! 1 KiB objects with `--window` requests in flight, as the protocol benchmark's first phase
-//! does, or (`--replay DIR`) send the real `borg create` session that `compare record` recorded
-//! in DIR — into a copy of the repository as it was before that backup, as fast as the server
-//! reads or (`--paced`) at the pace the client had sent it. It measures, from the first
-//! connection to the last session's end: the wall time, the server's CPU (all its threads), that
-//! per session, and the server's peak memory; a replayed session must leave as many objects as
-//! the recorded one did. All requests are built (and repositories copied) before the clock
-//! starts, servers alternate between repetitions, and the table is the median of `--reps`
-//! repetitions after `--warmup` ones (docs/BENCHMARKS.md, "Many clients at once").
+//! A backup host serves many clients. `borg serve --socket` serves its connections one after the
+//! other (the others wait); `borgd serve --socket` serves each in a thread of its own; over ssh,
+//! every client gets a `serve` process of its own. This starts each `--server` with
+//! `--socket=PATH` appended to its command and connects `--clients` sessions to it at once, or
+//! starts each `--stdio-server` once per session, all at once, each talking over its
+//! stdin/stdout as ssh would start it; every session works on a repository of its own: either
+//! put `--puts` 1 KiB objects with `--window` requests in flight, as the protocol benchmark's
+//! first phase does, or (`--replay DIR`) send the real `borg create` session that `compare
+//! record` recorded in DIR — into a copy of the repository as it was before that backup, as fast
+//! as the server reads or (`--paced`) at the pace the client had sent it. It measures, from the
+//! first connection (or start) to the last session's end: the wall time, the server's CPU (all
+//! its threads; for `--stdio-server`, all its processes, start-up included), that per session,
+//! and the server's peak memory (for `--stdio-server`, its processes' peaks added up: what the
+//! sessions hold at most at once); a replayed session must leave as many objects as the recorded
+//! one did. All requests are built (and repositories copied) before the clock starts, servers
+//! alternate between repetitions, and the table is the median of `--reps` repetitions after
+//! `--warmup` ones (docs/BENCHMARKS.md, "Many clients at once").
 
 use std::io::Write;
 use std::net::Shutdown;
@@ -25,7 +29,16 @@ use borgd::rpc::frame::{FrameReader, Input};
 use borgd::rpc::msgpack::{self, Value};
 
 use super::pace::{self, Piece};
-use super::{copy_tree, count, count_objects, ensure_space, leaves_used, object, opt, parse_servers, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, Arg, Res, Run, Server, Space, BLOCK};
+use super::{copy_tree, count, count_objects, ensure_space, leaves_used, object, opt, parse_servers_given, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, wait_rusage, Arg, Res, Run, Rusage, Server, Space, BLOCK};
+
+/// How a server serves several sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One process on a unix socket (`--socket=PATH`), every session a connection to it.
+    Socket,
+    /// A process per session over its stdin/stdout, as ssh starts `borg serve`.
+    Stdio,
+}
 
 /// How long a server may take to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -133,13 +146,15 @@ fn scan(stream: &[u8]) -> Res<(usize, String, i64)> {
     Ok((path_at, path, last_id.ok_or("the stream does not end with a request")?))
 }
 
-/// `clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N]
-/// [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]`.
+/// `clients --server 'LABEL::CMD' | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N]
+/// [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]`.
 pub fn main(args: &[String]) -> Res<()> {
-    let servers = parse_servers(args)?;
-    if servers.is_empty() {
-        return Err("give at least one --server 'LABEL::CMD' (a command that takes --socket=PATH)".into());
+    let given = parse_servers_given(args, &["--server", "--stdio-server"])?;
+    if given.is_empty() {
+        return Err("give at least one --server 'LABEL::CMD' (a command that takes --socket=PATH) or --stdio-server 'LABEL::CMD'".into());
     }
+    let modes: Vec<Mode> = given.iter().map(|(_, _, flag)| if *flag == 0 { Mode::Socket } else { Mode::Stdio }).collect();
+    let servers: Vec<(String, Vec<String>)> = given.into_iter().map(|(l, c, _)| (l, c)).collect();
     let clients = count(args, "--clients", 4)?.max(1);
     let paced = args.iter().any(|a| a == "--paced");
     let work = match opt(args, "--replay") {
@@ -168,7 +183,7 @@ pub fn main(args: &[String]) -> Res<()> {
         let order = server_order(rep, servers.len());
         for &si in &order {
             let dir = root.join(format!("rep{rep}-s{si}"));
-            let run = sessions_at_once(&servers[si].1, &dir, clients, &work).map_err(|e| format!("{}: {e}", servers[si].0))?;
+            let run = sessions_at_once(&servers[si].1, modes[si], &dir, clients, &work).map_err(|e| format!("{}: {e}", servers[si].0))?;
             eprintln!("{label} {}: {clients} sessions in {:.2} s, server CPU {:.2} s, peak {:.1} MiB", servers[si].0, run["wall_s"], run["server_cpu_s"], run["peak_rss_mib"]);
             if keep {
                 results[si].push(run);
@@ -222,45 +237,123 @@ fn plans(work: &Work, dir: &Path, clients: usize) -> Res<Vec<Plan>> {
         .collect()
 }
 
-/// One session's work over its own connection.
-fn run_session(socket: &Path, pid: u32, plan: &Plan) -> Res<()> {
+/// One session's work over its own connection to the socket-mode server `pid`.
+fn socket_session(socket: &Path, pid: u32, plan: &Plan) -> Res<()> {
     match plan {
-        Plan::Puts { repo, reqs, window } => {
-            let mut s = Server::connect(socket, pid)?;
-            s.call("negotiate", &[("client_data", Arg::Nil)])?;
-            s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(600))])?;
-            s.pipeline(reqs, *window)?;
-            s.call("close", &[]).map(|_| ())
-        }
+        Plan::Puts { repo, reqs, window } => put_session(Server::connect(socket, pid)?, repo, reqs, *window).map(drop),
         Plan::Stream { stream, pieces, last_id } => {
             let conn = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
             let answers: Box<dyn Input + Send> = Box::new(conn.try_clone().map_err(|e| e.to_string())?);
-            let last_id = *last_id;
-            // the answers are read (and dropped) beside the writing, as the client does, up to
-            // the last request's
-            let drain = std::thread::spawn(move || -> Res<()> {
-                let (mut reader, mut bytes) = (FrameReader::new(answers, 1 << 30), 0);
-                while read_answer(&mut reader, false, &mut bytes)?.0 != last_id {}
-                Ok(())
-            });
             let mut w = &conn;
-            let sent = match pieces {
-                None => w.write_all(stream),
-                Some(p) => pace::feed_paced(stream, p, &mut w),
-            };
+            send_stream(&mut w, answers, stream, pieces.as_deref(), *last_id)?;
             let _ = conn.shutdown(Shutdown::Write);
-            let drained = drain.join().map_err(|_| "the answer reader panicked".to_string())?;
-            sent.map_err(|e| format!("sending the recorded session: {e}"))?;
-            drained.map_err(|e| format!("reading the answers: {e}"))
+            Ok(())
         }
     }
 }
 
-/// One repetition for one server: started on a socket in `dir`, `clients` sessions at once, stopped.
-fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, work: &Work) -> Res<Run> {
+/// One session with a server process of its own (`cmd`, started in `dir`) over its stdin and
+/// stdout: its CPU (start-up included) and its peak memory.
+fn stdio_session(cmd: &[String], dir: &Path, plan: &Plan) -> Res<Rusage> {
+    match plan {
+        Plan::Puts { repo, reqs, window } => put_session(Server::start(cmd, dir)?, repo, reqs, *window),
+        Plan::Stream { stream, pieces, last_id } => {
+            let mut child = Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .current_dir(dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("start {cmd:?}: {e}"))?;
+            let mut stdin = child.stdin.take().ok_or("no stdin")?;
+            let answers: Box<dyn Input + Send> = Box::new(child.stdout.take().ok_or("no stdout")?);
+            let sent = send_stream(&mut stdin, answers, stream, pieces.as_deref(), *last_id);
+            // the server's own peak, read before it exits (see `Server::close`)
+            let hwm = proc_hwm(child.id());
+            drop(stdin);
+            let (ru, code) = wait_rusage(&mut child)?;
+            sent?;
+            if code != 0 {
+                return Err(format!("the server exited with status {code}"));
+            }
+            Ok(Rusage { maxrss_kib: hwm, ..ru })
+        }
+    }
+}
+
+/// Opens (creates) `repo` in session `s`, puts `reqs` with `window` in flight, closes.
+fn put_session(mut s: Server, repo: &Path, reqs: &[Vec<u8>], window: usize) -> Res<Rusage> {
+    s.call("negotiate", &[("client_data", Arg::Nil)])?;
+    s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(600))])?;
+    s.pipeline(reqs, window)?;
+    if s.is_socket() {
+        s.call("close", &[]).map(|_| Rusage::default())
+    } else {
+        s.close()
+    }
+}
+
+/// Sends a recorded stream (at once, or in its `pieces` at their moments) while its answers are
+/// read (and dropped) beside it, as the client does, up to the answer to request `last_id`.
+fn send_stream(out: &mut impl Write, answers: Box<dyn Input + Send>, stream: &[u8], pieces: Option<&[Piece]>, last_id: i64) -> Res<()> {
+    let drain = std::thread::spawn(move || -> Res<()> {
+        let (mut reader, mut bytes) = (FrameReader::new(answers, 1 << 30), 0);
+        while read_answer(&mut reader, false, &mut bytes)?.0 != last_id {}
+        Ok(())
+    });
+    let sent = match pieces {
+        None => out.write_all(stream),
+        Some(p) => pace::feed_paced(stream, p, out),
+    };
+    let sent = sent.map_err(|e| format!("sending the recorded session: {e}"));
+    // a server that stopped reading has failed the session: its answers end, and so does the drain
+    let drained = drain.join().map_err(|_| "the answer reader panicked".to_string())?;
+    sent?;
+    drained.map_err(|e| format!("reading the answers: {e}"))
+}
+
+/// One repetition for one server: `clients` sessions at once in `dir`, through one socket-mode
+/// process (started, then stopped) or a process each.
+fn sessions_at_once(cmd: &[String], mode: Mode, dir: &Path, clients: usize, work: &Work) -> Res<Run> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let plans = plans(work, dir, clients)?;
     settle();
+    let (wall, cpu, peak_kib) = match mode {
+        Mode::Socket => through_socket(cmd, dir, &plans)?,
+        Mode::Stdio => {
+            let t = Instant::now();
+            let used: Vec<Rusage> = std::thread::scope(|sc| {
+                let sessions: Vec<_> = plans.iter().map(|plan| sc.spawn(|| stdio_session(cmd, dir, plan))).collect();
+                sessions.into_iter().map(|h| h.join().map_err(|_| "a session's thread panicked".to_string())?).collect::<Res<Vec<Rusage>>>()
+            })?;
+            let wall = t.elapsed().as_secs_f64();
+            (wall, used.iter().map(|u| u.cpu.as_secs_f64()).sum(), used.iter().map(|u| u.maxrss_kib).sum())
+        }
+    };
+    let mut run = Run::new();
+    run.insert("wall_s", wall);
+    match work {
+        Work::Puts { puts, .. } => run.insert("puts_per_s", (clients * puts) as f64 / wall),
+        Work::Replay(rec) => run.insert("mb_per_s", (clients * rec.stream.len()) as f64 / 1e6 / wall),
+    };
+    run.insert("server_cpu_s", cpu);
+    run.insert("server_cpu_per_session_s", cpu / clients as f64);
+    run.insert("peak_rss_mib", peak_kib as f64 / 1024.0);
+    if let Work::Replay(rec) = work {
+        for c in 0..clients {
+            let stored = count_objects(&dir.join(format!("repo{c}")));
+            if stored != rec.objects {
+                return Err(format!("session {c} stored {stored} objects, the recorded one {}", rec.objects));
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// The sessions' `plans` at once through one socket-mode server started in `dir`, stopped
+/// afterwards: wall time, the server's CPU, its peak memory (KiB).
+fn through_socket(cmd: &[String], dir: &Path, plans: &[Plan]) -> Res<(f64, f64, u64)> {
     let socket = dir.join("server.sock");
     let log_path = dir.join("server.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -278,37 +371,18 @@ fn sessions_at_once(cmd: &[String], dir: &Path, clients: usize, work: &Work) -> 
         let cpu0 = proc_cpu(pid);
         let t = Instant::now();
         std::thread::scope(|sc| {
-            let sessions: Vec<_> = plans.iter().map(|plan| sc.spawn(|| run_session(&socket, pid, plan))).collect();
+            let sessions: Vec<_> = plans.iter().map(|plan| sc.spawn(|| socket_session(&socket, pid, plan))).collect();
             sessions.into_iter().try_for_each(|h| h.join().map_err(|_| "a session's thread panicked".to_string())?)
         })?;
-        let wall = t.elapsed().as_secs_f64();
-        let cpu = proc_cpu(pid).saturating_sub(cpu0).as_secs_f64();
-        let mut run = Run::new();
-        run.insert("wall_s", wall);
-        match work {
-            Work::Puts { puts, .. } => run.insert("puts_per_s", (clients * puts) as f64 / wall),
-            Work::Replay(rec) => run.insert("mb_per_s", (clients * rec.stream.len()) as f64 / 1e6 / wall),
-        };
-        run.insert("server_cpu_s", cpu);
-        run.insert("server_cpu_per_session_s", cpu / clients as f64);
-        run.insert("peak_rss_mib", proc_hwm(pid) as f64 / 1024.0);
-        Ok(run)
+        Ok((t.elapsed().as_secs_f64(), proc_cpu(pid).saturating_sub(cpu0).as_secs_f64(), proc_hwm(pid)))
     });
     // stop the server however the sessions went (SIGTERM: both servers end cleanly on it)
     // SAFETY: kill with a child's pid we have not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
-    let run = result?;
-    if let Work::Replay(rec) = work {
-        for c in 0..clients {
-            let stored = count_objects(&dir.join(format!("repo{c}")));
-            if stored != rec.objects {
-                return Err(format!("session {c} stored {stored} objects, the recorded one {}", rec.objects));
-            }
-        }
-    }
-    Ok(run)
+    result
 }
+
 /// Waits until the server accepts connections on `socket` (a first connection, closed at once),
 /// or fails with what the server said (its `log`) if it exits first.
 fn listening(socket: &Path, log: &Path, child: &mut std::process::Child) -> Res<()> {

@@ -12,7 +12,8 @@
 //! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
 //! borgd-bench neighbour spin | stream:MIB | stream-nt:MIB  (keeps a CPU busy, for scripts/beside.sh)
 //! borgd-bench clients --clients N --server 'borgd::target/release/borgd serve' --server ...
-//!                                           (N sessions at once through one socket-mode server;
+//!                                           (N sessions at once through one socket-mode server,
+//!                                            or --stdio-server: a server process each;
 //!                                            --replay DIR: the session `compare record` recorded)
 //! ```
 //!
@@ -101,6 +102,11 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether this is a connection to a socket-mode server (not a process of its own).
+    fn is_socket(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Reads the next answer (skipping log records); returns its msgid and whether it failed.
@@ -622,20 +628,26 @@ fn print_runs(title: &str, servers: &[(String, Vec<String>)], results: &[Vec<Run
 }
 
 fn parse_servers(args: &[String]) -> Res<Vec<(String, Vec<String>)>> {
+    Ok(parse_servers_given(args, &["--server"])?.into_iter().map(|(l, c, _)| (l, c)).collect())
+}
+
+/// The servers given as `FLAG 'LABEL::CMD'` with any of `flags`, in the order given: label,
+/// command words, and which of the flags.
+fn parse_servers_given(args: &[String], flags: &[&str]) -> Res<Vec<(String, Vec<String>, usize)>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
-        if args[i] == "--server" {
-            let spec = args.get(i + 1).ok_or("--server needs a value")?;
+        if let Some(f) = flags.iter().position(|f| *f == args[i]) {
+            let spec = args.get(i + 1).ok_or_else(|| format!("{} needs a value", flags[f]))?;
             let (label, cmd) = match spec.split_once("::") {
                 Some((l, c)) => (l.to_string(), c.to_string()),
                 None => (spec.clone(), spec.clone()),
             };
             let words = shlex::split(&cmd).ok_or_else(|| format!("cannot parse {cmd:?}"))?;
             if words.is_empty() {
-                return Err("empty --server".into());
+                return Err(format!("empty {}", flags[f]));
             }
-            out.push((label, words));
+            out.push((label, words, f));
             i += 2;
         } else {
             i += 1;
@@ -1358,7 +1370,7 @@ fn main() {
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
         Some("clients") => clients::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server 'LABEL::CMD' [--server ...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
