@@ -60,7 +60,7 @@ mod pace;
 mod replay;
 mod stats;
 
-use stats::{fmt, median, Spread};
+use stats::{fmt, Spread};
 
 type Res<T> = Result<T, String>;
 
@@ -1211,8 +1211,8 @@ fn e2e(args: &[String]) -> Res<()> {
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
     eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
-    // metric -> per server samples
-    let mut samples: Vec<BTreeMap<&'static str, Vec<f64>>> = vec![BTreeMap::new(); servers.len()];
+    // per server, each counted repetition's figures
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     // the reference (see `replay`): the objects the first server stored, loaded once
     let mut stored: Option<Vec<replay::StoredObject>> = None;
     let mut reference: Vec<(f64, f64)> = Vec::new();
@@ -1261,14 +1261,15 @@ fn e2e(args: &[String]) -> Res<()> {
             if !keep {
                 continue;
             }
-            let s = &mut samples[si];
-            s.entry("create_wall_s").or_default().push(create);
-            s.entry("create_server_cpu_s").or_default().push(m[1].cpu_s);
-            s.entry("create_server_peak_rss_mib").or_default().push(m[1].peak_mib);
-            s.entry("create_server_waits").or_default().push(m[1].waits);
-            s.entry("extract_wall_s").or_default().push(extract);
-            s.entry("extract_server_cpu_s").or_default().push(m[2].cpu_s);
-            s.entry("extract_server_peak_rss_mib").or_default().push(m[2].peak_mib);
+            results[si].push(Run::from([
+                ("create_wall_s", create),
+                ("create_server_cpu_s", m[1].cpu_s),
+                ("create_server_peak_rss_mib", m[1].peak_mib),
+                ("create_server_waits", m[1].waits),
+                ("extract_wall_s", extract),
+                ("extract_server_cpu_s", m[2].cpu_s),
+                ("extract_server_peak_rss_mib", m[2].peak_mib),
+            ]));
         }
         let objects = match &stored {
             Some(o) => o,
@@ -1291,43 +1292,25 @@ fn e2e(args: &[String]) -> Res<()> {
             let r = replay_session(&me, rec, cmd, &dir.join("replay.jsonl"), &dir.join("replayed"), None)?;
             let p = replay_session(&me, rec, cmd, &dir.join("paced.jsonl"), &dir.join("paced"), Some(rec_pace))?;
             eprintln!("{rep_label} {label}: the recorded create session replayed: server CPU {:.2} s; at its pace {:.2} s", r.cpu_s, p.cpu_s);
-            if keep {
-                let s = &mut samples[si];
-                s.entry("create_replayed_server_cpu_s").or_default().push(r.cpu_s);
-                s.entry("create_replayed_server_peak_rss_mib").or_default().push(r.peak_mib);
-                s.entry("create_replayed_server_waits").or_default().push(r.waits);
-                s.entry("create_paced_server_cpu_s").or_default().push(p.cpu_s);
-                s.entry("create_paced_server_waits").or_default().push(p.waits);
+            // this repetition's run, pushed by the loop above
+            if let Some(run) = results[si].last_mut().filter(|_| keep) {
+                run.insert("create_replayed_server_cpu_s", r.cpu_s);
+                run.insert("create_replayed_server_peak_rss_mib", r.peak_mib);
+                run.insert("create_replayed_server_waits", r.waits);
+                run.insert("create_paced_server_cpu_s", p.cpu_s);
+                run.insert("create_paced_server_waits", p.waits);
             }
         }
     }
     let last = servers.len() - 1;
-    // each server's CPU over the last one's, repetition by repetition (taken before the medians
-    // sort the samples): the machine's drift from one repetition to the next moves it less
+    // each server's CPU over the last one's, repetition by repetition: the machine's drift from
+    // one repetition to the next moves it less
     let paired: Vec<(&str, Vec<Spread>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"]
         .into_iter()
-        .map(|m| {
-            let of = |si: usize| samples[si].get(m).cloned().unwrap_or_default();
-            (m, (0..last).map(|si| Spread::of(&mut of(si).iter().zip(of(last)).map(|(a, b)| a / b).collect::<Vec<f64>>())).collect())
-        })
+        .map(|m| (m, (0..last).map(|si| Spread::of(&mut results[si].iter().zip(&results[last]).map(|(a, b)| a.get(m).copied().unwrap_or(f64::NAN) / b.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>())).collect()))
         .collect();
-    print_header(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers);
-    let metrics: Vec<&'static str> = samples[0].keys().copied().collect();
-    for m in metrics {
-        print!("| {m} |");
-        let meds: Vec<f64> = samples
-            .iter_mut()
-            .map(|s| {
-                let spread = Spread::of(s.get_mut(m).map(|v| v.as_mut_slice()).unwrap_or(&mut []));
-                print!(" {spread} |");
-                spread.median
-            })
-            .collect();
-        for si in 0..last {
-            print!(" {} |", fmt(meds[si] / meds[last]));
-        }
-        println!();
-    }
+    let metrics: Vec<&str> = results[0].first().map(|r| r.keys().copied().collect()).unwrap_or_default();
+    print_runs(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers, &results, &metrics);
     if last > 0 {
         println!();
         print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
@@ -1351,9 +1334,8 @@ fn e2e(args: &[String]) -> Res<()> {
     println!("|---|---|");
     println!("| the create session's objects received from a pipe and put in place: CPU seconds | {cpu} |");
     println!("| the same: wall seconds | {wall} |");
-    for (si, (l, _)) in servers.iter().enumerate() {
-        let server_cpu = samples[si].get_mut("create_server_cpu_s").map(|v| median(v)).unwrap_or(f64::NAN);
-        println!("| {l}: create server CPU / reference CPU | {} |", fmt(server_cpu / cpu.median));
+    for ((l, _), runs) in servers.iter().zip(&results) {
+        println!("| {l}: create server CPU / reference CPU | {} |", fmt(spread(runs, "create_server_cpu_s").median / cpu.median));
     }
     eprintln!("work directory (delete when done): {}", root.display());
     Ok(())
