@@ -19,8 +19,6 @@
 //! `--warmup` ones (docs/BENCHMARKS.md, "Many clients at once").
 
 use std::io::Write;
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -242,12 +240,9 @@ fn socket_session(socket: &Path, pid: u32, plan: &Plan) -> Res<()> {
     match plan {
         Plan::Puts { repo, reqs, window } => put_session(Server::connect(socket, pid)?, repo, reqs, *window).map(drop),
         Plan::Stream { stream, pieces, last_id } => {
-            let conn = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-            let answers: Box<dyn Input + Send> = Box::new(conn.try_clone().map_err(|e| e.to_string())?);
-            let mut w = &conn;
-            send_stream(&mut w, answers, stream, pieces.as_deref(), *last_id)?;
-            let _ = conn.shutdown(Shutdown::Write);
-            Ok(())
+            // the connection closes when both its halves are dropped
+            let Server { mut stdin, reader, .. } = Server::connect(socket, pid)?;
+            send_stream(&mut stdin, reader, stream, pieces.as_deref(), *last_id)
         }
     }
 }
@@ -258,19 +253,11 @@ fn stdio_session(cmd: &[String], dir: &Path, plan: &Plan) -> Res<Rusage> {
     match plan {
         Plan::Puts { repo, reqs, window } => put_session(Server::start(cmd, dir)?, repo, reqs, *window),
         Plan::Stream { stream, pieces, last_id } => {
-            let mut child = Command::new(&cmd[0])
-                .args(&cmd[1..])
-                .current_dir(dir)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("start {cmd:?}: {e}"))?;
-            let mut stdin = child.stdin.take().ok_or("no stdin")?;
-            let answers: Box<dyn Input + Send> = Box::new(child.stdout.take().ok_or("no stdout")?);
-            let sent = send_stream(&mut stdin, answers, stream, pieces.as_deref(), *last_id);
+            let Server { child, pid, mut stdin, reader, .. } = Server::start(cmd, dir)?;
+            let mut child = child.ok_or("a server started for a session has a process")?;
+            let sent = send_stream(&mut stdin, reader, stream, pieces.as_deref(), *last_id);
             // the server's own peak, read before it exits (see `Server::close`)
-            let hwm = proc_hwm(child.id());
+            let hwm = proc_hwm(pid);
             drop(stdin);
             let (ru, code) = wait_rusage(&mut child)?;
             sent?;
@@ -296,10 +283,10 @@ fn put_session(mut s: Server, repo: &Path, reqs: &[Vec<u8>], window: usize) -> R
 
 /// Sends a recorded stream (at once, or in its `pieces` at their moments) while its answers are
 /// read (and dropped) beside it, as the client does, up to the answer to request `last_id`.
-fn send_stream(out: &mut impl Write, answers: Box<dyn Input + Send>, stream: &[u8], pieces: Option<&[Piece]>, last_id: i64) -> Res<()> {
+fn send_stream(out: &mut impl Write, mut answers: FrameReader<Box<dyn Input + Send>>, stream: &[u8], pieces: Option<&[Piece]>, last_id: i64) -> Res<()> {
     let drain = std::thread::spawn(move || -> Res<()> {
-        let (mut reader, mut bytes) = (FrameReader::new(answers, 1 << 30), 0);
-        while read_answer(&mut reader, false, &mut bytes)?.0 != last_id {}
+        let mut bytes = 0;
+        while read_answer(&mut answers, false, &mut bytes)?.0 != last_id {}
         Ok(())
     });
     let sent = match pieces {
