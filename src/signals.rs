@@ -64,6 +64,14 @@ pub fn install(hup_stops: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The read end of the self-pipe, once [`install`] made it: readable from the first termination
+/// signal on (its byte is never consumed), so any loop can wait for its own input and a signal
+/// together in one `poll`.
+pub fn wake_fd() -> Option<std::os::fd::RawFd> {
+    let fd = WAKE_READ.load(Ordering::SeqCst);
+    (fd >= 0).then_some(fd)
+}
+
 fn stopped() -> io::Error {
     io::Error::other("stopped by a signal")
 }

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -163,6 +164,25 @@ fn next_frame(reader: &mut FrameReader<UnixStream>) -> Result<Option<usize>, cra
     }
 }
 
+/// How long the accept loop waits in one `poll` at most: a connection or a termination signal
+/// ends the wait at once (the signal through the self-pipe, see [`crate::signals`]); this only
+/// bounds how late a stop flag set without a signal is seen.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Waits until `listener` has a connection to accept or a termination signal arrived, at most
+/// `max`. (The accept loop slept 50 ms between tries before: every connection waited up to 50
+/// ms to be accepted, 30 ms more than a whole one-put session over stdio; docs/BENCHMARKS.md.)
+fn wait_for_connection(listener: &UnixListener, max: Duration) {
+    let mut fds = vec![libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    if let Some(wake) = crate::signals::wake_fd() {
+        fds.push(libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 });
+    }
+    let ms = libc::c_int::try_from(max.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` holds valid pollfd entries for its length. Whatever poll returns (ready,
+    // timed out, interrupted), the caller tries `accept` and checks its stop flag again.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
 /// Serves `socket://` clients on `path` until `stop` is set.
 pub fn serve_socket(
     cfg: Arc<Config>,
@@ -181,8 +201,8 @@ pub fn serve_socket(
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(50));
                 handles.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
+                wait_for_connection(&listener, IDLE_CHECK);
                 continue;
             }
             Err(e) => {
@@ -267,6 +287,22 @@ mod tests {
         drop(live);
         drop(files);
         assert!(!p.exists() && !dir.path().join("s.pid").exists());
+    }
+
+    /// The accept loop waits for a connection in `poll`, not by sleeping between tries: a
+    /// pending connection ends the wait at once (the bound is far above any scheduling delay and
+    /// far below the wait's maximum, so only a wait that ignores the connection fails it).
+    #[test]
+    fn a_pending_connection_ends_the_wait_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.sock");
+        let listener = UnixListener::bind(&p).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let _client = UnixStream::connect(&p).unwrap();
+        let t = std::time::Instant::now();
+        wait_for_connection(&listener, Duration::from_secs(60));
+        assert!(t.elapsed() < Duration::from_secs(30), "waited {:?} with a connection pending", t.elapsed());
+        assert!(listener.accept().is_ok());
     }
 
     #[test]
