@@ -153,6 +153,9 @@ pub fn main(args: &[String]) -> Res<()> {
     }
     let modes: Vec<Mode> = given.iter().map(|(_, _, flag)| if *flag == 0 { Mode::Socket } else { Mode::Stdio }).collect();
     let servers: Vec<(String, Vec<String>)> = given.into_iter().map(|(l, c, _)| (l, c)).collect();
+    if let Some((l, _)) = servers.iter().enumerate().find_map(|(i, (l, _))| servers[..i].iter().find(|(m, _)| m == l)) {
+        return Err(format!("two servers labelled {l:?}: give each its own LABEL::"));
+    }
     let clients = count(args, "--clients", 4)?.max(1);
     let paced = args.iter().any(|a| a == "--paced");
     let work = match opt(args, "--replay") {
@@ -294,7 +297,8 @@ fn send_stream(out: &mut impl Write, mut answers: FrameReader<Box<dyn Input + Se
         Some(p) => pace::feed_paced(stream, p, out),
     };
     let sent = sent.map_err(|e| format!("sending the recorded session: {e}"));
-    // a server that stopped reading has failed the session: its answers end, and so does the drain
+    // a server that fails the session closes its end: the writing stops with an error and the
+    // answers end (one that hangs without closing hangs this too, as every benchmark here would)
     let drained = drain.join().map_err(|_| "the answer reader panicked".to_string())?;
     sent?;
     drained.map_err(|e| format!("reading the answers: {e}"))
