@@ -162,8 +162,8 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 /// pace and one request at a time, each replay checked to store every object the backup stored;
 /// the table reports each server's figures and its CPU against the first server's, pair by pair;
 /// `clients --replay` sends it in two sessions at once through one socket-mode borgd and through
-/// a borgd process each, every session into its own repository; servers run beside a neighbour and stop it; a run the disk cannot hold is
-/// refused up front.
+/// a borgd process each, every session into its own repository; servers run beside a neighbour
+/// and stop it; a run the disk cannot hold is refused up front.
 #[test]
 fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
@@ -197,8 +197,9 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         let paired = stdout.lines().find(|l| l.starts_with("| server CPU / a's in the same repetition")).unwrap_or_else(|| panic!("no paired row:\n{stdout}"));
         assert!(paired.ends_with(" of 2 |"), "{feed:?}: {paired}");
     }
-    // the recorded session replayed by several sessions at once through a socket-mode borgd,
-    // each into its own copy of the repository: every copy ends up with the backup's objects
+    // the recorded session replayed by two sessions at once, through a socket-mode borgd and
+    // through a borgd process each, each into its own copy of the repository: every copy ends
+    // up with the backup's objects
     let count = |d: &std::path::Path| -> usize {
         fn walk(d: &std::path::Path) -> usize {
             std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
