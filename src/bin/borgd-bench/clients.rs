@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use borgd::rpc::frame::{FrameReader, Input};
 use borgd::rpc::msgpack::{self, Value};
 
+use super::compare::RecordingDir;
 use super::pace::{self, Piece};
-use super::{copy_tree, count, count_objects, ensure_space, leaves_used, object, opt, parse_servers_given, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, wait_rusage, Arg, Res, Run, Rusage, Server, Space, BLOCK};
+use super::{copy_tree, count, count_objects, distinct_labels, ensure_space, leaves_used, object, opt, parse_servers_given, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, wait_rusage, Arg, Res, Run, Rusage, Server, Space, BLOCK};
 
 /// How a server serves several sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,10 +71,7 @@ struct Recorded {
 
 impl Recorded {
     fn load(dir: &Path, paced: bool) -> Res<Recorded> {
-        let (file, before, recorded) = (dir.join("create.stream"), dir.join("repo-before"), dir.join("repo-recorded"));
-        if !file.is_file() || !before.is_dir() || !recorded.is_dir() {
-            return Err(format!("nothing recorded in {} (borgd-bench compare record first)", dir.display()));
-        }
+        let RecordingDir { stream: file, before, recorded } = RecordingDir::open(dir)?;
         let stream = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         let (path_at, path, last_id) = scan(&stream).map_err(|e| format!("{}: {e}", file.display()))?;
         let pieces = if paced { Some(pace::load(&file, stream.len())?) } else { None };
@@ -153,9 +151,7 @@ pub fn main(args: &[String]) -> Res<()> {
     }
     let modes: Vec<Mode> = given.iter().map(|(_, _, flag)| if *flag == 0 { Mode::Socket } else { Mode::Stdio }).collect();
     let servers: Vec<(String, Vec<String>)> = given.into_iter().map(|(l, c, _)| (l, c)).collect();
-    if let Some((l, _)) = servers.iter().enumerate().find_map(|(i, (l, _))| servers[..i].iter().find(|(m, _)| m == l)) {
-        return Err(format!("two servers labelled {l:?}: give each its own LABEL::"));
-    }
+    distinct_labels(&servers)?;
     let clients = count(args, "--clients", 4)?.max(1);
     let paced = args.iter().any(|a| a == "--paced");
     let work = match opt(args, "--replay") {

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{copy_tree, count, count_objects, ensure_space, gap_us, opt, pace, parse_servers, positional, replay_session, repetition, server_order, Client, Recording, Res, Session, Space, Spread};
+use super::{copy_tree, count, count_objects, distinct_labels, ensure_space, gap_us, opt, pace, parse_servers, positional, replay_session, repetition, server_order, Client, Recording, Res, Session, Space, Spread};
 
 const USAGE: &str = "usage: borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE [SERVE OPTIONS]' [--server ...]";
 
@@ -82,6 +82,28 @@ enum Feed {
     Gap(Duration),
 }
 
+/// The files of a recording directory `compare record` made (see the module docs), for `compare
+/// run` and `clients --replay`.
+pub struct RecordingDir {
+    /// The client's stream (its pace beside it, see `pace::pace_path`).
+    pub stream: PathBuf,
+    /// The repository before the backup, which every replay starts from a copy of.
+    pub before: PathBuf,
+    /// The repository after it: what every replay must store.
+    pub recorded: PathBuf,
+}
+
+impl RecordingDir {
+    /// `dir`'s recording, or an error saying there is none.
+    pub fn open(dir: &Path) -> Res<RecordingDir> {
+        let r = RecordingDir { stream: dir.join("create.stream"), before: dir.join("repo-before"), recorded: dir.join("repo-recorded") };
+        if !r.stream.is_file() || !r.before.is_dir() || !r.recorded.is_dir() {
+            return Err(format!("nothing recorded in {} (borgd-bench compare record first)", dir.display()));
+        }
+        Ok(r)
+    }
+}
+
 /// `compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server LABEL::EXECUTABLE...`:
 /// each repetition replays the recording into every server, alternating their order.
 fn run(args: &[String]) -> Res<()> {
@@ -93,9 +115,7 @@ fn run(args: &[String]) -> Res<()> {
         return Err(USAGE.into());
     }
     // each label names its measurement file and its column
-    if let Some((l, _)) = servers.iter().enumerate().find_map(|(i, (l, _))| servers[..i].iter().find(|(m, _)| m == l)) {
-        return Err(format!("two servers labelled {l:?}: give each its own LABEL::"));
-    }
+    distinct_labels(&servers)?;
     let reps = count(args, "--reps", 10)?.max(1);
     let warmup = count(args, "--warmup", WARMUP)?;
     let gap = gap_us(args)?;
@@ -105,11 +125,7 @@ fn run(args: &[String]) -> Res<()> {
         (false, Some(g)) => Feed::Gap(g),
         (true, Some(_)) => return Err("--paced or --gap-us, not both".into()),
     };
-    let stream = dir.join("create.stream");
-    let (recorded, before) = (dir.join("repo-recorded"), dir.join("repo-before"));
-    if !stream.is_file() || !before.is_dir() || !recorded.is_dir() {
-        return Err(format!("nothing recorded in {} (compare record first)", dir.display()));
-    }
+    let RecordingDir { stream, before, recorded } = RecordingDir::open(&dir)?;
     // every replay leaves its repository behind (deleting one would slow the next run's file
     // creation): refuse a run that cannot finish rather than fail in the middle of it
     let replays = (servers.len() * (warmup + reps)) as u64;

@@ -656,6 +656,14 @@ fn parse_servers_given(args: &[String], flags: &[&str]) -> Res<Vec<(String, Vec<
     Ok(out)
 }
 
+/// Refuses two servers with one label (a label names a server's column, and its files).
+fn distinct_labels(servers: &[(String, Vec<String>)]) -> Res<()> {
+    match servers.iter().enumerate().find_map(|(i, (l, _))| servers[..i].iter().find(|(m, _)| m == l)) {
+        Some((l, _)) => Err(format!("two servers labelled {l:?}: give each its own LABEL::")),
+        None => Ok(()),
+    }
+}
+
 fn opt(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
