@@ -6,6 +6,13 @@
 
 use std::process::Command;
 
+mod support;
+
+/// How many objects a repository holds (the files below its `data`).
+fn objects_in(repo: &std::path::Path) -> usize {
+    support::files_below(&repo.join("data")).len()
+}
+
 /// The first figure (the median) of `row` in a table `borgd-bench` printed.
 fn figure(stdout: &str, row: &str) -> f64 {
     let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
@@ -200,13 +207,7 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
     // the recorded session replayed by two sessions at once, through a socket-mode borgd and
     // through a borgd process each, each into its own copy of the repository: every copy ends
     // up with the backup's objects
-    let count = |d: &std::path::Path| -> usize {
-        fn walk(d: &std::path::Path) -> usize {
-            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
-        }
-        walk(&d.join("data"))
-    };
-    let recorded = count(&rec.join("repo-recorded"));
+    let recorded = objects_in(&rec.join("repo-recorded"));
     assert!(recorded > 3, "{recorded} objects recorded");
     for (i, feed) in [&[][..], &["--paced"][..]].into_iter().enumerate() {
         let work = dir.path().join(format!("clients{i}"));
@@ -226,7 +227,7 @@ fn compare_records_a_real_backup_and_replays_it_into_two_servers() {
         // the socket server's sessions (s0) and the server processes of their own (s1)
         for server in ["s0", "s1"] {
             for c in 0..2 {
-                assert_eq!(count(&work.join(format!("rep0-{server}/repo{c}"))), recorded, "{feed:?}: {server}, session {c}");
+                assert_eq!(objects_in(&work.join(format!("rep0-{server}/repo{c}"))), recorded, "{feed:?}: {server}, session {c}");
             }
         }
     }
@@ -276,16 +277,10 @@ fn clients_runs_sessions_at_once_through_a_socket_mode_server() {
     for row in ["wall_s", "puts_per_s", "server_cpu_s", "server_cpu_per_session_s", "peak_rss_mib"] {
         assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
-    let objects = |repo: &std::path::Path| -> usize {
-        fn walk(d: &std::path::Path) -> usize {
-            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walk(&p) } else { 1 }).sum()
-        }
-        walk(&repo.join("data"))
-    };
     // the socket server's sessions (s0), and those of a server process each (s1)
     for server in ["s0", "s1"] {
         for c in 0..3 {
-            assert_eq!(objects(&work.join(format!("rep0-{server}/repo{c}"))), 200, "{server}, session {c}");
+            assert_eq!(objects_in(&work.join(format!("rep0-{server}/repo{c}"))), 200, "{server}, session {c}");
         }
     }
     // the server was stopped: its socket file is gone (borgd removes it on SIGTERM)
