@@ -130,9 +130,10 @@ fn tap_records_a_stream_with_its_pace_and_feed_replays_it_at_that_pace() {
 
 /// `borgd-bench e2e` (the end-to-end benchmark with the real client, scaled down) still runs: the
 /// real borg client backs a small data set up through borgd and extracts it (the benchmark checks
-/// the extracted copy), the session is recorded with its pace (`tap`) and replayed into borgd at
-/// once and at that pace, each replay checked to store every object; every row is reported, and
-/// with two servers the CPU ratios repetition by repetition too.
+/// the extracted copy) and backs it up again with new files (the next night's backup); the first
+/// backup is recorded with its pace (`tap`) and replayed into borgd at once and at that pace, each
+/// replay checked to store every object; every row is reported, and with two servers the CPU ratios
+/// repetition by repetition too.
 #[test]
 fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
@@ -148,13 +149,13 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "borgd-bench e2e failed:\n{stderr}");
-    for row in ["create_server_cpu_s", "create_replayed_server_cpu_s", "create_paced_server_cpu_s", "create_paced_server_waits", "extract_server_cpu_s"] {
+    for row in ["create_server_cpu_s", "create_replayed_server_cpu_s", "create_paced_server_cpu_s", "create_paced_server_waits", "extract_server_cpu_s", "nightly_create_server_cpu_s", "nightly_create_wall_s"] {
         assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
     // the same ratios taken repetition by repetition, one row per CPU figure
     let paired = stdout.lines().skip_while(|l| !l.starts_with("| per repetition: server CPU / never's")).count();
     assert!(paired >= 6, "no per-repetition table:\n{stdout}");
-    for row in ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"] {
+    for row in ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s", "nightly_create_server_cpu_s"] {
         let line = stdout.lines().filter(|l| l.starts_with(&format!("| {row} |"))).nth(1).unwrap_or_else(|| panic!("no per-repetition {row}:\n{stdout}"));
         assert_eq!(line.matches('|').count(), 3, "{line}");
     }

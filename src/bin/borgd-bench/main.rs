@@ -757,9 +757,10 @@ impl Space {
         Space { bytes: (files + leaves + 256) * BLOCK, inodes: files + leaves + 256 }
     }
 
-    /// One `e2e` workload: the repository (the duplicate fifth stored once) and the extracted copy.
+    /// One `e2e` workload: the repository (the duplicate fifth stored once, then the next night's
+    /// tenth) and the extracted copy.
     fn e2e_workload(data_bytes: u64, files: u64) -> Space {
-        Space { bytes: data_bytes * 8 / 10 + data_bytes + (64 << 20), inodes: files * 3 + DATA_DIRS / 4 }
+        Space { bytes: data_bytes * 9 / 10 + data_bytes + (64 << 20), inodes: files * 3 + files / 10 + DATA_DIRS / 4 }
     }
 
     /// What the `e2e` reference adds to a repetition: a copy of one repository's objects.
@@ -1012,6 +1013,27 @@ fn tap(args: &[String]) -> Res<i32> {
     Ok(0)
 }
 
+/// What is new by the next night's backup: a tenth of the data set's size again, in small and
+/// large files alike (incompressible, never seen before), beside the unchanged data set.
+fn make_new_files(dir: &Path, bytes: u64) -> Res<u64> {
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut total = 0u64;
+    let mut i = 0u64;
+    while total < bytes {
+        // a tenth of the new bytes in small files of 1–32 KiB, the rest in files of up to 16 MiB
+        let size = if total < bytes / 10 {
+            1024 + (xxhash_rust::xxh64::xxh64(&i.to_le_bytes(), 10) % (31 * 1024)) as usize
+        } else {
+            (16usize << 20).min((bytes - total) as usize)
+        };
+        std::fs::write(dir.join(format!("n{i:05}")), noise(2_000_000 + i, size)).map_err(io)?;
+        total += size as u64;
+        i += 1;
+    }
+    Ok(total)
+}
+
 /// The end-to-end data set: small files, large files and duplicate content (incompressible).
 fn make_dataset(dir: &Path, mb: usize) -> Res<u64> {
     let io = |e: std::io::Error| e.to_string();
@@ -1215,10 +1237,13 @@ fn e2e(args: &[String]) -> Res<()> {
     // per repetition: each server's workload and its two replays (at once, at the client's
     // pace), the reference; once: the recording
     let per_rep = Space::e2e_workload(data, files).plus(Space::e2e_reference(data, files).times(2)).times(servers.len() as u64).plus(Space::e2e_reference(data, files));
-    ensure_space(&root, Space { bytes: data * 2, inodes: files }.plus(per_rep.times((reps + warmup) as u64)))?;
+    ensure_space(&root, Space { bytes: data * 2 + data / 10, inodes: files + files / 10 }.plus(per_rep.times((reps + warmup) as u64)))?;
     let src = root.join("src");
     let bytes = make_dataset(&src, mb)?;
     eprintln!("data set: {:.0} MiB in {}", bytes as f64 / 1048576.0, src.display());
+    let new = root.join("new");
+    let new_bytes = make_new_files(&new, data / 10)?;
+    eprintln!("new by the next night: {:.0} MiB in {}", new_bytes as f64 / 1048576.0, new.display());
     // per server, each counted repetition's figures
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     // the reference (see `replay`): the objects the first server stored, loaded once
@@ -1261,11 +1286,22 @@ fn e2e(args: &[String]) -> Res<()> {
             if !same.success() {
                 return Err(format!("{label}: extracted data differs from the source"));
             }
-            let m = read_measurements(&measurements); // repo-create, create, extract sessions
-            if m.len() != 3 {
-                return Err(format!("{label}: expected 3 measured server sessions, got {}", m.len()));
+            // the reference's objects: the first backup's, before the next night's join them
+            if stored.is_none() {
+                stored = Some(replay::load(&dir.join("repo"))?);
             }
-            eprintln!("{rep_label} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s)", m[1].cpu_s, m[1].peak_mib, m[2].cpu_s);
+            // the next night: the same archive series (so the client's files cache knows the
+            // data set) with a tenth new
+            settle();
+            let nightly = borg_run(&["create", "bench", src.to_str().unwrap_or_default(), new.to_str().unwrap_or_default()], &dir, None)?;
+            let m = read_measurements(&measurements); // repo-create, create, extract, nightly create
+            if m.len() != 4 {
+                return Err(format!("{label}: expected 4 measured server sessions, got {}", m.len()));
+            }
+            eprintln!(
+                "{rep_label} {label}: create {create:.2} s (server CPU {:.2} s, {:.1} MiB), extract {extract:.2} s (server CPU {:.2} s), next night's create {nightly:.2} s (server CPU {:.3} s)",
+                m[1].cpu_s, m[1].peak_mib, m[2].cpu_s, m[3].cpu_s
+            );
             if !keep {
                 continue;
             }
@@ -1277,12 +1313,12 @@ fn e2e(args: &[String]) -> Res<()> {
                 ("extract_wall_s", extract),
                 ("extract_server_cpu_s", m[2].cpu_s),
                 ("extract_server_peak_rss_mib", m[2].peak_mib),
+                ("nightly_create_wall_s", nightly),
+                ("nightly_create_server_cpu_s", m[3].cpu_s),
+                ("nightly_create_server_peak_rss_mib", m[3].peak_mib),
             ]));
         }
-        let objects = match &stored {
-            Some(o) => o,
-            None => stored.insert(replay::load(&root.join(format!("rep{rep}-s0")).join("repo"))?),
-        };
+        let Some(objects) = &stored else { return Err("no create session's objects were loaded".into()) };
         settle();
         let (cpu, wall) = replay::replay(objects, &root.join(format!("rep{rep}-reference")))?;
         eprintln!(
@@ -1313,7 +1349,7 @@ fn e2e(args: &[String]) -> Res<()> {
     let last = servers.len() - 1;
     // each server's CPU over the last one's, repetition by repetition: the machine's drift from
     // one repetition to the next moves it less
-    let paired: Vec<(&str, Vec<Spread>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s"]
+    let paired: Vec<(&str, Vec<Spread>)> = ["create_server_cpu_s", "create_paced_server_cpu_s", "create_replayed_server_cpu_s", "extract_server_cpu_s", "nightly_create_server_cpu_s"]
         .into_iter()
         .map(|m| (m, (0..last).map(|si| Spread::of(&mut results[si].iter().zip(&results[last]).map(|(a, b)| a.get(m).copied().unwrap_or(f64::NAN) / b.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>())).collect()))
         .collect();
