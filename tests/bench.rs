@@ -41,6 +41,47 @@ fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
     assert!(stdout.contains("| borgd: 1 KiB put CPU / unnamed-file loop CPU |"), "{stdout}");
 }
 
+/// A server that stops answering without closing (here `sleep`, which reads and answers nothing
+/// but keeps its pipes open) fails the run once the stall limit passes, saying so, instead of
+/// hanging it: through its pipes (`protocol`) and, with a recorded session fed into it (`compare
+/// run`), when it stops reading.
+#[test]
+fn a_stalled_server_fails_the_run_instead_of_hanging_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("stuck");
+    // its stderr away from the benchmark's, so that nothing waits for it to end
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 20 2>/dev/null\n").unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["protocol", "--reps", "1", "--warmup", "0", "--small", "10", "--large", "2", "--no-established", "--server"])
+        .arg(format!("stuck::{}", stuck.display()))
+        .arg("--workdir")
+        .arg(dir.path().join("w"))
+        .env("BORGD_BENCH_STALL_S", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stalled server passed:\n{stderr}");
+    assert!(stderr.contains("the server has not answered for 1 s"), "{stderr}");
+    // a recorded session of 4 MB, more than the pipe holds: the writing stalls
+    let rec = dir.path().join("rec");
+    for sub in ["repo-before", "repo-recorded"] {
+        std::fs::create_dir_all(rec.join(sub)).unwrap();
+    }
+    std::fs::write(rec.join("create.stream"), vec![0x90u8; 4 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["compare", "run"])
+        .arg(&rec)
+        .args(["--reps", "1", "--warmup", "0", "--server"])
+        .arg(format!("stuck::{}", stuck.display()))
+        .env("BORGD_BENCH_STALL_S", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a stalled server passed:\n{stderr}");
+    assert!(stderr.contains("the server has not read what was sent for 1 s"), "{stderr}");
+}
+
 /// `measure` (the wrapper `e2e` starts each server through) records what the tables report for
 /// a session: CPU time, peak memory and waits — a process that sleeps has waited at least once.
 #[test]

@@ -42,6 +42,10 @@ enum Mode {
 /// How long a server may take to listen on its socket.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a socket-mode server may take to exit after SIGTERM before it is killed (one that
+/// stalled may never exit; a healthy one takes milliseconds).
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every session does.
 enum Work {
     /// `puts` 1 KiB objects, `window` requests in flight.
@@ -258,8 +262,13 @@ fn stdio_session(cmd: &[String], dir: &Path, plan: &Plan) -> Res<Rusage> {
             // the server's own peak, read before it exits (see `Server::close`)
             let hwm = proc_hwm(pid);
             drop(stdin);
+            if let Err(e) = sent {
+                // a server that stalled will not exit on its own
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
             let (ru, code) = wait_rusage(&mut child)?;
-            sent?;
             if code != 0 {
                 return Err(format!("the server exited with status {code}"));
             }
@@ -294,7 +303,7 @@ fn send_stream(out: &mut impl Write, mut answers: FrameReader<Box<dyn Input + Se
     };
     let sent = sent.map_err(|e| format!("sending the recorded session: {e}"));
     // a server that fails the session closes its end: the writing stops with an error and the
-    // answers end (one that hangs without closing hangs this too, as every benchmark here would)
+    // answers end; one that stalls without closing fails both after the stall limit (`patient`)
     let drained = drain.join().map_err(|_| "the answer reader panicked".to_string())?;
     sent?;
     drained.map_err(|e| format!("reading the answers: {e}"))
@@ -363,10 +372,19 @@ fn through_socket(cmd: &[String], dir: &Path, plans: &[Plan]) -> Res<(f64, f64, 
         })?;
         Ok((t.elapsed().as_secs_f64(), proc_cpu(pid).saturating_sub(cpu0).as_secs_f64(), proc_hwm(pid)))
     });
-    // stop the server however the sessions went (SIGTERM: both servers end cleanly on it)
+    // stop the server however the sessions went (SIGTERM: both servers end cleanly on it; one
+    // that stalled may not, and is killed after a while)
     // SAFETY: kill with a child's pid we have not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let _ = child.wait();
+    let asked = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) {
+        if asked.elapsed() > STOP_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     result
 }
 

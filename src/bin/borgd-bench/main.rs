@@ -57,9 +57,11 @@ mod clients;
 mod compare;
 mod neighbour;
 mod pace;
+mod patient;
 mod replay;
 mod stats;
 
+use patient::Patient;
 use stats::{fmt, Spread};
 
 type Res<T> = Result<T, String>;
@@ -87,16 +89,20 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("start {cmd:?}: {e}"))?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let limit = patient::stall_limit()?;
+        let stdin = Patient::new(child.stdin.take().ok_or("no stdin")?, limit).map_err(|e| e.to_string())?;
+        let stdout = Patient::new(child.stdout.take().ok_or("no stdout")?, limit).map_err(|e| e.to_string())?;
         let pid = child.id();
         Ok(Server { child: Some(child), pid, stdin: Box::new(stdin), reader: FrameReader::new(Box::new(stdout), 1 << 30), next_id: 0, answer_bytes: 0 })
     }
 
     /// A session with the socket-mode server `pid` listening on `socket`.
     fn connect(socket: &Path, pid: u32) -> Res<Server> {
+        let limit = patient::stall_limit()?;
         let stream = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        // one file description: both ends are non-blocking through `Patient`
+        let writer = Patient::new(stream.try_clone().map_err(|e| e.to_string())?, limit).map_err(|e| e.to_string())?;
+        let stream = Patient::new(stream, limit).map_err(|e| e.to_string())?;
         Ok(Server { child: None, pid, stdin: Box::new(writer), reader: FrameReader::new(Box::new(stream), 1 << 30), next_id: 0, answer_bytes: 0 })
     }
 
@@ -1139,14 +1145,20 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", cmd[0]))?;
-    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    let mut stdin = Patient::new(child.stdin.take().ok_or("no stdin")?, patient::stall_limit()?).map_err(|e| e.to_string())?;
     let fed = match pace {
         None => stdin.write_all(&rec.stream),
         Some(pieces) => pace::feed_paced(&rec.stream, pieces, &mut stdin),
     };
     drop(stdin);
+    if let Err(e) = fed {
+        // a server that stalled will not exit: stop waiting for it (`measure` goes; the server,
+        // its child, is left as it is)
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{}: feeding the recorded session: {e}", cmd[0]));
+    }
     let st = child.wait().map_err(|e| e.to_string())?;
-    fed.map_err(|e| format!("{}: feeding the recorded session: {e}", cmd[0]))?;
     if !st.success() {
         return Err(format!("{}: replayed session failed: {st}", cmd[0]));
     }
