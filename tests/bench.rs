@@ -206,6 +206,30 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     assert!(!stderr.contains("Reserve some repository storage space"), "borg's notes leak into the output:\n{stderr}");
 }
 
+/// `e2e --sshd`: the same through a real sshd on 127.0.0.1 (started and stopped by the
+/// benchmark), the recorded session included (sshd passes no environment on: the wrapper reads a
+/// file to know it records).
+#[test]
+fn e2e_benchmark_runs_over_a_real_sshd() {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["e2e", "--sshd", "--reps", "1", "--warmup", "0", "--size-mb", "4", "--server", &server, "--borg"])
+        .arg(&borg)
+        .arg("--workdir")
+        .arg(dir.path().join("w"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench e2e --sshd failed:\n{stderr}");
+    assert!(stdout.contains("real borg client over ssh (a real sshd on 127.0.0.1)"), "{stdout}");
+    for row in ["create_server_cpu_s", "create_paced_server_cpu_s", "extract_server_cpu_s", "nightly_create_server_cpu_s"] {
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    assert!(std::fs::metadata(dir.path().join("w/recording/create.stream")).unwrap().len() > 4_000_000);
+}
+
 /// `compare` (docs/BENCHMARKS.md, "Commands"): a small backup by the real borg client through
 /// borgd is recorded once, then replayed into two servers as fast as they read, at the client's
 /// pace and one request at a time, each replay checked to store every object the backup stored;

@@ -62,7 +62,7 @@ fn record(args: &[String]) -> Res<()> {
     if dir.join("repo-before").exists() || dir.join("repo").exists() {
         return Err(format!("{} already holds a recording", dir.display()));
     }
-    let client = Client::new(&borg, &me, &dir, &[server.display().to_string()], None)?;
+    let client = Client::new(&borg, &me, &dir, &[server.display().to_string()], None, None)?;
     client.run(&["repo-create", "-e", "none"], &dir, None)?;
     copy_tree(&dir.join("repo"), &dir.join("repo-before"))?;
     let stream = dir.join("create.stream");

@@ -59,6 +59,7 @@ mod neighbour;
 mod pace;
 mod patient;
 mod replay;
+mod sshd;
 mod stats;
 
 use patient::Patient;
@@ -1170,19 +1171,25 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
 }
 
 /// The real borg client, set up to back up into `DIR/repo` through one server: over the rsh shim
-/// (as ssh would start it, on this machine), with its own base directory and no encryption.
+/// (as ssh would start it, on this machine) or a real sshd, with its own base directory and no
+/// encryption.
 struct Client<'a> {
     borg: &'a Path,
     repo: String,
+    rsh: String,
     wrapper: PathBuf,
+    /// While this file exists, naming a path, the server's input is recorded there (a file, not
+    /// the environment: sshd passes none of the client's on).
+    record_flag: PathBuf,
     base: PathBuf,
 }
 
 impl<'a> Client<'a> {
     /// Writes `DIR/remote`, the executable the client starts as its server: `SERVER serve
     /// CLIENT-OPTIONS EXTRA-WORDS` (`cmd`), under `measure` when `measurements` is given, and
-    /// with its input copied through `tap` to `$BORGD_BENCH_RECORD` when that is set.
-    fn new(borg: &'a Path, me: &Path, dir: &Path, cmd: &[String], measurements: Option<&Path>) -> Res<Client<'a>> {
+    /// with its input copied through `tap` to the path in `DIR/record-to` while that exists.
+    /// Through `ssh` when given, else the rsh shim.
+    fn new(borg: &'a Path, me: &Path, dir: &Path, cmd: &[String], measurements: Option<&Path>, ssh: Option<&sshd::Sshd>) -> Res<Client<'a>> {
         let wrapper = dir.join("remote");
         // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
         // (e.g. `--fsync=never`) go after those, where serve's options belong
@@ -1192,23 +1199,33 @@ impl<'a> Client<'a> {
             Some(m) => format!("'{}' measure --out '{}' -- {server}", me.display(), m.display()),
             None => server,
         };
-        std::fs::write(&wrapper, format!("#!/bin/sh\n[ -z \"$BORGD_BENCH_RECORD\" ] && exec {run}\n'{}' tap \"$BORGD_BENCH_RECORD\" | {run}\n", me.display()))
+        let record_flag = dir.join("record-to");
+        let flag = record_flag.display();
+        std::fs::write(&wrapper, format!("#!/bin/sh\n[ -f '{flag}' ] || exec {run}\n'{}' tap \"$(cat '{flag}')\" | {run}\n", me.display()))
             .map_err(|e| format!("{}: {e}", wrapper.display()))?;
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("{}: {e}", wrapper.display()))?;
-        Ok(Client { borg, repo: format!("ssh://localhost/{}", dir.join("repo").display()), wrapper, base: dir.join("base") })
+        let repo = dir.join("repo");
+        let (repo, rsh) = match ssh {
+            Some(s) => (s.url(&repo), s.rsh()),
+            None => (format!("ssh://localhost/{}", repo.display()), Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim").display().to_string()),
+        };
+        Ok(Client { borg, repo, rsh, wrapper, record_flag, base: dir.join("base") })
     }
 
     /// `borg -r REPO ARGS` in `cwd`, its output discarded (its notes shown only with a failure);
     /// with `record_to`, the server's input is recorded there with its pace (see `pace`).
     /// Returns the wall time.
     fn run(&self, args: &[&str], cwd: &Path, record_to: Option<&Path>) -> Res<f64> {
+        match record_to {
+            Some(to) => std::fs::write(&self.record_flag, to.as_os_str().as_encoded_bytes()).map_err(|e| format!("{}: {e}", self.record_flag.display()))?,
+            None => drop(std::fs::remove_file(&self.record_flag)),
+        }
         let t = Instant::now();
-        let st = Command::new(self.borg)
+        let out = Command::new(self.borg)
             .args(["-r", &self.repo])
             .args(args)
             .current_dir(cwd)
-            .env("BORGD_BENCH_RECORD", record_to.unwrap_or(Path::new("")))
-            .env("BORG_RSH", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim"))
+            .env("BORG_RSH", &self.rsh)
             .env("BORG_REMOTE_PATH", &self.wrapper)
             .env("BORG_BASE_DIR", &self.base)
             .env("BORG_PASSPHRASE", "bench")
@@ -1216,17 +1233,22 @@ impl<'a> Client<'a> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("{}: {e}", self.borg.display()))?;
+            .output();
+        let wall = t.elapsed().as_secs_f64();
+        if record_to.is_some() {
+            let _ = std::fs::remove_file(&self.record_flag);
+        }
+        let st = out.map_err(|e| format!("{}: {e}", self.borg.display()))?;
         if !st.status.success() {
             return Err(format!("borg {args:?} failed: {}: {}", st.status, String::from_utf8_lossy(&st.stderr).trim()));
         }
-        Ok(t.elapsed().as_secs_f64())
+        Ok(wall)
     }
 }
 
-/// `e2e --borg CLIENT --server 'LABEL::SERVER-EXECUTABLE' ...`: the real borg client creates and
-/// extracts a generated data set through each server (over the rsh shim, as ssh would).
+/// `e2e --borg CLIENT --server 'LABEL::SERVER-EXECUTABLE' ... [--sshd]`: the real borg client
+/// creates and extracts a generated data set through each server (over the rsh shim, as ssh
+/// would; with `--sshd` over ssh through a real sshd on 127.0.0.1).
 fn e2e(args: &[String]) -> Res<()> {
     let borg = PathBuf::from(opt(args, "--borg").ok_or("e2e needs --borg /path/to/borg (the 2.0.0b21 client)")?);
     let servers = parse_servers(args)?;
@@ -1256,6 +1278,9 @@ fn e2e(args: &[String]) -> Res<()> {
     let new = root.join("new");
     let new_bytes = make_new_files(&new, data / 10)?;
     eprintln!("new by the next night: {:.0} MiB in {}", new_bytes as f64 / 1048576.0, new.display());
+    // the client's way to each server: the rsh shim, or a real sshd (see `sshd`)
+    let sshd = if args.iter().any(|a| a == "--sshd") { Some(sshd::Sshd::start(&root.join("sshd"))?) } else { None };
+    let transport = if sshd.is_some() { "over ssh (a real sshd on 127.0.0.1)" } else { "over the rsh shim" };
     // per server, each counted repetition's figures
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     // the reference (see `replay`): the objects the first server stored, loaded once
@@ -1273,7 +1298,7 @@ fn e2e(args: &[String]) -> Res<()> {
             let dir = root.join(format!("rep{rep}-s{si}"));
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let measurements = dir.join("server.jsonl");
-            let client = Client::new(&borg, &me, &dir, cmd, Some(&measurements))?;
+            let client = Client::new(&borg, &me, &dir, cmd, Some(&measurements), sshd.as_ref())?;
             let record = recording.is_none() && si == order[0];
             let borg_run = |a: &[&str], cwd: &Path, record_to: Option<&Path>| client.run(a, cwd, record_to).map_err(|e| format!("{label}: {e}"));
             borg_run(&["repo-create", "-e", "none"], &dir, None)?;
@@ -1366,7 +1391,7 @@ fn e2e(args: &[String]) -> Res<()> {
         .map(|m| (m, (0..last).map(|si| Spread::of(&mut results[si].iter().zip(&results[last]).map(|(a, b)| a.get(m).copied().unwrap_or(f64::NAN) / b.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>())).collect()))
         .collect();
     let metrics: Vec<&str> = results[0].first().map(|r| r.keys().copied().collect()).unwrap_or_default();
-    print_runs(&format!("end to end, real borg client (median of {reps}, min–max)"), &servers, &results, &metrics);
+    print_runs(&format!("end to end, real borg client {transport} (median of {reps}, min–max)"), &servers, &results, &metrics);
     if last > 0 {
         println!();
         print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
@@ -1408,7 +1433,7 @@ fn main() {
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
         Some("clients") => clients::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR] [--sshd]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
