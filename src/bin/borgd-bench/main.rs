@@ -23,8 +23,8 @@
 //! `read_data`, close (where borgd's default `--fsync=barrier` makes it all durable); then a
 //! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both.
 //! Then 20 000 more 1 KiB puts in a session on the same repository once all its `data/xx/yy`
-//! directories exist ("established": as any repository past a few hundred thousand objects).
-//! (`--no-established` skips it.) A plain temp-file+rename loop writing the same 1 KiB objects
+//! directories exist ("established": as any repository past a few hundred thousand objects),
+//! and a `list` of all its ids, every leaf directory read. (`--no-established` skips both.) A plain temp-file+rename loop writing the same 1 KiB objects
 //! into the same nested layout (fresh, and established) gives the file system's own limit for
 //! comparison, and the same loop with unnamed files linked into place (`O_TMPFILE`, as borgd
 //! writes small objects) the floor of any server that puts whole files in place atomically.
@@ -403,37 +403,10 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     s.call("negotiate", &[("client_data", Arg::Nil)])?;
     s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(false)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(10))])?;
 
-    // list all ids, as the client's repo_lister does (limit 100 000 per call)
-    let t = Instant::now();
-    let cpu0 = proc_cpu(s.pid());
-    let mut marker: Option<Vec<u8>> = None;
-    let mut total = 0usize;
-    loop {
-        let m = marker.clone();
-        let frame = match &m {
-            Some(mk) => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Bin(mk))])?,
-            None => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Nil)])?,
-        };
-        let v = msgpack::parse(&frame).map_err(|e| e.to_string())?;
-        let Some(Value::Array(items)) = v.get("r") else { return Err("list: no result".into()) };
-        total += items.len();
-        match items.last() {
-            Some(Value::Array(pair)) => match pair.first() {
-                Some(Value::Bin(b)) => marker = Some(b.to_vec()),
-                _ => return Err("list: bad item".into()),
-            },
-            _ => break,
-        }
-        if items.len() < 100_000 {
-            break;
-        }
-    }
-    if total != cfg.small + cfg.large {
-        return Err(format!("list returned {total} ids, expected {}", cfg.small + cfg.large));
-    }
-    run.insert("list_s", t.elapsed().as_secs_f64());
+    let (wall, cpu) = list_all(&mut s, cfg.small + cfg.large)?;
+    run.insert("list_s", wall);
+    run.insert("list_cpu_s", cpu);
     let cpu1 = proc_cpu(s.pid());
-    run.insert("list_cpu_s", cpu1.saturating_sub(cpu0).as_secs_f64());
 
     let t = Instant::now();
     let frame = s.call("check", &[("repair", Arg::Bool(false)), ("max_duration", Arg::Int(0))])?;
@@ -467,8 +440,47 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     drop(reqs);
     run.insert("put1k_established_per_s", cfg.small as f64 / el);
     run.insert("put1k_established_cpu_s", cpu);
+    // and listed: every leaf directory read (the fresh repository's list reads only those its
+    // objects made)
+    let (wall, cpu) = list_all(&mut s, 2 * cfg.small + cfg.large)?;
+    run.insert("list_established_s", wall);
+    run.insert("list_established_cpu_s", cpu);
     s.close()?;
     Ok(run)
+}
+
+/// Lists all ids as the client's `repo_lister` does (100 000 per call), checks that there are
+/// `expected`; returns the wall time and the server's CPU time.
+fn list_all(s: &mut Server, expected: usize) -> Res<(f64, f64)> {
+    let t = Instant::now();
+    let cpu0 = proc_cpu(s.pid());
+    let mut marker: Option<Vec<u8>> = None;
+    let mut total = 0usize;
+    loop {
+        let m = marker.clone();
+        let frame = match &m {
+            Some(mk) => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Bin(mk))])?,
+            None => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Nil)])?,
+        };
+        let v = msgpack::parse(&frame).map_err(|e| e.to_string())?;
+        let Some(Value::Array(items)) = v.get("r") else { return Err("list: no result".into()) };
+        total += items.len();
+        match items.last() {
+            Some(Value::Array(pair)) => match pair.first() {
+                Some(Value::Bin(b)) => marker = Some(b.to_vec()),
+                _ => return Err("list: bad item".into()),
+            },
+            _ => break,
+        }
+        if items.len() < 100_000 {
+            break;
+        }
+    }
+    if total != expected {
+        return Err(format!("list returned {total} ids, expected {expected}"));
+    }
+    let wall = t.elapsed().as_secs_f64();
+    Ok((wall, proc_cpu(s.pid()).saturating_sub(cpu0).as_secs_f64()))
 }
 
 /// Seeds of the objects put into the established repository (disjoint from the others).
