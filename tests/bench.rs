@@ -52,16 +52,17 @@ fn a_stalled_server_fails_the_run_instead_of_hanging_it() {
     // its stderr away from the benchmark's, so that nothing waits for it to end
     std::fs::write(&stuck, "#!/bin/sh\nexec sleep 20 2>/dev/null\n").unwrap();
     std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["protocol", "--reps", "1", "--warmup", "0", "--small", "10", "--large", "2", "--no-established", "--server"])
-        .arg(format!("stuck::{}", stuck.display()))
-        .arg("--workdir")
-        .arg(dir.path().join("w"))
-        .env("BORGD_BENCH_STALL_S", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a stalled server passed:\n{stderr}");
+    // the benchmark against it, with a stall limit of 1 s: it must fail; what it said
+    let fails = |args: Vec<std::ffi::OsString>| {
+        let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(args).env("BORGD_BENCH_STALL_S", "1").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "a stalled server passed:\n{stderr}");
+        stderr
+    };
+    let server = format!("stuck::{}", stuck.display());
+    let mut args: Vec<std::ffi::OsString> = ["protocol", "--reps", "1", "--warmup", "0", "--small", "10", "--large", "2", "--no-established", "--server", &server, "--workdir"].map(Into::into).to_vec();
+    args.push(dir.path().join("w").into());
+    let stderr = fails(args);
     assert!(stderr.contains("the server has not answered for 1 s"), "{stderr}");
     // a recorded session of 4 MB, more than the pipe holds: the writing stalls
     let rec = dir.path().join("rec");
@@ -69,16 +70,9 @@ fn a_stalled_server_fails_the_run_instead_of_hanging_it() {
         std::fs::create_dir_all(rec.join(sub)).unwrap();
     }
     std::fs::write(rec.join("create.stream"), vec![0x90u8; 4 << 20]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["compare", "run"])
-        .arg(&rec)
-        .args(["--reps", "1", "--warmup", "0", "--server"])
-        .arg(format!("stuck::{}", stuck.display()))
-        .env("BORGD_BENCH_STALL_S", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a stalled server passed:\n{stderr}");
+    let mut args: Vec<std::ffi::OsString> = vec!["compare".into(), "run".into(), rec.clone().into()];
+    args.extend(["--reps", "1", "--warmup", "0", "--server", &server].map(Into::into));
+    let stderr = fails(args);
     assert!(stderr.contains("the server has not read what was sent for 1 s"), "{stderr}");
 }
 
@@ -169,6 +163,16 @@ fn tap_records_a_stream_with_its_pace_and_feed_replays_it_at_that_pace() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("add up to 3000 bytes, the stream has 6000"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Runs `borgd-bench e2e ARGS` with the real client (`BORGD_TEST_BORG`), its work directory in
+/// `dir`; fails unless it succeeded. Returns its output and its notes.
+fn e2e(dir: &std::path::Path, args: &[&str]) -> (String, String) {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).arg("e2e").args(args).arg("--borg").arg(&borg).arg("--workdir").arg(dir.join("w")).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "borgd-bench e2e {args:?} failed:\n{stderr}");
+    (stdout, stderr)
+}
+
 /// `borgd-bench e2e` (the end-to-end benchmark with the real client, scaled down) still runs: the
 /// real borg client backs a small data set up through borgd and extracts it (the benchmark checks
 /// the extracted copy) and backs it up again with new files (the next night's backup); the first
@@ -177,19 +181,10 @@ fn tap_records_a_stream_with_its_pace_and_feed_replays_it_at_that_pace() {
 /// repetition by repetition too.
 #[test]
 fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
-    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
     let dir = tempfile::tempdir().unwrap();
     let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
     let other = format!("never::{} --fsync=never", env!("CARGO_BIN_EXE_borgd"));
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["e2e", "--reps", "2", "--warmup", "0", "--size-mb", "8", "--server", &server, "--server", &other, "--borg"])
-        .arg(&borg)
-        .arg("--workdir")
-        .arg(dir.path().join("w"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "borgd-bench e2e failed:\n{stderr}");
+    let (stdout, stderr) = e2e(dir.path(), &["--reps", "2", "--warmup", "0", "--size-mb", "8", "--server", &server, "--server", &other]);
     for row in ["create_server_cpu_s", "create_replayed_server_cpu_s", "create_paced_server_cpu_s", "create_paced_server_waits", "extract_server_cpu_s", "nightly_create_server_cpu_s", "nightly_create_wall_s"] {
         assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
     }
@@ -211,18 +206,9 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 /// file to know it records).
 #[test]
 fn e2e_benchmark_runs_over_a_real_sshd() {
-    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
     let dir = tempfile::tempdir().unwrap();
     let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["e2e", "--sshd", "--reps", "1", "--warmup", "0", "--size-mb", "4", "--server", &server, "--borg"])
-        .arg(&borg)
-        .arg("--workdir")
-        .arg(dir.path().join("w"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "borgd-bench e2e --sshd failed:\n{stderr}");
+    let (stdout, _) = e2e(dir.path(), &["--sshd", "--reps", "1", "--warmup", "0", "--size-mb", "4", "--server", &server]);
     assert!(stdout.contains("real borg client over ssh (a real sshd on 127.0.0.1)"), "{stdout}");
     for row in ["create_server_cpu_s", "create_paced_server_cpu_s", "extract_server_cpu_s", "nightly_create_server_cpu_s"] {
         assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
