@@ -23,17 +23,19 @@
 //! `read_data`, close (where borgd's default `--fsync=barrier` makes it all durable); then a
 //! "check" session, as `borg check` is: `list` of all ids and a full `check`. Peak RSS of both.
 //! Then 20 000 more 1 KiB puts in a session on the same repository once all its `data/xx/yy`
-//! directories exist ("established": as any repository past a few hundred thousand objects),
-//! and a `list` of all its ids, every leaf directory read. (`--no-established` skips both.) A plain temp-file+rename loop writing the same 1 KiB objects
-//! into the same nested layout (fresh, and established) gives the file system's own limit for
-//! comparison, and the same loop with unnamed files linked into place (`O_TMPFILE`, as borgd
-//! writes small objects) the floor of any server that puts whole files in place atomically.
-//! Medians and spreads are printed as a markdown table with ratios against the last server given.
-//! `e2e` likewise replays the objects of each repetition's `borg create` — received from a pipe
-//! and put in place, no RPC (see `replay`) — for the floor of a server's `create` CPU; and feeds
-//! the first `create` session's recorded stream to every server in each repetition, once as fast
-//! as it reads and once at the pace the client had sent it (see `pace`): the session's cost
-//! without the client beside the server, and with its idle periods.
+//! directories exist ("established": as any repository past a few hundred thousand objects), and a
+//! `list` of all its ids, every leaf directory read. (`--no-established` skips both.) A plain
+//! temp-file+rename loop writing the same 1 KiB objects into the same nested layout (fresh, and
+//! established) gives the file system's own limit for comparison, and the same loop with unnamed
+//! files linked into place (`O_TMPFILE`, as borgd writes small objects) the floor of any server
+//! that puts whole files in place atomically. Medians and spreads are printed as a markdown table
+//! with ratios against the last server given. `e2e` likewise replays the objects of each
+//! repetition's `borg create` — received from a pipe and put in place, no RPC (see `replay`) — for
+//! the floor of a server's `create` CPU; and feeds the first `create` session's recorded stream to
+//! every server in each repetition, once as fast as it reads and once at the pace the client had
+//! sent it (see `pace`): the session's cost without the client beside the server, and with its idle
+//! periods. After the extract it runs the next night's backup (the data set again, a tenth new),
+//! and with `--sshd` the client reaches the servers through a real sshd (see `sshd`).
 //!
 //! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
 //! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
