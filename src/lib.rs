@@ -18,3 +18,4 @@ pub mod server;
 pub mod signals;
 pub mod store;
 pub mod testdata;
+pub mod testsshd;

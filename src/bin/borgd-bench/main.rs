@@ -35,7 +35,7 @@
 //! every server in each repetition, once as fast as it reads and once at the pace the client had
 //! sent it (see `pace`): the session's cost without the client beside the server, and with its idle
 //! periods. After the extract it runs the next night's backup (the data set again, a tenth new),
-//! and with `--sshd` the client reaches the servers through a real sshd (see `sshd`).
+//! and with `--sshd` the client reaches the servers through a real sshd (`borgd::testsshd`).
 //!
 //! Method, built in: `--warmup N` (default 1) repetitions run first and are not counted; every
 //! timed step starts after a `sync`, so no server pays for another's writeback; a run refuses to
@@ -54,6 +54,7 @@ use borgd::rpc::frame::{FrameReader, Input};
 use borgd::rpc::msgpack::{self, Value};
 use borgd::rpc::{encode_request as request, ArgValue as Arg};
 use borgd::testdata::noise;
+use borgd::testsshd::Sshd;
 
 mod clients;
 mod compare;
@@ -61,7 +62,6 @@ mod neighbour;
 mod pace;
 mod patient;
 mod replay;
-mod sshd;
 mod stats;
 
 use patient::Patient;
@@ -1184,6 +1184,10 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
     read_measurements(out).last().copied().ok_or_else(|| format!("{}: no measurement", cmd[0]))
 }
 
+/// The client's key with `e2e --sshd`: no forced command, so that the client names the server to
+/// start (`BORG_REMOTE_PATH`), as with the rsh shim.
+const SSH_KEY: &str = "client_key";
+
 /// The real borg client, set up to back up into `DIR/repo` through one server: over the rsh shim
 /// (as ssh would start it, on this machine) or a real sshd, with its own base directory and no
 /// encryption.
@@ -1203,7 +1207,7 @@ impl<'a> Client<'a> {
     /// CLIENT-OPTIONS EXTRA-WORDS` (`cmd`), under `measure` when `measurements` is given, and
     /// with its input copied through `tap` to the path in `DIR/record-to` while that exists.
     /// Through `ssh` when given, else the rsh shim.
-    fn new(borg: &'a Path, me: &Path, dir: &Path, cmd: &[String], measurements: Option<&Path>, ssh: Option<&sshd::Sshd>) -> Res<Client<'a>> {
+    fn new(borg: &'a Path, me: &Path, dir: &Path, cmd: &[String], measurements: Option<&Path>, ssh: Option<&Sshd>) -> Res<Client<'a>> {
         let wrapper = dir.join("remote");
         // the client runs `EXECUTABLE serve --its-options`; extra words of the server spec
         // (e.g. `--fsync=never`) go after those, where serve's options belong
@@ -1220,7 +1224,7 @@ impl<'a> Client<'a> {
         std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| format!("{}: {e}", wrapper.display()))?;
         let repo = dir.join("repo");
         let (repo, rsh) = match ssh {
-            Some(s) => (s.url(&repo), s.rsh()),
+            Some(s) => (s.url(&repo), s.rsh(SSH_KEY)),
             None => (format!("ssh://localhost/{}", repo.display()), Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim").display().to_string()),
         };
         Ok(Client { borg, repo, rsh, wrapper, record_flag, base: dir.join("base") })
@@ -1292,8 +1296,10 @@ fn e2e(args: &[String]) -> Res<()> {
     let new = root.join("new");
     let new_bytes = make_new_files(&new, data / 10)?;
     eprintln!("new by the next night: {:.0} MiB in {}", new_bytes as f64 / 1048576.0, new.display());
-    // the client's way to each server: the rsh shim, or a real sshd (see `sshd`)
-    let sshd = if args.iter().any(|a| a == "--sshd") { Some(sshd::Sshd::start(&root.join("sshd"))?) } else { None };
+    // the client's way to each server: the rsh shim (the client's pipe straight into the server),
+    // or a real sshd, as deployed: the server then reads what sshd decrypted, in the pieces sshd
+    // writes, with sshd working beside it (its CPU is not the server's, for either server)
+    let sshd = if args.iter().any(|a| a == "--sshd") { Some(Sshd::start(&root.join("sshd"), &[(SSH_KEY, "restrict")])?) } else { None };
     let transport = if sshd.is_some() { "over ssh (a real sshd on 127.0.0.1)" } else { "over the rsh shim" };
     // per server, each counted repetition's figures
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];

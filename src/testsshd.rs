@@ -1,30 +1,24 @@
-//! A real `sshd` on 127.0.0.1 for `e2e --sshd`: the client reaches each server over ssh, as
-//! backup hosts serve it.
+//! A throwaway `sshd` on 127.0.0.1, for the tests and the benchmark: the real ssh path between
+//! the borg client and a server, as backup hosts run it.
 //!
-//! The default transport is the rsh shim (the client's pipe goes straight into the server), which
-//! measures the server alone. Behind a real sshd the server reads what sshd decrypted, in the
-//! pieces sshd writes (ssh channel packets, not the client's large writes), and sshd works on
-//! this machine's two cores beside it: the deployed path, whose figures can differ. sshd's own
-//! CPU is not the server's and is not counted (for either server).
-//!
-//! Throwaway keys in the run's work directory, a free port, root logging in with a key (the
-//! benchmark runs as root), no forced command: the client names the server to start, as with the
-//! shim (`BORG_REMOTE_PATH`).
+//! The forced-command tests need `authorized_keys` lines with options (`command="borgd serve
+//! ..."`); the benchmark's `e2e --sshd` needs one plain key so that the client names the server
+//! to start. One place knows how to run such an sshd: keys and configuration in a directory of
+//! the caller's, a free port, root logging in with a key (both run as root), stopped when dropped.
+//! Not used by the server itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::Res;
-
 /// A running sshd; stopped when dropped.
 pub struct Sshd {
     child: Child,
     port: u16,
-    key: PathBuf,
+    dir: PathBuf,
 }
 
-fn keygen(path: &Path) -> Res<()> {
+fn keygen(path: &Path) -> Result<(), String> {
     if path.exists() {
         return Ok(());
     }
@@ -37,22 +31,27 @@ fn keygen(path: &Path) -> Res<()> {
 }
 
 impl Sshd {
-    /// Starts `/usr/sbin/sshd` with its keys and configuration in `dir`, and waits until it
-    /// listens.
-    pub fn start(dir: &Path) -> Res<Sshd> {
+    /// Starts `/usr/sbin/sshd` with its host key, configuration and one client key per
+    /// `(key name, authorized_keys options)` pair in `dir`, and waits until it listens.
+    pub fn start(dir: &Path, keys: &[(&str, &str)]) -> Result<Sshd, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return Err("--sshd runs sshd and logs in as root: run the benchmark as root".into());
+            return Err("sshd runs as root and is logged in to as root: run this as root".into());
         }
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
         std::fs::create_dir_all("/run/sshd").map_err(|e| format!("/run/sshd (sshd's privilege separation directory): {e}"))?;
         std::fs::create_dir_all(dir).map_err(io)?;
-        let (host_key, key) = (dir.join("host_key"), dir.join("client_key"));
+        let host_key = dir.join("host_key");
         keygen(&host_key)?;
-        keygen(&key)?;
-        let public = std::fs::read_to_string(key.with_extension("pub")).map_err(io)?;
-        let authorized = dir.join("authorized_keys");
-        std::fs::write(&authorized, format!("restrict {}\n", public.trim_end())).map_err(io)?;
+        let mut authorized = String::new();
+        for (name, options) in keys {
+            let key = dir.join(name);
+            keygen(&key)?;
+            let public = std::fs::read_to_string(key.with_extension("pub")).map_err(io)?;
+            authorized.push_str(&format!("{options} {}\n", public.trim_end()));
+        }
+        let authorized_keys = dir.join("authorized_keys");
+        std::fs::write(&authorized_keys, authorized).map_err(io)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("a free port on 127.0.0.1: {e}"))?.port();
         let config = dir.join("sshd_config");
         std::fs::write(
@@ -60,9 +59,9 @@ impl Sshd {
             format!(
                 "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nStrictModes no\nUsePAM no\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PermitUserEnvironment no\nLogLevel ERROR\n",
+                 PermitUserEnvironment no\nAcceptEnv none\nLogLevel ERROR\n",
                 host_key.display(),
-                authorized.display(),
+                authorized_keys.display(),
                 dir.join("sshd.pid").display()
             ),
         )
@@ -87,14 +86,14 @@ impl Sshd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Sshd { child, port, key })
+        Ok(Sshd { child, port, dir: dir.to_path_buf() })
     }
 
-    /// The client's `BORG_RSH` for this sshd.
-    pub fn rsh(&self) -> String {
+    /// The client's `BORG_RSH` for logging in with key `key`.
+    pub fn rsh(&self, key: &str) -> String {
         format!(
             "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
-            self.key.display()
+            self.dir.join(key).display()
         )
     }
 
