@@ -76,6 +76,38 @@ fn a_stalled_server_fails_the_run_instead_of_hanging_it() {
     assert!(stderr.contains("the server has not read what was sent for 1 s"), "{stderr}");
 }
 
+/// The same for `e2e`, whose live sessions are the real client's (which has no limit of its
+/// own): a client command still going past the stall limit fails the run, and the client and
+/// the stalled server are killed, over the rsh shim and over a real sshd (where the server is
+/// not the client's child: `measure` names itself, and its server dies with it).
+#[test]
+fn a_stalled_server_fails_a_live_e2e_session_and_is_killed() {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("stuck");
+    // a length of sleep nothing else here uses, to find it by
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 31.25 2>/dev/null\n").unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let stalled_left = || {
+        std::fs::read_dir("/proc").unwrap().flatten().filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031.25\x00")).count()
+    };
+    for transport in [None, Some("--sshd")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_borgd-bench"));
+        cmd.args(["e2e", "--reps", "1", "--warmup", "0", "--size-mb", "1", "--server"]).arg(format!("stuck::{}", stuck.display())).arg("--borg").arg(&borg);
+        cmd.arg("--workdir").arg(dir.path().join(format!("w{}", transport.is_some())));
+        let out = cmd.args(transport).env("BORGD_BENCH_STALL_S", "3").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{transport:?}: a stalled server passed:\n{stderr}");
+        assert!(stderr.contains("had not ended after 3 s: killed with its server"), "{transport:?}: {stderr}");
+        // SIGKILL takes a moment to land
+        let t = std::time::Instant::now();
+        while stalled_left() > 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(stalled_left(), 0, "{transport:?}: the stalled server was left running");
+    }
+}
+
 /// `measure` (the wrapper `e2e` starts each server through) records what the tables report for
 /// a session: CPU time, peak memory and waits — a process that sleeps has waited at least once.
 #[test]

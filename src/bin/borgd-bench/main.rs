@@ -46,6 +46,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -946,7 +947,9 @@ fn protocol(args: &[String]) -> Res<()> {
 /// `measure --out FILE -- CMD...`: runs CMD with our stdio, then appends its CPU time and
 /// voluntary context switches (wait4) and peak RSS (VmHWM, polled: wait4's maxrss would include
 /// our own pages; growth after the last look is missed) to FILE as a JSON line; exits with CMD's
-/// status. Used as the BORG_REMOTE_PATH wrapper in `e2e`.
+/// status. Used as the BORG_REMOTE_PATH wrapper in `e2e`. While CMD runs, `FILE.pid` names this
+/// process, and CMD is killed when this process dies: so the benchmark can stop a stalled server
+/// it did not start itself (one under sshd; see [`Client::run`]).
 fn measure(args: &[String]) -> Res<i32> {
     let out = opt(args, "--out").ok_or("measure needs --out FILE")?;
     let dash = args.iter().position(|a| a == "--").ok_or("measure needs -- CMD")?;
@@ -954,8 +957,10 @@ fn measure(args: &[String]) -> Res<i32> {
     if cmd.is_empty() {
         return Err("measure needs a command".into());
     }
+    let pid_file = pid_file(Path::new(&out));
+    std::fs::write(&pid_file, std::process::id().to_string()).map_err(|e| format!("{}: {e}", pid_file.display()))?;
     let t = Instant::now();
-    let mut child = Command::new(&cmd[0]).args(&cmd[1..]).spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut child = patient::dies_with_us(&mut Command::new(&cmd[0])).args(&cmd[1..]).spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
     let pid = child.id();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -979,6 +984,8 @@ fn measure(args: &[String]) -> Res<i32> {
         })
     };
     let (ru, code) = wait_rusage(&mut child)?;
+    // nothing to stop now (and the pid may be another process's soon)
+    let _ = std::fs::remove_file(&pid_file);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.join();
     let line = format!(
@@ -990,6 +997,13 @@ fn measure(args: &[String]) -> Res<i32> {
     );
     std::fs::OpenOptions::new().create(true).append(true).open(&out).and_then(|mut f| f.write_all(line.as_bytes())).map_err(|e| e.to_string())?;
     Ok(code)
+}
+
+/// Where `measure --out OUT` names itself while its command runs.
+fn pid_file(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".pid");
+    PathBuf::from(name)
 }
 
 /// `feed --gap-us N FILE`: writes a recorded client stream (msgpack requests, as `tap` and
@@ -1200,6 +1214,12 @@ struct Client<'a> {
     /// the environment: sshd passes none of the client's on).
     record_flag: PathBuf,
     base: PathBuf,
+    /// Where the client's notes go (read back when it fails).
+    notes: PathBuf,
+    /// The benchmark's executable and where `measure` names itself while a session runs: to stop
+    /// a stalled server the client cannot (see [`Client::run`]).
+    me: PathBuf,
+    server_pid: Option<PathBuf>,
 }
 
 impl<'a> Client<'a> {
@@ -1227,19 +1247,23 @@ impl<'a> Client<'a> {
             Some(s) => (s.url(&repo), s.rsh(SSH_KEY)),
             None => (format!("ssh://localhost/{}", repo.display()), Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rsh-shim").display().to_string()),
         };
-        Ok(Client { borg, repo, rsh, wrapper, record_flag, base: dir.join("base") })
+        Ok(Client { borg, repo, rsh, wrapper, record_flag, base: dir.join("base"), notes: dir.join("client-notes"), me: me.to_path_buf(), server_pid: measurements.map(pid_file) })
     }
 
     /// `borg -r REPO ARGS` in `cwd`, its output discarded (its notes shown only with a failure);
     /// with `record_to`, the server's input is recorded there with its pace (see `pace`).
-    /// Returns the wall time.
+    /// Returns the wall time. A run still going after the stall limit fails: the client (its
+    /// process group: the rsh shim and a server under it) and the server `measure` names are
+    /// killed, since a client waiting for a stalled server would wait for ever.
     fn run(&self, args: &[&str], cwd: &Path, record_to: Option<&Path>) -> Res<f64> {
         match record_to {
             Some(to) => std::fs::write(&self.record_flag, to.as_os_str().as_encoded_bytes()).map_err(|e| format!("{}: {e}", self.record_flag.display()))?,
             None => drop(std::fs::remove_file(&self.record_flag)),
         }
+        let limit = patient::stall_limit()?;
+        let notes = std::fs::File::create(&self.notes).map_err(|e| format!("{}: {e}", self.notes.display()))?;
         let t = Instant::now();
-        let out = Command::new(self.borg)
+        let mut child = Command::new(self.borg)
             .args(["-r", &self.repo])
             .args(args)
             .current_dir(cwd)
@@ -1250,15 +1274,33 @@ impl<'a> Client<'a> {
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
+            .stderr(notes)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", self.borg.display()))?;
+        let group = child.id() as libc::pid_t;
+        let waited = patient::wait_bounded(&mut child, limit, || {
+            // SAFETY: kill with the process group of a child not reaped yet.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            // over ssh the server is not in that group: `measure`, and with it the server
+            if let Some(pid) = self.server_pid.as_deref().and_then(|f| std::fs::read_to_string(f).ok()).and_then(|p| p.trim().parse::<libc::pid_t>().ok()) {
+                if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.me) {
+                    // SAFETY: kill with a pid that was `measure`'s a moment ago.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
         let wall = t.elapsed().as_secs_f64();
         if record_to.is_some() {
             let _ = std::fs::remove_file(&self.record_flag);
         }
-        let st = out.map_err(|e| format!("{}: {e}", self.borg.display()))?;
-        if !st.status.success() {
-            return Err(format!("borg {args:?} failed: {}: {}", st.status, String::from_utf8_lossy(&st.stderr).trim()));
+        let (st, stopped) = waited.map_err(|e| format!("{}: {e}", self.borg.display()))?;
+        if stopped {
+            return Err(format!("borg {args:?} had not ended after {:.0} s: killed with its server (a stalled server? BORGD_BENCH_STALL_S sets the limit)", limit.as_secs_f64()));
+        }
+        if !st.success() {
+            let notes = std::fs::read_to_string(&self.notes).unwrap_or_default();
+            return Err(format!("borg {args:?} failed: {st}: {}", notes.trim()));
         }
         Ok(wall)
     }

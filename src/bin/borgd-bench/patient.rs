@@ -8,12 +8,15 @@
 //! run stops with that server's error instead of hanging. The limit is generous (a `check` of a
 //! large repository answers nothing for a while): [`DEFAULT_STALL`], or `BORGD_BENCH_STALL_S`.
 //! Where the benchmark would then wait for the stalled process to exit, it kills it instead (in
-//! replays that is the `measure` wrapper; the server under it is left as it is); elsewhere it is
-//! left as it is. Not covered: `e2e`'s live sessions, where the real client talks to the server
-//! and has no such limit of its own.
+//! replays that is the `measure` wrapper, and the server under it dies with it: see
+//! [`dies_with_us`]); elsewhere it is left as it is. In `e2e`'s live sessions the real client
+//! talks to the server, with no limit of its own: there the whole client command gets the stall
+//! limit ([`wait_bounded`]), and past it the benchmark kills the client and the server.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use borgd::rpc::frame::Input;
@@ -58,6 +61,48 @@ impl<T: AsRawFd> Patient<T> {
     fn wait(&self, events: libc::c_short) -> io::Result<()> {
         wait_for(self.inner.as_raw_fd(), events, self.limit)
     }
+}
+
+/// Makes the process `cmd` starts die (SIGKILL) when the thread that starts it exits: killing
+/// `measure` then stops the server under it too, stalled or not.
+pub fn dies_with_us(cmd: &mut Command) -> &mut Command {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions (prctl,
+    // getppid) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // the parent died before the line above: nothing would kill this process now
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`; past it calls `stop` (which must make the child
+/// exit: kill it and what it started) and then waits for it. Returns its status and whether
+/// `stop` was called. Nothing wakes during the wait, so a measured session beside it is not
+/// disturbed.
+pub fn wait_bounded(child: &mut Child, limit: Duration, stop: impl FnOnce() + Send) -> io::Result<(ExitStatus, bool)> {
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let watchdog = s.spawn(move || match ended.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                stop();
+                true
+            }
+            _ => false,
+        });
+        let status = child.wait();
+        drop(done);
+        let stopped = watchdog.join().unwrap_or(false);
+        status.map(|st| (st, stopped))
+    })
 }
 
 /// `poll` for one descriptor, retried on `EINTR` against the same deadline; `TimedOut` when
@@ -132,6 +177,51 @@ mod tests {
         assert_eq!(a.read(&mut buf).unwrap(), 2);
         drop(b);
         assert_eq!(a.read(&mut buf).unwrap(), 0, "a closed peer is the end of the stream");
+    }
+
+    #[test]
+    fn a_child_past_the_limit_is_stopped_and_one_within_it_is_not() {
+        let mut slow = Command::new("sleep").arg("5").spawn().unwrap();
+        let pid = slow.id() as libc::pid_t;
+        let t = std::time::Instant::now();
+        // SAFETY: kill with the pid of a child not reaped yet.
+        let (st, stopped) = wait_bounded(&mut slow, Duration::from_millis(100), || unsafe { libc::kill(pid, libc::SIGKILL); }).unwrap();
+        assert!(stopped && !st.success(), "{st}");
+        assert!(t.elapsed() < Duration::from_secs(4), "waited for the child instead");
+        let mut quick = Command::new("true").spawn().unwrap();
+        let (st, stopped) = wait_bounded(&mut quick, Duration::from_secs(5), || panic!("stopped a child within its limit")).unwrap();
+        assert!(!stopped && st.success());
+    }
+
+    #[test]
+    fn a_child_started_through_dies_with_us_dies_with_the_thread_that_started_it() {
+        use std::os::unix::process::ExitStatusExt;
+        // started from a thread that then ends: killed at once with it, or left running
+        let started = |guarded: bool| {
+            std::thread::spawn(move || {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("5");
+                if guarded {
+                    dies_with_us(&mut cmd);
+                }
+                cmd.spawn().unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        let kill = |c: &Child| {
+            let pid = c.id() as libc::pid_t;
+            // SAFETY: kill with the pid of a child not reaped yet.
+            move || unsafe { libc::kill(pid, libc::SIGKILL); }
+        };
+        let mut guarded = started(true);
+        let stop = kill(&guarded);
+        let (st, stopped) = wait_bounded(&mut guarded, Duration::from_secs(3), stop).unwrap();
+        assert!(!stopped && st.signal() == Some(libc::SIGKILL), "{st}");
+        let mut plain = started(false);
+        let stop = kill(&plain);
+        let (_, stopped) = wait_bounded(&mut plain, Duration::from_millis(300), stop).unwrap();
+        assert!(stopped, "a plain child died with its thread: the check above proves nothing");
     }
 
     #[test]
