@@ -1,6 +1,7 @@
 //! The real borg 2.0.0b21 client over ssh:// (rsh shim) against borgd: the whole life of a
-//! repository in each encryption mode, on-disk compatibility with Python borg both ways, server
-//! logs on the client, and no lock left behind by a killed client.
+//! repository in each encryption mode, the client's other repository commands (recreate,
+//! repo-compress, tar export and import, transfer, ...), on-disk compatibility with Python borg
+//! both ways, server logs on the client, and no lock left behind by a killed client.
 
 mod support;
 
@@ -150,6 +151,69 @@ fn repository_made_by_python_borg_is_served() {
     assert!(env.command(&["-r", &url, "extract", "via-borgd"]).current_dir(&out).status().unwrap().success());
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+/// The client's other commands that work a repository through the server, each checked by what
+/// it left: `version` (the server's too), `tag`, `recreate`, `repo-compress` (every object read
+/// and written again), `export-tar` / `import-tar`, `analyze`, and `transfer` between two
+/// repositories on two connections of one client; Python borg checks both repositories locally.
+#[test]
+fn the_clients_other_repository_commands_work() {
+    let mut env = Env::new();
+    let src = env.path("src");
+    make_source(&src);
+    // something the compressors can tell apart (the rest is noise)
+    std::fs::write(src.join("text"), "borgd serves borg clients\n".repeat(40_000)).unwrap();
+    let src_s = src.to_str().unwrap();
+    let (a, b) = (env.path("a"), env.path("b"));
+    let (url_a, url_b) = (env.ssh_url(&a), env.ssh_url(&b));
+    let on_a = |args: &[&str]| env.ok(&[&["-r", url_a.as_str()], args].concat());
+    on_a(&["repo-create", "-e", "repokey-aes-ocb"]);
+    on_a(&["create", "a1", src_s]);
+    on_a(&["create", "a2", src_s]);
+
+    let version = on_a(&["version"]);
+    assert!(version.starts_with("2.0.0b21 / 2.0.0b21"), "client / server version: {version}");
+
+    on_a(&["tag", "a1", "--set", "keep"]);
+    let tags = on_a(&["repo-list", "--format", "{archive}:{tags}{NL}"]);
+    assert!(tags.contains("a1:keep") && tags.contains("a2:\n"), "{tags}");
+
+    on_a(&["recreate", "--exclude", "*/big.bin", "-a", "a2"]);
+    assert!(!on_a(&["list", "a2"]).contains("big.bin") && on_a(&["list", "a1"]).contains("big.bin"));
+
+    let contents = || files_below(&a.join("data")).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect::<std::collections::BTreeMap<_, _>>();
+    let before = contents();
+    on_a(&["repo-compress", "--compression", "zstd,3"]);
+    let after = contents();
+    let rewritten = before.iter().filter(|(p, v)| after.get(*p).is_some_and(|w| w != *v)).count();
+    assert!(rewritten > 0 && after.keys().eq(before.keys()), "repo-compress rewrote {rewritten} of {} objects in place", before.len());
+    on_a(&["check", "--verify-data"]);
+
+    let (tar1, tar3) = (env.path("a1.tar"), env.path("a3.tar"));
+    on_a(&["export-tar", "a1", tar1.to_str().unwrap()]);
+    on_a(&["import-tar", "a3", tar1.to_str().unwrap()]);
+    on_a(&["export-tar", "a3", tar3.to_str().unwrap()]);
+    assert!(std::fs::read(&tar1).unwrap() == std::fs::read(&tar3).unwrap(), "a tar imported and exported again differs");
+
+    on_a(&["create", "a1", src_s]);
+    let analysis = on_a(&["analyze", "-a", "a1"]);
+    assert!(analysis.contains("chunks added or removed by directory path"), "{analysis}");
+
+    // a related repository (same key material), filled from the first over a second connection
+    env.set_env("BORG_OTHER_PASSPHRASE", "correct horse battery staple");
+    env.ok(&["-r", &url_b, "repo-create", "--other-repo", &url_a, "-e", "repokey-aes-ocb"]);
+    env.ok(&["-r", &url_b, "transfer", "--other-repo", &url_a]);
+    let names = |url: &str| support::archive_names(&env, &["-r", url]);
+    assert_eq!(names(&url_b), names(&url_a));
+    assert_eq!(names(&url_b).len(), 4);
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(env.command(&["-r", &url_b, "extract", "a3"]).current_dir(&out).status().unwrap().success());
+    assert_same_tree(&src.join("sub"), &out.join(src.strip_prefix("/").unwrap()).join("sub"));
+    for repo in [&a, &b] {
+        env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+    }
 }
 
 #[test]
