@@ -216,6 +216,31 @@ fn the_clients_other_repository_commands_work() {
     }
 }
 
+/// `borg check --max-duration` (a partial repository check) through borgd resumes after the key
+/// a past partial check recorded (`cache/last-key-checked`, as Python borg names it), checks
+/// exactly the objects after it, and forgets the mark once the pass is complete.
+#[test]
+fn a_partial_check_resumes_where_the_last_one_stopped() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_source(&src);
+    let (repo, url) = env.new_repo("repo");
+    env.ok(&["-r", &url, "create", "a1", src.to_str().unwrap()]);
+    let mut names: Vec<String> = files_below(&repo.join("data")).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let mark_at = names.len() / 3;
+    let mark = repo.join("cache/last-key-checked");
+    std::fs::write(&mark, format!("data/{}", names[mark_at])).unwrap();
+    let out = env.ok(&["-r", &url, "check", "--repository-only", "--max-duration", "600", "--info"]);
+    assert!(out.contains("Starting partial repository check") && out.contains(&format!("Skipping to keys after data/{}.", names[mark_at])), "{out}");
+    let after = names.len() - mark_at - 1;
+    assert!(out.contains(&format!("Checked {after} repository objects, 0 errors.")), "expected {after} of {} objects checked:\n{out}", names.len());
+    assert!(!mark.exists(), "a completed pass forgets the mark");
+    // a full check starts from the beginning
+    let out = env.ok(&["-r", &url, "check", "--repository-only", "--info"]);
+    assert!(out.contains(&format!("Checked {} repository objects, 0 errors.", names.len())), "{out}");
+}
+
 #[test]
 fn debug_shows_server_log_records() {
     let env = Env::new();
