@@ -241,6 +241,44 @@ fn a_partial_check_resumes_where_the_last_one_stopped() {
     assert!(out.contains(&format!("Checked {} repository objects, 0 errors.", names.len())), "{out}");
 }
 
+/// Keyfile mode (the key on the client, none in the repository) through borgd: the repository
+/// holds no key, as one Python borg makes locally; a backup (sent through the client's upload
+/// buffer, rate-limited) extracts whole; `key change-location` moves the key into the repository
+/// and back out, leaving an empty `keys/repokey` as Python borg does.
+#[test]
+fn keyfile_mode_and_moving_the_key_in_and_out() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_source(&src);
+    let (repo, python_repo) = (env.path("repo"), env.path("python-repo"));
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "keyfile-aes-ocb"]);
+    env.ok(&["-r", python_repo.to_str().unwrap(), "repo-create", "-e", "keyfile-aes-ocb"]);
+    let entries = |dir: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(entries(&repo), entries(&python_repo), "borgd's keyfile repository against Python borg's");
+    assert!(!repo.join("keys").exists());
+
+    env.ok(&["-r", &url, "--upload-buffer", "8", "--upload-ratelimit", "100000", "create", "a1", src.to_str().unwrap()]);
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(env.command(&["-r", &url, "extract", "a1"]).current_dir(&out).status().unwrap().success());
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+
+    let repokey = repo.join("keys/repokey");
+    env.ok(&["-r", &url, "key", "change-location", "repokey"]);
+    assert!(std::fs::metadata(&repokey).unwrap().len() > 100, "the key is in the repository now");
+    assert!(env.ok(&["-r", &url, "repo-info"]).contains("repokey AES-OCB"));
+    env.ok(&["-r", &url, "key", "change-location", "keyfile"]);
+    assert_eq!(std::fs::metadata(&repokey).unwrap().len(), 0, "an empty repokey: none in the repository");
+    assert!(env.ok(&["-r", &url, "repo-info"]).contains("key file AES-OCB"));
+    env.ok(&["-r", &url, "list", "a1"]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
 #[test]
 fn debug_shows_server_log_records() {
     let env = Env::new();
