@@ -130,3 +130,66 @@ fn restrict_to_repository_admits_exactly_that_repository() {
         assert!(text.contains("Repository path not allowed"), "{}: {text}", bad.display());
     }
 }
+
+/// Differential: in each restricted mode, Python's `borg serve` (b21) and borgd allow and deny
+/// the same client commands, run in the same order on copies of one repository — but for the
+/// one difference borgd makes on purpose (docs/SECURITY.md): `check` in read-only mode, which
+/// Python's server fails with a traceback. (Exit codes differ too: borgd's denials are the
+/// client's clean exit 21, Python's a traceback's 2; only success or failure is compared.)
+#[test]
+fn borgd_allows_and_denies_what_python_borg_serve_does() {
+    let mut env = Env::new();
+    let (repo, url, src) = repo_with_archive(&mut env);
+    env.ok(&["-r", &url, "create", "a2", &src]);
+    let commands: &[&[&str]] = &[
+        &["extract", "--dry-run", "a1"],
+        &["create", "a3", &src],
+        &["rename", "a1", "a1b"],
+        &["delete", "-a", "a2"],
+        &["compact"],
+        &["check"],
+        &["repo-space", "--reserve", "1M"],
+        &["key", "change-passphrase"],
+    ];
+    let python = support::borg_binary();
+    let servers = [("python", python.as_path()), ("borgd", env.borgd.as_path())];
+    let modes = ["no-delete", "write-only", "read-only"];
+    // each server's sequence in each mode on its own copy, with its own client state, all at once
+    let outcomes: Vec<Vec<bool>> = std::thread::scope(|s| {
+        let runs: Vec<_> = modes
+            .iter()
+            .flat_map(|mode| servers.iter().map(move |server| (mode, server)))
+            .map(|(mode, &(label, server))| {
+                let dir = env.path(&format!("{mode}-{label}"));
+                let (env, repo) = (&env, &repo);
+                s.spawn(move || {
+                    std::fs::create_dir_all(dir.join("base")).unwrap();
+                    assert!(std::process::Command::new("cp").arg("-a").arg(repo).arg(dir.join("repo")).status().unwrap().success());
+                    let wrapper = dir.join("serve");
+                    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' \"$@\" --permissions={mode}\n", server.display())).unwrap();
+                    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                    let url = env.ssh_url(&dir.join("repo"));
+                    commands
+                        .iter()
+                        .map(|c| {
+                            let args: Vec<&str> = ["-r", url.as_str()].iter().chain(c.iter()).copied().collect();
+                            let mut cmd = env.command(&args);
+                            cmd.env("BORG_REMOTE_PATH", &wrapper).env("BORG_BASE_DIR", dir.join("base")).env("BORG_NEW_PASSPHRASE", "correct horse battery staple");
+                            cmd.output().unwrap().status.success()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (m, mode) in modes.iter().enumerate() {
+        let (python, borgd) = (&outcomes[2 * m], &outcomes[2 * m + 1]);
+        let table = || commands.iter().zip(python.iter().zip(borgd)).map(|(c, (p, b))| format!("{c:?}: python {p}, borgd {b}")).collect::<Vec<_>>().join("\n");
+        for (i, c) in commands.iter().enumerate() {
+            let expected = if *mode == "read-only" && c[0] == "check" { !python[i] && borgd[i] } else { python[i] == borgd[i] };
+            assert!(expected, "{mode}, {c:?}:\n{}", table());
+        }
+        assert!(borgd.contains(&true) && borgd.contains(&false), "{mode} allowed all or nothing:\n{}", table());
+    }
+}
