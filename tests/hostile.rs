@@ -420,3 +420,102 @@ fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
     assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
+
+/// Mutated sessions: one whole session (negotiate, open with create, small puts, large puts that
+/// are streamed and written directly, a get, a list, close) damaged at a few places, 250 ways
+/// (flipped bits, bytes set to msgpack's type markers, bytes cut out or put in, the stream cut
+/// short; a fixed seed, so a failure reproduces). borgd, restricted to the test's directory (a
+/// mutated path must not make a repository elsewhere), must end each session on its own —
+/// answering, refusing or hanging up, exit status 0 or 2 — never panic or hang, and leave no lock
+/// behind.
+#[test]
+fn mutated_sessions_never_panic_or_hang() {
+    let env = Env::new();
+    let dir = env.path("fuzz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let repo = dir.join("repo");
+    let (mut session, mut starts) = (Vec::new(), Vec::new());
+    let mut id = 0;
+    let mut req = |method: &str, args: &[(&str, Arg<'_>)]| {
+        id += 1;
+        starts.push(session.len());
+        session.extend(borgd::rpc::encode_request(id, method, args));
+    };
+    req("negotiate", &[("client_data", Arg::Str("fuzz"))]);
+    req("open", &[("path", Arg::Str(repo.to_str().unwrap())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(1))]);
+    for i in 0..12u64 {
+        let size = if i % 4 == 3 { 600 * 1024 } else { 1000 + 77 * i as usize };
+        req("put", &[("id", Arg::Bin(&[0x40 + i as u8; 32])), ("data", Arg::Bin(&support::noise(i, size)))]);
+    }
+    req("get", &[("id", Arg::Bin(&[0x40; 32])), ("read_data", Arg::Bool(true)), ("raise_missing", Arg::Bool(true))]);
+    req("list", &[("limit", Arg::Int(100)), ("marker", Arg::Nil)]);
+    req("close", &[]);
+    // xorshift: the same mutants every run
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    let markers = [0x00, 0xff, 0xc0, 0xc1, 0xc4, 0xc6, 0xce, 0xcf, 0xd3, 0xdb, 0xdd, 0xdf, 0x80, 0x90];
+    let mut exits = [0usize; 2];
+    // mutant 0 is the session itself: it must work, and store all twelve objects
+    for m in 0..=250 {
+        let mut s = session.clone();
+        for _ in 0..if m == 0 { 0 } else { [1, 1, 2, 4, 16][next(5)] } {
+            if s.len() < 2 {
+                break;
+            }
+            // mostly in a message's head (method, argument names, lengths), where parsing is
+            let pos = match next(10) {
+                0..=5 => (starts[next(starts.len())] + next(80)).min(s.len() - 1),
+                6..=7 => next(s.len()),
+                _ => next(s.len().min(4096)),
+            };
+            match next(20) {
+                0..=7 => s[pos] ^= 1 << next(8),
+                8..=11 => s[pos] = markers[next(markers.len())],
+                12..=14 => drop(s.drain(pos..(pos + 1 + next(64)).min(s.len()))),
+                15..=17 => s.splice(pos..pos, (0..1 + next(16)).map(|_| next(256) as u8)).for_each(drop),
+                _ => s.truncate(pos),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&repo);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_borgd"))
+            .args(["serve", "--restrict-to-path"])
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // fed from a thread: a server that stops reading must not block the test
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || drop(stdin.write_all(&s)));
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("mutant {m}: borgd did not end within 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        feeder.join().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!err.contains("panicked") && matches!(status.code(), Some(0 | 2)), "mutant {m}: {status}: {err}");
+        if repo.join("locks").exists() {
+            assert!(files_below(&repo.join("locks")).is_empty(), "mutant {m}: a lock was left");
+        }
+        if m == 0 {
+            assert!(status.success() && files_below(&repo.join("data")).len() == 12, "the session itself failed: {err}");
+        }
+        exits[usize::from(!status.success())] += 1;
+    }
+    // the mutants reach both ends: some sessions still complete, most are refused
+    assert!(exits[0] > 20 && exits[1] > 100, "exit 0 / 2: {exits:?}");
+}
