@@ -154,9 +154,10 @@ fn repository_made_by_python_borg_is_served() {
 }
 
 /// The client's other commands that work a repository through the server, each checked by what
-/// it left: `version` (the server's too), `tag`, `recreate`, `repo-compress` (every object read
-/// and written again), `export-tar` / `import-tar`, `analyze`, and `transfer` between two
-/// repositories on two connections of one client; Python borg checks both repositories locally.
+/// it left: `version` (the server's too), `tag`, `recreate`, `repo-compress` (objects read,
+/// compressed anew and written again in place), `export-tar` / `import-tar`, `analyze`, and
+/// `transfer` between two repositories on two connections of one client; Python borg checks both
+/// repositories locally.
 #[test]
 fn the_clients_other_repository_commands_work() {
     let mut env = Env::new();
