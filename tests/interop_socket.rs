@@ -1,5 +1,6 @@
 //! The real borg 2.0.0b21 client over socket:// against `borgd serve --socket`: the repository
-//! life cycle, many clients at once, shared/exclusive locks between clients, limits and SIGTERM.
+//! life cycle, many clients at once, shared/exclusive locks between clients, limits, SIGTERM, and
+//! hostile connections beside a real client.
 
 mod support;
 
@@ -168,4 +169,58 @@ fn bare_socket_option_uses_the_path_the_client_computes() {
     let _server = SocketServer::start_at(&env, &expected, &["--socket"], &[], &[("XDG_RUNTIME_DIR", xdg.to_str().unwrap())]);
     let repo = format!("socket://{}", env.path("repo").display());
     env.ok(&["--socket", "-r", &repo, "repo-create", "-e", "none"]);
+}
+
+/// Hostile connections beside a real client: while 8 threads connect 25 times each and send
+/// garbage (random bytes, a message cut short, gigabytes announced) or nothing, the real client
+/// creates a repository, backs up and checks it through the same socket-mode server; the server
+/// serves it all and still stops cleanly. (At most 8 hostile connections at once, under the
+/// default limit of 64, so the client is never turned away for them.)
+#[test]
+fn hostile_connections_beside_a_real_client_disturb_nothing() {
+    let env = Env::new();
+    let server = SocketServer::start(&env, &[]);
+    let src = env.path("src");
+    make_source(&src);
+    let repo = env.path("repo");
+    let a = server.args(&repo);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let garbage = std::thread::scope(|s| {
+        let hostile: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (socket, stop) = (&server.socket, &stop);
+                s.spawn(move || {
+                    use std::io::Write;
+                    let mut sent = 0;
+                    for i in 0..25u64 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let Ok(mut c) = std::os::unix::net::UnixStream::connect(socket) else { continue };
+                        let noise = support::noise(t * 100 + i, 1 + (i as usize * 397) % 5000);
+                        let bytes: Vec<u8> = match i % 4 {
+                            0 => noise,
+                            1 => [&b"\x83\xa1i\x01\xa1m\xa9negotiate\xa1a"[..], &noise[..100.min(noise.len())]].concat(),
+                            2 => [&[0xc6, 0xff, 0xff, 0xff, 0xf0][..], &noise].concat(),
+                            _ => Vec::new(),
+                        };
+                        let _ = c.write_all(&bytes);
+                        std::thread::sleep(Duration::from_millis(20));
+                        sent += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        ok_args(&env, &cat(&a, &["repo-create", "-e", "repokey-aes-ocb"]));
+        ok_args(&env, &cat(&a, &["create", "one", src.to_str().unwrap()]));
+        ok_args(&env, &cat(&a, &["check", "--verify-data"]));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hostile.into_iter().map(|h| h.join().unwrap()).sum::<u32>()
+    });
+    assert!(garbage > 20, "only {garbage} hostile connections were made while the client worked");
+    assert!(ok_args(&env, &cat(&a, &["list", "one"])).contains("big.bin"));
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "exit status {status}: {stderr}");
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
