@@ -98,10 +98,10 @@ fn a_stalled_server_fails_a_live_e2e_session_and_is_killed() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_borgd-bench"));
         cmd.args(["e2e", "--reps", "1", "--warmup", "0", "--size-mb", "1", "--server"]).arg(format!("stuck::{}", stuck.display())).arg("--borg").arg(&borg);
         cmd.arg("--workdir").arg(dir.path().join(format!("w{}", transport.is_some())));
-        let out = cmd.args(transport).env("BORGD_BENCH_STALL_S", "3").output().unwrap();
+        let out = cmd.args(transport).env("BORGD_BENCH_STALL_S", "5").output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{transport:?}: a stalled server passed:\n{stderr}");
-        assert!(stderr.contains("had not ended after 3 s: killed with its server"), "{transport:?}: {stderr}");
+        assert!(stderr.contains("had not ended after 5 s: killed with its server"), "{transport:?}: {stderr}");
         // SIGKILL takes a moment to land
         let t = std::time::Instant::now();
         while stalled_left() > 0 && t.elapsed() < std::time::Duration::from_secs(5) {
