@@ -28,6 +28,7 @@ use borgd::rpc::msgpack::{self, Value};
 
 use super::compare::RecordingDir;
 use super::pace::{self, Piece};
+use super::patient;
 use super::{copy_tree, count, count_objects, distinct_labels, ensure_space, leaves_used, object, opt, parse_servers_given, print_runs, proc_cpu, proc_hwm, read_answer, repetition, request, server_order, settle, wait_rusage, Arg, Res, Run, Rusage, Server, Space, BLOCK};
 
 /// How a server serves several sessions.
@@ -376,15 +377,10 @@ fn through_socket(cmd: &[String], dir: &Path, plans: &[Plan]) -> Res<(f64, f64, 
     // that stalled may not, and is killed after a while)
     // SAFETY: kill with a child's pid we have not reaped yet.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let asked = Instant::now();
-    while matches!(child.try_wait(), Ok(None)) {
-        if asked.elapsed() > STOP_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // SAFETY: as above (`wait_bounded` reaps the child only after `stop` has run).
+    let _ = patient::wait_bounded(&mut child, STOP_TIMEOUT, || unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    });
     result
 }
 

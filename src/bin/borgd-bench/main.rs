@@ -1181,8 +1181,8 @@ fn replay_session(me: &Path, rec: &Recording, cmd: &[String], out: &Path, aside:
     };
     drop(stdin);
     if let Err(e) = fed {
-        // a server that stalled will not exit: stop waiting for it (`measure` goes; the server,
-        // its child, is left as it is)
+        // a server that stalled will not exit: stop waiting for it (`measure` goes, and the
+        // server, its child, dies with it: `patient::dies_with_us`)
         let _ = child.kill();
         let _ = child.wait();
         return Err(format!("{}: feeding the recorded session: {e}", cmd[0]));
