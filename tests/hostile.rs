@@ -493,16 +493,9 @@ fn mutated_sessions_never_panic_or_hang() {
         // fed from a thread: a server that stops reading must not block the test
         let mut stdin = child.stdin.take().unwrap();
         let feeder = std::thread::spawn(move || drop(stdin.write_all(&s)));
-        let t = std::time::Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t.elapsed() > std::time::Duration::from_secs(20) {
-                let _ = child.kill();
-                panic!("mutant {m}: borgd did not end within 20 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        let Some(status) = support::wait_at_most(&mut child, std::time::Duration::from_secs(20)) else {
+            let _ = child.kill();
+            panic!("mutant {m}: borgd did not end within 20 s");
         };
         feeder.join().unwrap();
         let mut err = String::new();

@@ -204,14 +204,7 @@ impl SocketServer {
     /// SIGTERM, then waits (at most 20 s) and returns the exit status and what it wrote to stderr.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         self.signal(libc::SIGTERM);
-        let started = std::time::Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(started.elapsed() < std::time::Duration::from_secs(20), "borgd did not stop on SIGTERM");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let status = wait_at_most(&mut self.child, std::time::Duration::from_secs(20)).expect("borgd did not stop on SIGTERM");
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
             use std::io::Read;
@@ -225,6 +218,21 @@ impl Drop for SocketServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`: its exit status, or `None` while it still runs (a
+/// hang the caller reports instead of hanging the test run).
+pub fn wait_at_most(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
