@@ -53,8 +53,7 @@ fn a_stalled_server_fails_the_run_instead_of_hanging_it() {
     let dir = tempfile::tempdir().unwrap();
     let stuck = dir.path().join("stuck");
     // its stderr away from the benchmark's, so that nothing waits for it to end
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 20 2>/dev/null\n").unwrap();
-    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    support::write_script(&stuck, "#!/bin/sh\nexec sleep 20 2>/dev/null\n");
     // the benchmark against it, with a stall limit of 1 s: it must fail; what it said
     let fails = |args: Vec<std::ffi::OsString>| {
         let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).args(args).env("BORGD_BENCH_STALL_S", "1").output().unwrap();
@@ -89,8 +88,7 @@ fn a_stalled_server_fails_a_live_e2e_session_and_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let stuck = dir.path().join("stuck");
     // a length of sleep nothing else here uses, to find it by
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 31.25 2>/dev/null\n").unwrap();
-    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    support::write_script(&stuck, "#!/bin/sh\nexec sleep 31.25 2>/dev/null\n");
     let stalled_left = || {
         std::fs::read_dir("/proc").unwrap().flatten().filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031.25\x00")).count()
     };

@@ -89,8 +89,7 @@ fn permissions_from_the_environment_and_the_option_overrides_it() {
     let (_repo, url, src) = repo_with_archive(&mut env);
     // the server's environment (BORG_REPO_PERMISSIONS set where borgd runs)
     let script = env.path("env-wrapper");
-    std::fs::write(&script, format!("#!/bin/sh\nBORG_REPO_PERMISSIONS=read-only exec '{}' \"$@\"\n", env.borgd.display())).unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    support::write_script(&script, &format!("#!/bin/sh\nBORG_REPO_PERMISSIONS=read-only exec '{}' \"$@\"\n", env.borgd.display()));
     env.remote_path = script.display().to_string();
     let denied = env.fails(&["-r", &url, "create", "a2", &src]);
     assert!(denied.contains("read-only"), "{denied}");
@@ -166,8 +165,7 @@ fn borgd_allows_and_denies_what_python_borg_serve_does() {
                     std::fs::create_dir_all(dir.join("base")).unwrap();
                     assert!(std::process::Command::new("cp").arg("-a").arg(repo).arg(dir.join("repo")).status().unwrap().success());
                     let wrapper = dir.join("serve");
-                    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' \"$@\" --permissions={mode}\n", server.display())).unwrap();
-                    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+                    support::write_script(&wrapper, &format!("#!/bin/sh\nexec '{}' \"$@\" --permissions={mode}\n", server.display()));
                     let url = env.ssh_url(&dir.join("repo"));
                     commands
                         .iter()

@@ -221,6 +221,12 @@ impl Drop for SocketServer {
     }
 }
 
+/// Writes an executable script at `path` (a server wrapper, a stand-in server).
+pub fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
 /// Waits for `child` to exit, at most `limit`: its exit status, or `None` while it still runs (a
 /// hang the caller reports instead of hanging the test run).
 pub fn wait_at_most(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
@@ -284,8 +290,7 @@ impl Env {
     pub fn with_server_args(&mut self, server_args: &[&str]) {
         let script = self.path(&format!("borgd-wrapper-{}", server_args.len() + self.env.len()));
         let quoted: Vec<String> = server_args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
-        std::fs::write(&script, format!("#!/bin/sh\nexec '{}' \"$@\" {}\n", self.borgd.display(), quoted.join(" "))).expect("write wrapper");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod wrapper");
+        write_script(&script, &format!("#!/bin/sh\nexec '{}' \"$@\" {}\n", self.borgd.display(), quoted.join(" ")));
         self.remote_path = script.display().to_string();
     }
 
