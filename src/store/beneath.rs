@@ -142,7 +142,8 @@ pub struct Stat {
 }
 
 /// How this process gives unnamed files their names (see [`Dir::link_unnamed`]): a property of
-/// the kernel and its `/proc`, so learnt once, at the first object written.
+/// the kernel and its `/proc`, so learnt once, at the first object written. Whether a file system
+/// makes unnamed files at all is its own property, learnt by each store (`posixfs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum LinkMode {
@@ -161,6 +162,20 @@ static LINK_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new
 thread_local! {
     /// Tests of the named-temp-file path set this on their thread.
     pub(crate) static NO_UNNAMED_FILES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests set this on their thread to make directories beneath it refuse unnamed files, as a
+    /// file system without `O_TMPFILE` does (NFS, FAT, many FUSE file systems).
+    pub(crate) static NO_TMPFILE_BENEATH: std::cell::RefCell<Option<std::path::PathBuf>> = const { std::cell::RefCell::new(None) };
+    /// Unnamed files this thread has created (tests: which way a write took).
+    pub(crate) static UNNAMED_CREATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether a test made the directory `fd` refuse unnamed files (see `NO_TMPFILE_BENEATH`).
+#[cfg(test)]
+fn tmpfile_refused_in_test(fd: RawFd) -> bool {
+    NO_TMPFILE_BENEATH.with(|p| {
+        let Some(prefix) = p.borrow().clone() else { return false };
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|path| path.starts_with(prefix))
+    })
 }
 
 fn link_mode() -> LinkMode {
@@ -301,18 +316,24 @@ impl Dir {
     /// the directory and take out again, so a small object costs the file system less than temp
     /// file + rename (C loop, 20 000 1 KiB objects into existing directories: 0.52–0.58 s
     /// against 0.61–0.64 s of CPU). `None` where the file system or the kernel cannot (the
-    /// caller then uses a named temp file); learnt once per process.
+    /// caller then uses a named temp file). A file system that cannot is not remembered here:
+    /// one process serves repositories on several, and the store that met it remembers it.
     pub fn create_unnamed(&self) -> io::Result<Option<File>> {
         if link_mode() == LinkMode::None {
             return Ok(None);
         }
+        #[cfg(test)]
+        if tmpfile_refused_in_test(self.fd.as_raw_fd()) {
+            return Ok(None);
+        }
         match openat_nofollow(self.fd.as_raw_fd(), ".", libc::O_TMPFILE | libc::O_WRONLY, 0o600) {
-            Ok(fd) => Ok(Some(File::from(fd))),
-            // no O_TMPFILE here (EISDIR: a kernel that does not know the flag)
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
-                set_link_mode(LinkMode::None);
-                Ok(None)
+            Ok(fd) => {
+                #[cfg(test)]
+                UNNAMED_CREATED.with(|c| c.set(c.get() + 1));
+                Ok(Some(File::from(fd)))
             }
+            // no O_TMPFILE here (EISDIR: a kernel that does not know the flag)
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => Ok(None),
             Err(e) => Err(e),
         }
     }

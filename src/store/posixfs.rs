@@ -7,8 +7,9 @@
 //! into place, so a half-written item is never visible under its name; temp names end in `.tmp`,
 //! which is never a valid item name, so listings never show them. Values held in memory and
 //! written through the page cache (small objects, the common case) are written as an unnamed
-//! file (`O_TMPFILE`) and linked into place instead, where the kernel allows: the same guarantee
-//! for less file-system work. Files are created 0600 and directories 0777 minus the umask, as
+//! file (`O_TMPFILE`) and linked into place instead, where the kernel and the file system allow:
+//! the same guarantee for less file-system work (each store learns whether its file system does).
+//! Files are created 0600 and directories 0777 minus the umask, as
 //! Python borgstore does.
 //!
 //! Durability: with `durable` the file is fsynced before the rename (or link) and its directory
@@ -20,6 +21,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::beneath::Dir;
@@ -41,6 +43,11 @@ pub struct PosixFs {
     dirty_overflow: bool,
     /// Large objects are written around the page cache.
     direct: DirectWriter,
+    /// Whether this store's file system makes unnamed files (`O_TMPFILE`): true until it has
+    /// refused one. Kept per store, as the direct writer's refusal is: one socket-mode process
+    /// serves repositories on several file systems, and one without unnamed files (NFS, say)
+    /// must not send the others' small objects the dearer way of temp file + rename.
+    unnamed: Arc<AtomicBool>,
 }
 
 /// Above this many dirty files and directories a barrier uses one `syncfs` instead of fsyncing
@@ -119,12 +126,13 @@ fn io_err(base: &Path, op: &'static str, name: &str, source: io::Error) -> Error
 }
 
 /// Where an open store's items are written: its root descriptor, the parent directories it
-/// holds open, and its path (for error messages) — what a session's writes and its writer
-/// threads' share.
+/// holds open, whether its file system makes unnamed files, and its path (for error messages) —
+/// what a session's writes and its writer threads' share.
 #[derive(Clone, Copy)]
 struct Tree<'a> {
     root: &'a Dir,
     parents: &'a Parents,
+    unnamed: &'a AtomicBool,
     base: &'a Path,
 }
 
@@ -146,9 +154,15 @@ fn make_dir(tree: Tree<'_>, dir: &str, durable: bool) -> Result<(Dir, Vec<String
 /// `Dir::create_unnamed`): a reader never sees half an object, as with temp file + rename.
 /// Without `how.replace` an existing `file` is an `EEXIST` error, atomically; with it, the new
 /// file takes a temp name and is renamed over the old one. `Ok(false)`: unnamed files are not
-/// to be had here, nothing was written.
-fn write_unnamed(dir: &Dir, file: &str, v: &[u8], how: WriteOptions) -> Result<bool, (&'static str, io::Error)> {
-    let Some(mut f) = dir.create_unnamed().map_err(|e| ("write", e))? else { return Ok(false) };
+/// to be had here (`unnamed` is cleared when the file system refuses one), nothing was written.
+fn write_unnamed(dir: &Dir, unnamed: &AtomicBool, file: &str, v: &[u8], how: WriteOptions) -> Result<bool, (&'static str, io::Error)> {
+    if !unnamed.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let Some(mut f) = dir.create_unnamed().map_err(|e| ("write", e))? else {
+        unnamed.store(false, Ordering::Relaxed);
+        return Ok(false);
+    };
     f.write_all(v).map_err(|e| ("write", e))?;
     if how.durable {
         f.sync_all().map_err(|e| ("fsync", e))?;
@@ -194,7 +208,7 @@ fn write_beneath(
     };
     let direct_writer = direct_writer.filter(|w| w.wants(len));
     let placed = match src {
-        Source::Slice(v) if direct_writer.is_none() => match write_unnamed(&dir, file, v, how) {
+        Source::Slice(v) if direct_writer.is_none() => match write_unnamed(&dir, tree.unnamed, file, v, how) {
             Ok(false) => write_named(&dir, file, Source::Slice(v), len, how, None, write_behind),
             other => other.map(drop),
         },
@@ -285,12 +299,13 @@ fn write_named(
 struct SharedWriter {
     root: Arc<Dir>,
     parents: Arc<Parents>,
+    unnamed: Arc<AtomicBool>,
     base: PathBuf,
 }
 
 impl super::ItemWriter for SharedWriter {
     fn write(&self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error> {
-        let tree = Tree { root: &self.root, parents: &self.parents, base: &self.base };
+        let tree = Tree { root: &self.root, parents: &self.parents, unnamed: &self.unnamed, base: &self.base };
         write_beneath(tree, name, Source::Slice(value), how, None, false).map(drop)
     }
 }
@@ -306,7 +321,7 @@ impl PosixFs {
 
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default() }
+        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default(), unnamed: Arc::new(AtomicBool::new(true)) }
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
@@ -315,7 +330,7 @@ impl PosixFs {
 
     /// Opens directory `dir`, creating it (and parents) if missing.
     fn dir_creating(&mut self, dir: &str, durable: bool) -> Result<Dir, Error> {
-        let (d, created) = make_dir(Tree { root: self.root()?, parents: &self.parents, base: &self.base }, dir, durable)?;
+        let (d, created) = make_dir(Tree { root: self.root()?, parents: &self.parents, unnamed: &self.unnamed, base: &self.base }, dir, durable)?;
         for parent in created {
             self.note_dirty(None, &parent);
         }
@@ -341,7 +356,7 @@ impl PosixFs {
     /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
-        let tree = Tree { root, parents: &self.parents, base: &self.base };
+        let tree = Tree { root, parents: &self.parents, unnamed: &self.unnamed, base: &self.base };
         let created = write_beneath(tree, name, src, how, Some(&mut self.direct), self.track_dirty)?;
         if !how.durable {
             for parent in created {
@@ -582,7 +597,7 @@ impl Backend for PosixFs {
 
     fn shared_writer(&self) -> Option<Arc<dyn super::ItemWriter>> {
         let root = self.root.clone()?;
-        Some(Arc::new(SharedWriter { root, parents: Arc::clone(&self.parents), base: self.base.clone() }))
+        Some(Arc::new(SharedWriter { root, parents: Arc::clone(&self.parents), unnamed: Arc::clone(&self.unnamed), base: self.base.clone() }))
     }
 
     fn note_shared_write(&mut self) {
@@ -660,6 +675,39 @@ mod tests {
             }
         }
         super::super::beneath::NO_UNNAMED_FILES.with(|c| c.set(false));
+    }
+
+    /// A file system without unnamed files is remembered by the store that met it, not by the
+    /// process: a socket-mode server whose first repository is on such a file system still puts
+    /// another repository's small objects in place as unnamed files.
+    #[test]
+    fn a_file_system_without_unnamed_files_sends_only_its_own_stores_the_named_way() {
+        use super::super::beneath::{NO_TMPFILE_BENEATH, UNNAMED_CREATED};
+        let dir = tempfile::tempdir().unwrap();
+        if Dir::open_root(dir.path()).unwrap().create_unnamed().unwrap().is_none() {
+            eprintln!("no unnamed files on this file system or kernel: nothing to test");
+            return;
+        }
+        let (without, with) = (dir.path().join("nfs"), dir.path().join("local"));
+        NO_TMPFILE_BENEATH.with(|p| *p.borrow_mut() = Some(without.clone()));
+        let created = || UNNAMED_CREATED.with(|c| c.get());
+        let plain = WriteOptions { durable: false, replace: true };
+        let mut first = PosixFs::new(without.join("repo"), Durability::Barrier);
+        first.create().unwrap();
+        let before = created();
+        first.store("data/ab/cd/abcd", b"named", plain).unwrap();
+        first.store("data/ab/cd/abce", b"named too", plain).unwrap();
+        assert_eq!(created(), before, "the refusing file system made an unnamed file");
+        assert_eq!(first.load("data/ab/cd/abcd", 0, None).unwrap(), b"named");
+        let on_disk: Vec<_> = std::fs::read_dir(without.join("repo/data/ab/cd")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(on_disk.len(), 2, "temp files left: {on_disk:?}");
+
+        let mut second = PosixFs::new(with.join("repo"), Durability::Barrier);
+        second.create().unwrap();
+        second.store("data/ab/cd/abcd", b"unnamed", plain).unwrap();
+        assert_eq!(created(), before + 1, "the other file system's store took the named way too");
+        assert_eq!(second.load("data/ab/cd/abcd", 0, None).unwrap(), b"unnamed");
+        NO_TMPFILE_BENEATH.with(|p| *p.borrow_mut() = None);
     }
 
     #[test]
