@@ -406,10 +406,9 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     s.call("negotiate", &[("client_data", Arg::Nil)])?;
     s.call("open", &[("path", Arg::Str(&repo.display().to_string())), ("create", Arg::Bool(false)), ("exclusive", Arg::Bool(true)), ("lock_wait", Arg::Int(10))])?;
 
-    let (wall, cpu) = list_all(&mut s, cfg.small + cfg.large)?;
+    let (wall, cpu, cpu1) = list_all(&mut s, cfg.small + cfg.large)?;
     run.insert("list_s", wall);
     run.insert("list_cpu_s", cpu);
-    let cpu1 = proc_cpu(s.pid());
 
     let t = Instant::now();
     let frame = s.call("check", &[("repair", Arg::Bool(false)), ("max_duration", Arg::Int(0))])?;
@@ -445,7 +444,7 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
     run.insert("put1k_established_cpu_s", cpu);
     // and listed: every leaf directory read (the fresh repository's list reads only those its
     // objects made)
-    let (wall, cpu) = list_all(&mut s, 2 * cfg.small + cfg.large)?;
+    let (wall, cpu, _) = list_all(&mut s, 2 * cfg.small + cfg.large)?;
     run.insert("list_established_s", wall);
     run.insert("list_established_cpu_s", cpu);
     s.close()?;
@@ -453,8 +452,9 @@ fn workload(cmd: &[String], dir: &Path, cfg: &Config) -> Res<Run> {
 }
 
 /// Lists all ids as the client's `repo_lister` does (100 000 per call), checks that there are
-/// `expected`; returns the wall time and the server's CPU time.
-fn list_all(s: &mut Server, expected: usize) -> Res<(f64, f64)> {
+/// `expected`; returns the wall time, the server's CPU time, and its CPU clock at the end (where
+/// the next step's starts).
+fn list_all(s: &mut Server, expected: usize) -> Res<(f64, f64, Duration)> {
     let t = Instant::now();
     let cpu0 = proc_cpu(s.pid());
     let mut marker: Option<Vec<u8>> = None;
@@ -483,7 +483,8 @@ fn list_all(s: &mut Server, expected: usize) -> Res<(f64, f64)> {
         return Err(format!("list returned {total} ids, expected {expected}"));
     }
     let wall = t.elapsed().as_secs_f64();
-    Ok((wall, proc_cpu(s.pid()).saturating_sub(cpu0).as_secs_f64()))
+    let cpu1 = proc_cpu(s.pid());
+    Ok((wall, cpu1.saturating_sub(cpu0).as_secs_f64(), cpu1))
 }
 
 /// Seeds of the objects put into the established repository (disjoint from the others).
@@ -1058,7 +1059,7 @@ fn make_new_files(dir: &Path, bytes: u64) -> Res<u64> {
     while total < bytes {
         // a tenth of the new bytes in small files of 1–32 KiB, the rest in files of up to 16 MiB
         let size = if total < bytes / 10 {
-            1024 + (xxhash_rust::xxh64::xxh64(&i.to_le_bytes(), 10) % (31 * 1024)) as usize
+            small_file_size(i, 10)
         } else {
             (16usize << 20).min((bytes - total) as usize)
         };
@@ -1067,6 +1068,12 @@ fn make_new_files(dir: &Path, bytes: u64) -> Res<u64> {
         i += 1;
     }
     Ok(total)
+}
+
+/// The size of the `i`th small file of a data set: 1–32 KiB, spread by a hash seeded `seed` (each
+/// data set its own seed, so that no two share a size pattern).
+fn small_file_size(i: u64, seed: u64) -> usize {
+    1024 + (xxhash_rust::xxh64::xxh64(&i.to_le_bytes(), seed) % (31 * 1024)) as usize
 }
 
 /// The end-to-end data set: small files, large files and duplicate content (incompressible).
@@ -1080,7 +1087,7 @@ fn make_dataset(dir: &Path, mb: usize) -> Res<u64> {
     let mut i = 0u64;
     // ~10% small files of 1–32 KiB
     while total < budget / 10 {
-        let size = 1024 + (xxhash_rust::xxh64::xxh64(&i.to_le_bytes(), 9) % (31 * 1024)) as usize;
+        let size = small_file_size(i, 9);
         std::fs::write(dir.join(format!("small/f{i:05}")), noise(i, size)).map_err(io)?;
         total += size as u64;
         i += 1;
