@@ -1,6 +1,6 @@
 //! The real borg 2.0.0b21 client over socket:// against `borgd serve --socket`: the repository
-//! life cycle, many clients at once, shared/exclusive locks between clients, limits, SIGTERM, and
-//! hostile connections beside a real client.
+//! life cycle, many clients at once, shared/exclusive locks between clients, limits (and a flood of
+//! connections over them), SIGTERM, and hostile connections beside a real client.
 
 mod support;
 
@@ -223,4 +223,57 @@ fn hostile_connections_beside_a_real_client_disturb_nothing() {
     let (status, stderr) = server.stop();
     assert!(status.success(), "exit status {status}: {stderr}");
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
+/// A flood of connections over the limit costs a bounded number of threads: with one session held
+/// open and `--max-connections 1`, 200 more connections that send nothing leave borgd with at most
+/// 16 refusals under way (`REFUSALS_AT_ONCE`), every other one closed unanswered at once; once they
+/// are gone it serves the real client as before. (A thread for each refused connection made thread
+/// creation fail under a process limit, and the server panicked.)
+#[test]
+fn a_flood_of_connections_over_the_limit_costs_bounded_threads() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let env = Env::new();
+    let server = SocketServer::start(&env, &["--max-connections", "1"]);
+    let threads = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse::<usize>().unwrap()
+    };
+    let held = UnixStream::connect(&server.socket).unwrap();
+    let started = std::time::Instant::now();
+    while threads() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the first connection never became a session");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let flood: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&server.socket).unwrap()).collect();
+    // wait until the server has turned every one away, closed or refusing
+    let (mut most, mut closed) = (0, 0);
+    while started.elapsed() < Duration::from_secs(15) {
+        most = most.max(threads());
+        closed = flood
+            .iter()
+            .filter(|&c| {
+                c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                matches!((&*c).read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        if closed >= 200 - 16 {
+            break;
+        }
+    }
+    assert!(closed >= 200 - 16, "only {closed} of 200 connections over the limit were closed");
+    assert!(most <= 2 + 16, "{most} threads with 200 connections over the limit");
+    drop((flood, held));
+
+    let repo = env.path("repo");
+    let a = server.args(&repo);
+    ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "after the flood\n").unwrap();
+    ok_args(&env, &cat(&a, &["create", "a1", src.to_str().unwrap()]));
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "exit status {status}: {stderr}");
+    assert!(stderr.contains("closing a connection unanswered"), "{stderr}");
 }

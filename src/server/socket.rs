@@ -9,7 +9,9 @@
 //! start; the socket is made mode 0770 (group members may connect) and a PID file is written beside
 //! it. SIGTERM/SIGINT stop accepting, end every session (their locks are released), remove both
 //! files and exit 0; SIGHUP is ignored. Connections beyond `--max-connections` are answered with a
-//! clear error and closed.
+//! clear error and closed: at most [`REFUSALS_AT_ONCE`] at a time, each for at most
+//! [`REFUSAL_TIME`], and any more closed unanswered, so that a flood of connections costs a
+//! bounded number of threads (unbounded, it once made thread creation fail and the server panic).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -18,9 +20,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{read_nowait, serve_stream, Config, LogConfig, ServeError};
 use crate::rpc::frame::{FrameReader, Input};
@@ -128,15 +130,29 @@ impl Input for UnixStream {
     }
 }
 
+/// Connections over `--max-connections` answered at once, each on a thread of its own; more
+/// are closed unanswered (the client then reports a closed connection instead of our error).
+pub const REFUSALS_AT_ONCE: usize = 16;
+
+/// How long, in all, a refused connection is given to send the requests we answer: a client
+/// sends its first at once, so this only bounds one that sends nothing, or trickles.
+pub const REFUSAL_TIME: Duration = Duration::from_secs(5);
+
+/// The largest message a refused connection may send: a client's first requests are small, and
+/// a refusal must not hold the megabytes a session may.
+const REFUSAL_MESSAGE_LIMIT: usize = 64 * 1024;
+
 /// Answers the requests of a connection we cannot serve with an error (and its `close` with
-/// success, so the client reports our error rather than a closed connection), then hangs up.
+/// success, so the client reports our error rather than a closed connection), then hangs up;
+/// within [`REFUSAL_TIME`] in all.
 fn refuse(stream: UnixStream, message: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let Ok(mut writer) = stream.try_clone() else { return };
-    let mut reader = FrameReader::new(stream, 1 << 20);
+    let deadline = Instant::now() + REFUSAL_TIME;
+    let _ = writer.set_write_timeout(Some(REFUSAL_TIME));
+    let mut reader = FrameReader::new(stream, REFUSAL_MESSAGE_LIMIT);
     let error = Exception::from(&crate::error::CallError::Unsupported(message.to_string()));
     for _ in 0..8 {
-        let Ok(Some(n)) = next_frame(&mut reader) else { break };
+        let Ok(Some(n)) = next_frame(&mut reader, &writer, deadline) else { break };
         let request = msgpack::parse(reader.frame(n)).ok().and_then(|v| Request::from_value(v).ok()).map(|r| (r.msgid, r.method == "close"));
         reader.consume(n);
         let Some((msgid, is_close)) = request else { break };
@@ -153,10 +169,18 @@ fn refuse(stream: UnixStream, message: &str) {
     let _ = writer.shutdown(Shutdown::Both);
 }
 
-fn next_frame(reader: &mut FrameReader<UnixStream>) -> Result<Option<usize>, crate::rpc::frame::FrameError> {
+/// The next whole message of a refused connection, `None` at its end or past `deadline`.
+/// `socket` is the connection itself (another descriptor of it): each read may wait only for
+/// what is left until the deadline.
+fn next_frame(reader: &mut FrameReader<UnixStream>, socket: &UnixStream, deadline: Instant) -> Result<Option<usize>, crate::rpc::frame::FrameError> {
     loop {
         if let Some(n) = reader.buffered_frame()? {
             return Ok(Some(n));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        // a zero timeout would mean none at all
+        if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+            return Ok(None);
         }
         if !reader.fill()? {
             return Ok(None);
@@ -195,6 +219,7 @@ pub fn serve_socket(
     listener.set_nonblocking(true).map_err(|e| SocketError::Io { op: "configure", path: path.to_path_buf(), source: e })?;
     eprintln!("borgd serve: PID {}, listening on socket {} ...", std::process::id(), path.display());
     let sessions: Arc<Mutex<HashMap<i64, UnixStream>>> = Arc::new(Mutex::new(HashMap::new()));
+    let refusing = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     let mut next_id: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -214,9 +239,23 @@ pub fn serve_socket(
         let _ = stream.set_nonblocking(false);
         let active = sessions.lock().map(|s| s.len()).unwrap_or(usize::MAX);
         if active >= max_connections {
+            if refusing.load(Ordering::Relaxed) >= REFUSALS_AT_ONCE {
+                eprintln!("borgd: closing a connection unanswered: {active} sessions active (--max-connections {max_connections}) and {REFUSALS_AT_ONCE} refusals under way");
+                continue;
+            }
             eprintln!("borgd: refusing a connection: {active} sessions active (--max-connections {max_connections})");
             let msg = format!("borgd: server busy: {active} sessions active, the limit is {max_connections} (--max-connections); try again later");
-            std::thread::spawn(move || refuse(stream, &msg));
+            refusing.fetch_add(1, Ordering::Relaxed);
+            let done = Arc::clone(&refusing);
+            let spawned = std::thread::Builder::new().name("refusal".into()).spawn(move || {
+                refuse(stream, &msg);
+                done.fetch_sub(1, Ordering::Relaxed);
+            });
+            if let Err(e) = spawned {
+                // the connection went with the closure: closed unanswered
+                eprintln!("borgd: cannot start a thread to refuse a connection: {e}");
+                refusing.fetch_sub(1, Ordering::Relaxed);
+            }
             continue;
         }
         next_id += 1;
