@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod fanout;
 pub mod fasthash;
 pub mod host;
 pub mod lock;

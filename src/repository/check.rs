@@ -143,7 +143,6 @@ impl Repository {
 
     /// Loads and verifies objects on all cores: per name, its problems (`None`: it vanished).
     fn verify_batch(&self, names: &[String]) -> Result<Vec<Option<Vec<&'static str>>>, Error> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
         let store = &self.store;
         let verify = |name: &String| -> Result<Option<Vec<&'static str>>, Error> {
             match store.load(&format!("data/{name}"), 0, None, false) {
@@ -152,14 +151,12 @@ impl Repository {
                 Err(e) => Err(e.into()),
             }
         };
-        if threads == 1 || names.len() < 2 {
-            return names.iter().map(verify).collect();
-        }
-        let per = names.len().div_ceil(threads);
-        let parts: Vec<Result<Vec<_>, Error>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = names.chunks(per).map(|part| sc.spawn(move || part.iter().map(verify).collect())).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Integrity("a check worker panicked".into())))).collect()
-        });
+        let parts: Vec<Result<Vec<_>, Error>> = crate::fanout::split(
+            names,
+            crate::fanout::threads(),
+            |part| part.iter().map(verify).collect(),
+            || Err(Error::Integrity("a check worker panicked".into())),
+        );
         let mut out = Vec::with_capacity(names.len());
         for p in parts {
             out.extend(p?);

@@ -424,7 +424,7 @@ impl Store {
     ) -> Result<Vec<T>, Error> {
         validate_name(name)?;
         self.check("list", name, "l")?;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+        let threads = crate::fanout::threads();
         let top = self.backend.list(name)?;
         let mut out = Vec::new();
         let mut i = 0;
@@ -451,18 +451,8 @@ impl Store {
                 }
                 Ok(found)
             };
-            let parts: Vec<Result<Vec<T>, Error>> = if threads == 1 || group.len() < 2 {
-                vec![walk_part(&group)]
-            } else {
-                let per = group.len().div_ceil(threads);
-                std::thread::scope(|sc| {
-                    let handles: Vec<_> = group.chunks(per).map(|part| sc.spawn(move || walk_part(part))).collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidName { name: name.into(), why: "listing worker panicked".into() })))
-                        .collect()
-                })
-            };
+            let parts: Vec<Result<Vec<T>, Error>> =
+                crate::fanout::split(&group, threads, walk_part, || Err(Error::InvalidName { name: name.into(), why: "listing worker panicked".into() }));
             for part in parts {
                 let part = part?;
                 let take = part.len().min(limit - out.len());
