@@ -96,6 +96,13 @@ fn lifecycle(mode: &str) {
     env.fails(&["-r", &url, "--lock-wait", "1", "list", "a4"]);
     r(&["break-lock"]);
     assert!(files_below(&locks).is_empty());
+    // an unreadable lock record (a crash while it was written) is named, with what to do, and
+    // break-lock removes it (through Python's server break-lock fails on it too)
+    std::fs::write(locks.join("0123456789abcdef"), b"").unwrap();
+    let refused = env.fails(&["-r", &url, "list", "a4"]);
+    assert!(refused.contains("locks/0123456789abcdef") && refused.contains("break-lock"), "{refused}");
+    r(&["break-lock"]);
+    assert!(files_below(&locks).is_empty());
 
     let ri = r(&["repo-info"]);
     assert!(ri.contains("Repository ID"), "{ri}");

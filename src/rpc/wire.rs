@@ -59,7 +59,10 @@ impl From<&CallError> for Exception {
                 RepoError::NoManifest => exc("NoManifestError", vec![], msg, false),
                 RepoError::InvalidChunkIndex { .. } => exc("Error", vec![msg.clone()], msg, false),
                 RepoError::Lock(lock::Error::Timeout(s)) => exc("LockTimeout", vec![s.clone()], msg, false),
-                RepoError::Lock(lock::Error::Corrupt { name, why }) => exc("LockFailed", vec![name.clone(), why.clone()], msg, true),
+                // the client words it "Failed to create/acquire the lock NAME (WHY)."; WHY says what to do
+                RepoError::Lock(lock::Error::Corrupt { name, why }) => {
+                    exc("LockFailed", vec![name.clone(), format!("not a valid borg lock record: {why}; run borg break-lock if no borg is using the repository")], msg, true)
+                }
                 RepoError::Lock(lock::Error::Store(s)) | RepoError::Store(s) => store_exception(s),
             },
             CallError::PathNotAllowed(p) => exc("PathNotAllowed", vec![p.clone()], msg, false),
