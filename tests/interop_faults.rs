@@ -77,9 +77,7 @@ fn disk_full_then_space_freed_then_read_only() {
 fn check_repair_cleans_up_a_crashed_writers_temp_files() {
     let env = Env::new();
     let (repo, url) = env.new_repo("repo");
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), support::noise(5, 100_000)).unwrap();
+    let src = support::one_file_source(&env, support::noise(5, 100_000));
     env.ok(&["-r", &url, "create", "a", src.to_str().unwrap()]);
     // what a writer killed between write and rename leaves behind
     let some_dir = files_below(&repo.join("data"))[0].parent().unwrap().to_path_buf();

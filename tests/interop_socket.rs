@@ -76,9 +76,7 @@ fn shared_and_exclusive_locks_between_clients() {
     let repo = env.path("repo");
     let a = server.args(&repo);
     ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"data").unwrap();
+    let src = support::one_file_source(&env, b"data");
     ok_args(&env, &cat(&a, &["create", "first", src.to_str().unwrap()]));
 
     // a create (shared lock) in progress does not stop a list (shared lock)
@@ -269,9 +267,7 @@ fn a_flood_of_connections_over_the_limit_costs_bounded_threads() {
     let repo = env.path("repo");
     let a = server.args(&repo);
     ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), "after the flood\n").unwrap();
+    let src = support::one_file_source(&env, "after the flood\n");
     ok_args(&env, &cat(&a, &["create", "a1", src.to_str().unwrap()]));
     let (status, stderr) = server.stop();
     assert!(status.success(), "exit status {status}: {stderr}");

@@ -149,9 +149,7 @@ fn repository_made_by_python_borg_is_served() {
     let env = Env::new();
     let repo = env.path("pyrepo");
     env.ok(&["-r", repo.to_str().unwrap(), "repo-create", "-e", "repokey-aes-ocb"]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), support::noise(7, 2_000_000)).unwrap();
+    let src = support::one_file_source(&env, support::noise(7, 2_000_000));
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "create", "via-borgd", src.to_str().unwrap()]);
     let out = env.path("out");
@@ -234,9 +232,7 @@ fn the_clients_other_repository_commands_work() {
 fn the_clients_debug_commands_work_single_objects() {
     let env = Env::new();
     let (repo, url) = env.new_repo("repo");
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), "an archive's file\n").unwrap();
+    let src = support::one_file_source(&env, "an archive's file\n");
     let on = |args: &[&str]| env.ok(&[&["-r", url.as_str()], args].concat());
     on(&["create", "a1", src.to_str().unwrap()]);
 
@@ -363,9 +359,7 @@ fn killed_client_leaves_no_blocking_lock() {
     child.wait().unwrap();
     drop(stdin);
     // the next backup gets the lock within the default wait
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"x").unwrap();
+    let src = support::one_file_source(&env, b"x");
     env.ok(&["-r", &url, "--lock-wait", "10", "create", "after", src.to_str().unwrap()]);
     assert!(files_below(&repo.join("locks")).is_empty());
     env.ok(&["-r", &url, "check"]);

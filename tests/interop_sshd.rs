@@ -58,9 +58,7 @@ fn forced_read_only_permissions_hold() {
     let borgd = env.borgd.display().to_string();
     let repo = env.path("repo");
     env.ok(&["-r", repo.to_str().unwrap(), "repo-create", "-e", "none"]); // made locally by Python borg
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"data").unwrap();
+    let src = support::one_file_source(&env, b"data");
     env.ok(&["-r", repo.to_str().unwrap(), "create", "a", src.to_str().unwrap()]);
     let sshd = start_sshd(&env, &[("ro_key", format!("command=\"{borgd} serve --permissions=read-only\",restrict"))]);
     let url = client(&sshd, &mut env, "ro_key", &repo);
@@ -84,9 +82,7 @@ fn forced_command_with_environment_prefix() {
     env.ok(&["-r", repo.to_str().unwrap(), "repo-create", "-e", "none"]);
     let sshd = start_sshd(&env, &[("env_key", format!("command=\"BORG_REPO_PERMISSIONS=no-delete {borgd} serve\",restrict"))]);
     let url = client(&sshd, &mut env, "env_key", &repo);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"data").unwrap();
+    let src = support::one_file_source(&env, b"data");
     env.ok(&["-r", &url, "create", "kept", src.to_str().unwrap()]);
     let text = env.fails(&["-r", &url, "delete", "kept"]);
     assert!(text.contains("no-delete"), "{text}");

@@ -111,6 +111,15 @@ impl Env {
 
 pub use borgd::testdata::noise;
 
+/// A source directory `src` holding one file, `f`, with `content`: what a test backs up when
+/// the data does not matter.
+pub fn one_file_source(env: &Env, content: impl AsRef<[u8]>) -> PathBuf {
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    std::fs::write(src.join("f"), content).expect("write src/f");
+    src
+}
+
 /// A source tree with a file over 20 MiB, an empty file, small files and duplicate content.
 pub fn make_source(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).expect("mkdir");
