@@ -9,8 +9,7 @@
 //! written through the page cache (small objects, the common case) are written as an unnamed
 //! file (`O_TMPFILE`) and linked into place instead, where the kernel and the file system allow:
 //! the same guarantee for less file-system work (each store learns whether its file system does).
-//! Files are created 0600 and directories 0777 minus the umask, as
-//! Python borgstore does.
+//! Files are created 0600 and directories 0777 minus the umask, as Python borgstore does.
 //!
 //! Durability: with `durable` the file is fsynced before the rename (or link) and its directory
 //! after it.
