@@ -97,7 +97,11 @@ fn create_record(store: &mut Store, exclusive: bool, owner: &Owner, log: &Log) -
     let value = record_json(exclusive, owner, &ts);
     let key = format!("{:016x}", xxhash_rust::xxh64::xxh64(value.as_bytes(), 0));
     log.debug(LOGGER, &format!("LOCK-CREATE: creating lock in store. key: {key}, lock: {value}."));
-    store.store(&format!("locks/{key}"), value.as_bytes())?;
+    if let Err(e) = store.store(&format!("locks/{key}"), value.as_bytes()) {
+        // it may be in place all the same (written and linked, then its fsync failed)
+        let _ = delete_record(store, &key, log);
+        return Err(e.into());
+    }
     // the timestamp as written (millisecond precision), like Python re-parses it.
     let written = DateTime::parse_from_rfc3339(&ts).map(|d| d.with_timezone(&Utc)).unwrap_or(now);
     Ok((key, written))
@@ -153,6 +157,47 @@ fn jitter_sleep(deadline: Instant) {
     std::thread::sleep(delay.min(left));
 }
 
+/// How [`settle`] left a lock record of ours.
+enum Settled {
+    /// It stands: the lock is ours.
+    Held,
+    /// It was deleted again (another locker won the race); try again after a pause.
+    Retry,
+    /// It was deleted again at the deadline.
+    TimedOut,
+}
+
+/// After our record `key` was written: re-checks, after the store's visibility delay, that no
+/// other exclusive lock exists, and for an exclusive lock waits for the shared holders to go,
+/// deleting our record where we must give way (Python's algorithm).
+fn settle(store: &mut Store, exclusive: bool, key: &str, deadline: Instant, log: &Log) -> Result<Settled, Error> {
+    std::thread::sleep(store.visibility_delay());
+    let exclusives: Vec<_> = live_locks(store, log)?.into_iter().filter(|l| l.exclusive).collect();
+    if exclusive {
+        if exclusives.len() == 1 && exclusives[0].key == key {
+            while Instant::now() < deadline {
+                let all = live_locks(store, log)?;
+                if all.len() == 1 && all[0].key == key {
+                    log.debug(LOGGER, "LOCK-ACQUIRE: success! no non-exclusive locks are left!");
+                    return Ok(Settled::Held);
+                }
+                std::thread::sleep(OTHERS_GO_AWAY);
+            }
+            log.debug(LOGGER, "LOCK-ACQUIRE: timeout while waiting for non-exclusive locks to go away.");
+            delete_record(store, key, log)?;
+            return Ok(Settled::TimedOut);
+        }
+        log.debug(LOGGER, "LOCK-ACQUIRE: someone else also created an exclusive lock, deleting ours.");
+    } else if exclusives.is_empty() {
+        log.debug(LOGGER, "LOCK-ACQUIRE: success! no exclusive locks detected.");
+        return Ok(Settled::Held);
+    } else {
+        log.debug(LOGGER, "LOCK-ACQUIRE: exclusive locks detected, deleting our shared lock.");
+    }
+    delete_record(store, key, log)?;
+    Ok(Settled::Retry)
+}
+
 impl Lock {
     /// Acquires a shared or exclusive lock within `timeout`, with Python's algorithm: create our
     /// record when no exclusive lock exists, re-check (after the store's visibility delay) to
@@ -165,31 +210,17 @@ impl Lock {
         while Instant::now() < deadline {
             if !live_locks(store, log)?.iter().any(|l| l.exclusive) {
                 let (key, time) = create_record(store, exclusive, &owner, log)?;
-                std::thread::sleep(store.visibility_delay());
-                let exclusives: Vec<_> = live_locks(store, log)?.into_iter().filter(|l| l.exclusive).collect();
-                let lock = Lock { owner: owner.clone(), exclusive, last_refresh: Some(time), store_name: store.describe() };
-                if exclusive {
-                    if exclusives.len() == 1 && exclusives[0].key == key {
-                        while Instant::now() < deadline {
-                            let all = live_locks(store, log)?;
-                            if all.len() == 1 && all[0].key == key {
-                                log.debug(LOGGER, "LOCK-ACQUIRE: success! no non-exclusive locks are left!");
-                                return Ok(lock);
-                            }
-                            std::thread::sleep(OTHERS_GO_AWAY);
-                        }
-                        log.debug(LOGGER, "LOCK-ACQUIRE: timeout while waiting for non-exclusive locks to go away.");
-                        delete_record(store, &key, log)?;
-                        break;
+                match settle(store, exclusive, &key, deadline, log) {
+                    Ok(Settled::Held) => return Ok(Lock { owner, exclusive, last_refresh: Some(time), store_name: store.describe() }),
+                    Ok(Settled::Retry) => {}
+                    Ok(Settled::TimedOut) => break,
+                    Err(e) => {
+                        // never leave our record behind a failure: a socket-mode session's record
+                        // names a live process and a thread, so nobody would take it for stale
+                        // before 30 minutes
+                        let _ = delete_record(store, &key, log);
+                        return Err(e);
                     }
-                    log.debug(LOGGER, "LOCK-ACQUIRE: someone else also created an exclusive lock, deleting ours.");
-                    delete_record(store, &key, log)?;
-                } else if exclusives.is_empty() {
-                    log.debug(LOGGER, "LOCK-ACQUIRE: success! no exclusive locks detected.");
-                    return Ok(lock);
-                } else {
-                    log.debug(LOGGER, "LOCK-ACQUIRE: exclusive locks detected, deleting our shared lock.");
-                    delete_record(store, &key, log)?;
                 }
             }
             jitter_sleep(deadline);
@@ -269,6 +300,26 @@ mod tests {
         );
         s.create().unwrap();
         s
+    }
+
+    /// A failure after our record was written (here: reading the records back) leaves no record
+    /// of ours behind, shared or exclusive: a socket-mode session's record would otherwise block
+    /// every exclusive locker for 30 minutes.
+    #[test]
+    fn a_failed_acquisition_leaves_no_record_behind() {
+        for exclusive in [false, true] {
+            let (disk, h) = crate::store::sim::SimDisk::new();
+            let mut s = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Never);
+            s.create().unwrap();
+            let log = Log::silent();
+            h.inject("load", "locks/", libc::EMFILE);
+            let e = Lock::acquire(&mut s, exclusive, Duration::from_secs(1), Owner::current(7), &log);
+            assert!(matches!(e, Err(Error::Store(_))), "exclusive {exclusive}: {:?}", e.err());
+            assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "exclusive {exclusive}: our record was left behind");
+            // and the next attempt takes the lock
+            let l = Lock::acquire(&mut s, exclusive, Duration::from_secs(1), Owner::current(7), &log).unwrap();
+            l.release(&mut s, &log).unwrap();
+        }
     }
 
     #[test]
