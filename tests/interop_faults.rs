@@ -33,6 +33,15 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Inodes in use on the file system at `path`.
+fn inodes_used(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string and a statvfs the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_files - st.f_ffree) as u64
+}
+
 fn no_temp_files(repo: &Path) {
     let tmp: Vec<_> = files_below(repo).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
@@ -91,3 +100,32 @@ fn check_repair_cleans_up_a_crashed_writers_temp_files() {
     no_temp_files(&repo);
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
+
+/// A `repo-create` that fails part way (here: a tmpfs out of inodes at `config/version`) takes
+/// back what it made, so the same `repo-create` works once there is room. (Half-made, the
+/// repository was "already there" to `repo-create` and missing to every other command, through
+/// Python's server too.) A directory the user made for the repository stays.
+#[test]
+fn a_repo_create_that_fails_part_way_leaves_nothing_behind() {
+    let env = Env::new();
+    let fs = Tmpfs::mount(&env.path("few-inodes"), "8m,nr_inodes=5");
+    let repo = fs.0.join("repo");
+    let url = env.ssh_url(&repo);
+    let text = env.fails(&["-r", &url, "repo-create", "-e", "none"]);
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(!repo.exists(), "left behind: {:?}", files_below(&fs.0));
+    fs.remount("nr_inodes=1000");
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    env.ok(&["-r", &url, "repo-info"]);
+
+    // a directory made beforehand (by an administrator, say) is emptied but kept
+    let given = fs.0.join("given");
+    std::fs::create_dir(&given).unwrap();
+    // room for three more inodes: cache/, its index and config/; config/version fails
+    fs.remount(&format!("nr_inodes={}", inodes_used(&fs.0) + 3));
+    let url = env.ssh_url(&given);
+    let text = env.fails(&["-r", &url, "repo-create", "-e", "none"]);
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(given.is_dir() && std::fs::read_dir(&given).unwrap().next().is_none(), "not kept empty: {:?}", files_below(&given));
+}
+

@@ -171,14 +171,30 @@ impl Repository {
             store::Error::AlreadyExists(_) => Error::AlreadyExists(location.to_string()),
             other => other.into(),
         })?;
-        let mut id = [0u8; 32];
-        getrandom::fill(&mut id).map_err(|e| Error::Integrity(format!("no randomness for the repository id: {e}")))?;
-        store.store("config/readme", README.as_bytes())?;
-        store.store("config/version", VERSION.to_string().as_bytes())?;
-        store.store("config/id", hex(&id).as_bytes())?;
         // an empty chunk index, so the first client need not list an empty data/ to build one.
         let index = chunkindex::serialize(std::iter::empty());
-        store.store(&chunkindex::cache_name(&index), &index)?;
+        let index_name = chunkindex::cache_name(&index);
+        let mut written: Vec<&str> = Vec::new();
+        let mut fill = |store: &mut Store| -> Result<(), Error> {
+            let mut id = [0u8; 32];
+            getrandom::fill(&mut id).map_err(|e| Error::Integrity(format!("no randomness for the repository id: {e}")))?;
+            // the readme last: until it is there, `open` finds no repository here, so nobody
+            // can start using one this creation may still undo
+            let (version, id) = (VERSION.to_string(), hex(&id));
+            let items: [(&str, &[u8]); 4] =
+                [(&index_name, &index), ("config/version", version.as_bytes()), ("config/id", id.as_bytes()), ("config/readme", README.as_bytes())];
+            for (name, value) in items {
+                store.store(name, value)?;
+                written.push(name);
+            }
+            Ok(())
+        };
+        if let Err(e) = fill(store) {
+            // a half-made repository would be "already there" to repo-create and missing to
+            // every other command: take back what this creation made
+            store.undo_create(&written);
+            return Err(e);
+        }
         log.info(LOGGER, &format!("created repository {location}"));
         Ok(())
     }
@@ -552,6 +568,22 @@ mod tests {
         repo.put(&[7; 32], &obj, &log).unwrap(); // space freed: the same put succeeds
         repo.close(&log).unwrap();
         assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "lock released");
+    }
+
+    /// A creation that fails part way takes back the items it wrote, wherever it failed, and
+    /// the next creation succeeds.
+    #[test]
+    fn a_creation_that_fails_part_way_takes_back_what_it_wrote() {
+        for failing in ["cache/", "config/version", "config/id", "config/readme"] {
+            let (disk, h) = SimDisk::new();
+            let log = Log::silent();
+            h.inject("store", failing, libc::ENOSPC);
+            let e = Repository::open_backend(Box::new(disk), "sim".into(), &opts(true), Owner::current(0), &log);
+            assert!(e.is_err(), "{failing}: created all the same");
+            assert!(h.live().is_empty(), "{failing}: left behind {:?}", h.live().keys().collect::<Vec<_>>());
+            let repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
+            repo.close(&log).unwrap();
+        }
     }
 
     #[test]

@@ -481,6 +481,25 @@ impl Dir {
         cvt(unsafe { libc::syncfs(self.fd.as_raw_fd()) }).map(|_| ())
     }
 
+    /// Removes the directory `name` and the directories below it that hold nothing but empty
+    /// directories; a directory with a file anywhere below it stays, with that file. Never
+    /// follows symlinks.
+    pub fn remove_empty_tree(&self, name: &str) -> io::Result<()> {
+        let sub = Dir::from_fd(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY, 0)?);
+        for (n, st) in sub.entries()? {
+            if st.is_dir {
+                sub.remove_empty_tree(&n)?;
+            }
+        }
+        let c = cstr(name)?;
+        // SAFETY: valid fd and C string. The kernel removes only an empty directory.
+        match cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes `name` and, if it is a directory, everything below it, never following symlinks.
     pub fn remove_tree(&self, name: &str) -> io::Result<()> {
         match self.stat(name)? {

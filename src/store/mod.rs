@@ -129,6 +129,12 @@ pub trait Backend: Send + Sync {
     /// Removes temp files a crashed writer left behind; returns their names. Only safe while
     /// nobody else writes (the caller holds the exclusive lock).
     fn remove_temp_files(&mut self) -> Result<Vec<String>, Error>;
+    /// Undoes what [`Backend::create`] made, as far as it is empty: directories with nothing in
+    /// them, and the base if `create` made it (a base that existed before stays). Never removes
+    /// an item. (A backend without directories has nothing to do.)
+    fn remove_empty(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;
     /// How long a new item may take to show up in other clients' listings. A locker waits this
@@ -273,6 +279,20 @@ impl Store {
     pub fn create(&mut self) -> Result<(), Error> {
         self.check("create", "", "wW")?;
         self.backend.create()
+    }
+
+    /// Undoes a [`Store::create`] whose repository could not be completed: deletes the items
+    /// `written` (names as given to [`Store::store`], which this creation wrote itself), then
+    /// whatever `create` made that is empty now. Best effort, and no permission is needed: only
+    /// what this creation made goes. Without it a half-made repository stays, which `repo-create`
+    /// calls existing and every other command missing.
+    pub fn undo_create(&mut self, written: &[&str]) {
+        for name in written {
+            if let Ok(nested) = self.find(name, false) {
+                let _ = self.backend.delete(&nested, false);
+            }
+        }
+        let _ = self.backend.remove_empty();
     }
 
     /// Removes the store entirely (needs `D` on the root).

@@ -47,6 +47,8 @@ pub struct PosixFs {
     /// serves repositories on several file systems, and one without unnamed files (NFS, say)
     /// must not send the others' small objects the dearer way of temp file + rename.
     unnamed: Arc<AtomicBool>,
+    /// `create` made the base directory (it did not exist): undoing the creation may remove it.
+    created_base: bool,
 }
 
 /// Above this many dirty files and directories a barrier uses one `syncfs` instead of fsyncing
@@ -320,7 +322,7 @@ impl PosixFs {
 
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default(), unnamed: Arc::new(AtomicBool::new(true)) }
+        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default(), unnamed: Arc::new(AtomicBool::new(true)), created_base: false }
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
@@ -384,7 +386,9 @@ impl PosixFs {
 
 impl Backend for PosixFs {
     fn create(&mut self) -> Result<(), Error> {
+        let existed = std::fs::symlink_metadata(&self.base).is_ok();
         std::fs::create_dir_all(&self.base).map_err(|e| self.err("create directory", "", e))?;
+        self.created_base = !existed;
         self.open_root()?;
         let root = self.root()?;
         if !root.entries().map_err(|e| self.err("list", "", e))?.is_empty() {
@@ -395,6 +399,23 @@ impl Backend for PosixFs {
             if let Ok(d) = Dir::open_root(parent) {
                 let _ = d.sync();
             }
+        }
+        Ok(())
+    }
+
+    fn remove_empty(&mut self) -> Result<(), Error> {
+        self.open_root()?;
+        self.parents.clear();
+        let root = self.root()?;
+        for (n, st) in root.entries().map_err(|e| self.err("list", "", e))? {
+            if st.is_dir {
+                root.remove_empty_tree(&n).map_err(|e| self.err("remove", &n, e))?;
+            }
+        }
+        if self.created_base && root.entries().map_err(|e| self.err("list", "", e))?.is_empty() {
+            self.root = None;
+            // only if it is still empty (ENOTEMPTY otherwise: someone put something there)
+            let _ = std::fs::remove_dir(&self.base);
         }
         Ok(())
     }

@@ -108,6 +108,11 @@ impl SimDisk {
         (SimDisk { h: h.clone() }, h)
     }
 
+    /// Another backend on the same disk (a later session's).
+    pub fn again(h: &SimHandle) -> SimDisk {
+        SimDisk { h: h.clone() }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         let mut guard = self.h.0.lock().expect("sim lock");
         f(&mut guard)
