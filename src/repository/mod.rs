@@ -207,6 +207,8 @@ impl Repository {
     /// Releases the lock after making all writes durable; the repository is closed either way.
     pub fn close(mut self, log: &Log) -> Result<(), Error> {
         let synced = self.store.barrier();
+        // nothing more is written: what the store holds open goes before the lock is released
+        self.store.close_held_directories();
         let released = match self.lock.take() {
             Some(lock) => lock.release(&mut self.store, log),
             None => Ok(()),

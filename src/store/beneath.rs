@@ -84,6 +84,10 @@ fn openat_nofollow(dirfd: RawFd, name: &str, flags: libc::c_int, mode: libc::mod
 
 /// Opens `rel` (a `/`-separated relative path, or "" for the directory itself) beneath `dirfd`.
 fn open_beneath(dirfd: RawFd, rel: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    #[cfg(test)]
+    if let Some(errno) = OPENS_FAIL_WITH.with(|c| c.get()) {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let rel = if rel.is_empty() { "." } else { rel };
     let c = cstr(rel)?;
     let how = OpenHow {
@@ -165,6 +169,9 @@ thread_local! {
     /// Tests set this on their thread to make directories beneath it refuse unnamed files, as a
     /// file system without `O_TMPFILE` does (NFS, FAT, many FUSE file systems).
     pub(crate) static NO_TMPFILE_BENEATH: std::cell::RefCell<Option<std::path::PathBuf>> = const { std::cell::RefCell::new(None) };
+    /// Tests set this on their thread to make every path opened beneath a directory fail with
+    /// this errno (`EMFILE`: a process out of descriptors).
+    pub(crate) static OPENS_FAIL_WITH: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
     /// Unnamed files this thread has created (tests: which way a write took).
     pub(crate) static UNNAMED_CREATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }

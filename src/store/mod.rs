@@ -135,6 +135,9 @@ pub trait Backend: Send + Sync {
     fn remove_empty(&mut self) -> Result<(), Error> {
         Ok(())
     }
+    /// Closes the descriptors the backend holds for speed (directories kept open between
+    /// writes), so that a session ending short of descriptors can still release its lock.
+    fn close_held_directories(&mut self) {}
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;
     /// How long a new item may take to show up in other clients' listings. A locker waits this
@@ -293,6 +296,11 @@ impl Store {
             }
         }
         let _ = self.backend.remove_empty();
+    }
+
+    /// See [`Backend::close_held_directories`].
+    pub fn close_held_directories(&mut self) {
+        self.backend.close_held_directories();
     }
 
     /// Removes the store entirely (needs `D` on the root).
