@@ -1,5 +1,5 @@
-//! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, and
-//! the same file system remounted read-only. (EIO and EACCES — which root cannot be denied —
+//! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, the
+//! same file system remounted read-only, and a `repo-create` on a tmpfs out of inodes. (EIO and EACCES — which root cannot be denied —
 //! are covered by the simulated disk in the unit tests: `repository::tests`.)
 //!
 //! These tests mount tmpfs, so they need root (as CI has).
@@ -14,6 +14,8 @@ use support::{files_below, Env};
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// A tmpfs of `size` at `at`; more mount options may follow the size after commas
+    /// (`8m,nr_inodes=5`).
     fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(at).status().unwrap();
