@@ -1,6 +1,7 @@
 //! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, the
-//! same file system remounted read-only, and a `repo-create` on a tmpfs out of inodes. (EIO and EACCES — which root cannot be denied —
-//! are covered by the simulated disk in the unit tests: `repository::tests`.)
+//! same file system remounted read-only, and a `repo-create` on a tmpfs out of inodes. (EIO and
+//! EACCES — which root cannot be denied — are covered by the simulated disk in the unit tests:
+//! `repository::tests`.)
 //!
 //! These tests mount tmpfs, so they need root (as CI has).
 
