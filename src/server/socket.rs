@@ -140,8 +140,9 @@ pub const REFUSAL_TIME: Duration = Duration::from_secs(5);
 
 /// Connections closed unanswered in a flood, counted and logged at most once per
 /// [`UNANSWERED_REPORT_EVERY`]: a flood must not also flood the log.
-#[derive(Default)]
 struct Unanswered {
+    /// Why they are closed unanswered, as the log says it.
+    why: String,
     count: u64,
     last_report: Option<Instant>,
 }
@@ -150,24 +151,28 @@ struct Unanswered {
 const UNANSWERED_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 impl Unanswered {
+    fn new(why: String) -> Unanswered {
+        Unanswered { why, count: 0, last_report: None }
+    }
+
     /// One more connection closed unanswered; reported now if the last report is old enough.
-    fn closed(&mut self, why: &str) {
+    fn closed(&mut self) {
         self.count += 1;
-        self.report_if_due(why);
+        self.report_if_due();
     }
 
     /// Reports what was counted if the last report is old enough (the accept loop looks at
     /// least once a second, so a flood's last connections are reported soon after it ends).
-    fn report_if_due(&mut self, why: &str) {
+    fn report_if_due(&mut self) {
         if self.last_report.is_none_or(|t| t.elapsed() >= UNANSWERED_REPORT_EVERY) {
-            self.report(why);
+            self.report();
         }
     }
 
     /// Reports what was counted since the last report, if anything.
-    fn report(&mut self, why: &str) {
+    fn report(&mut self) {
         if self.count > 0 {
-            eprintln!("borgd: closed {} connection(s) unanswered: {why}", self.count);
+            eprintln!("borgd: closed {} connection(s) unanswered: {}", self.count, self.why);
             self.count = 0;
             self.last_report = Some(Instant::now());
         }
@@ -256,15 +261,14 @@ pub fn serve_socket(
     eprintln!("borgd serve: PID {}, listening on socket {} ...", std::process::id(), path.display());
     let sessions: Arc<Mutex<HashMap<i64, UnixStream>>> = Arc::new(Mutex::new(HashMap::new()));
     let refusing = Arc::new(AtomicUsize::new(0));
-    let mut unanswered = Unanswered::default();
-    let flood = format!("{max_connections} sessions active (--max-connections) and {REFUSALS_AT_ONCE} refusals under way");
+    let mut unanswered = Unanswered::new(format!("{max_connections} sessions active (--max-connections) and {REFUSALS_AT_ONCE} refusals under way"));
     let mut handles = Vec::new();
     let mut next_id: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-                unanswered.report_if_due(&flood);
+                unanswered.report_if_due();
                 handles.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
                 wait_for_connection(&listener, IDLE_CHECK);
                 continue;
@@ -279,10 +283,10 @@ pub fn serve_socket(
         let active = sessions.lock().map(|s| s.len()).unwrap_or(usize::MAX);
         if active >= max_connections {
             if refusing.load(Ordering::Relaxed) >= REFUSALS_AT_ONCE {
-                unanswered.closed(&flood);
+                unanswered.closed();
                 continue;
             }
-            unanswered.report_if_due(&flood);
+            unanswered.report_if_due();
             eprintln!("borgd: refusing a connection: {active} sessions active (--max-connections {max_connections})");
             let msg = format!("borgd: server busy: {active} sessions active, the limit is {max_connections} (--max-connections); try again later");
             refusing.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +302,7 @@ pub fn serve_socket(
             }
             continue;
         }
-        unanswered.report_if_due(&flood);
+        unanswered.report_if_due();
         next_id += 1;
         let id = next_id;
         let (Ok(reader), Ok(registered)) = (stream.try_clone(), stream.try_clone()) else { continue };
@@ -329,7 +333,7 @@ pub fn serve_socket(
             }
         }
     }
-    unanswered.report(&flood);
+    unanswered.report();
     eprintln!("borgd: stopping: ending {} session(s)", sessions.lock().map(|s| s.len()).unwrap_or(0));
     drop(listener);
     // wake every session blocked reading its client: it sees end of input and closes in order.
