@@ -460,11 +460,8 @@ fn list_all(s: &mut Server, expected: usize) -> Res<(f64, f64, Duration)> {
     let mut marker: Option<Vec<u8>> = None;
     let mut total = 0usize;
     loop {
-        let m = marker.clone();
-        let frame = match &m {
-            Some(mk) => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Bin(mk))])?,
-            None => s.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Nil)])?,
-        };
+        let after = marker.as_deref().map_or(Arg::Nil, Arg::Bin);
+        let frame = s.call("list", &[("limit", Arg::Int(100_000)), ("marker", after)])?;
         let v = msgpack::parse(&frame).map_err(|e| e.to_string())?;
         let Some(Value::Array(items)) = v.get("r") else { return Err("list: no result".into()) };
         total += items.len();
