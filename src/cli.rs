@@ -136,8 +136,8 @@ pub struct ServeArgs {
     /// before reading more, so that one wake-up takes several (0: read at once)
     #[arg(long = "coalesce-us", value_name = "MICROSECONDS", default_value_t = crate::server::coalesce::DEFAULT_NAP_US, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub coalesce_us: u64,
-    /// largest message a client may send, in MiB (a put is at most 20 MiB; store_store of a large chunk index more)
-    #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 256)]
+    /// largest message held in memory, in MiB; the values of put and store_store (a chunk index) are streamed to disk instead, up to msgpack's 4 GiB
+    #[arg(long = "max-message-mib", value_name = "MIB", default_value_t = 32)]
     pub max_message_mib: usize,
     /// socket mode: most sessions served at once; more connections get a clear "busy" error
     #[arg(long = "max-connections", value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -245,27 +245,42 @@ fn malformed_but_answerable_requests_get_errors() {
     assert!(raw.finish().0);
 }
 
+/// The head of a request whose last argument is a binary of `len` bytes (the bytes follow).
+fn head_of(raw: &mut Raw, method: &str, args: &[(&str, &str)], last: &str, len: usize) -> Vec<u8> {
+    let mut head = Vec::new();
+    raw.next_id += 1;
+    encode::map(&mut head, 3);
+    encode::str(&mut head, "i");
+    encode::int(&mut head, raw.next_id);
+    encode::str(&mut head, "m");
+    encode::str(&mut head, method);
+    encode::str(&mut head, "a");
+    encode::map(&mut head, args.len() + 1);
+    for (k, v) in args {
+        encode::str(&mut head, k);
+        encode::str(&mut head, v);
+    }
+    encode::str(&mut head, last);
+    encode::bin_header(&mut head, len);
+    head
+}
+
+/// The server's peak resident memory so far, in KiB.
+fn peak_kib(raw: &Raw) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{}/status", raw.child.id()))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+}
+
 #[test]
 fn memory_stays_bounded_by_the_message_limit() {
     let (_env, _allowed, _outside, repo) = setup();
     let mut raw = Raw::start(&["--max-message-mib", "4"]);
     open(&mut raw, &repo);
-    // a 64 MiB store_store is refused as soon as its header arrives, not buffered
-    let mut header = Vec::new();
-    raw.next_id += 1;
-    encode::map(&mut header, 3);
-    encode::str(&mut header, "i");
-    encode::int(&mut header, raw.next_id);
-    encode::str(&mut header, "m");
-    encode::str(&mut header, "store_store");
-    encode::str(&mut header, "a");
-    encode::map(&mut header, 2);
-    encode::str(&mut header, "name");
-    encode::str(&mut header, "cache/x");
-    encode::str(&mut header, "value");
-    encode::bin_header(&mut header, 64 << 20);
-    raw.send_raw(&header).unwrap();
-    let pid = raw.child.id();
+    // a 64 MiB message borgd does not stream (a manifest) is refused as soon as its header
+    // arrives, not buffered
+    let head = head_of(&mut raw, "put_manifest", &[], "data", 64 << 20);
+    raw.send_raw(&head).unwrap();
     let chunk = vec![7u8; 1 << 20];
     let mut sent = 0;
     for _ in 0..64 {
@@ -274,16 +289,56 @@ fn memory_stays_bounded_by_the_message_limit() {
         }
         sent += 1;
     }
-    let hwm_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()));
+    let hwm_kib = peak_kib(&raw);
     let (ok, err) = raw.finish();
     assert!(!ok && err.contains("exceeds the limit"), "{err}");
     if let Some(kib) = hwm_kib {
         assert!(kib < 32 * 1024, "peak RSS {kib} KiB after {sent} MiB sent: memory must stay bounded");
     }
     assert!(files_below(&repo.join("locks")).is_empty());
-    assert!(!repo.join("cache/x").exists());
+}
+
+/// `store_store` values larger than the message limit are streamed to disk, as Python's server
+/// accepts them (up to 4 GiB), and never held in memory: an item is stored as it arrives; a
+/// chunk index is received into a temp file and checked there — one listing objects that are
+/// not in the repository is refused, leaving nothing behind.
+#[test]
+fn large_store_store_values_are_streamed_not_held() {
+    let (env, _allowed, _outside, repo) = setup();
+    let mut raw = Raw::start(&["--max-message-mib", "4"]);
+    open(&mut raw, &repo);
+    let value: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
+    let head = head_of(&mut raw, "store_store", &[("name", "cache/large")], "value", value.len());
+    raw.send_raw(&head).unwrap();
+    raw.send_raw(&value).unwrap();
+    let answer = raw.read_answer().expect("an answer");
+    assert_eq!(msgpack::parse(&answer).unwrap().get("r"), Some(&Value::Nil));
+    assert!(std::fs::read(repo.join("cache/large")).unwrap() == value, "stored as sent");
+    let loaded = raw.call("store_load", &[("name", Arg::Str("cache/large"))]).unwrap();
+    assert!(msgpack::parse(&loaded).unwrap().get("r") == Some(&Value::Bin(&value)), "loaded as stored");
+
+    // a chunk index of 1.5 million ids (60 MB) none of which the repository holds
+    let ids: Vec<[u8; 32]> = (0..1_500_000u32).map(|i| std::array::from_fn(|k| (i.wrapping_mul(2_654_435_761) >> (8 * (k % 4))) as u8 ^ k as u8)).collect();
+    let index = borgd::repository::chunkindex::serialize(ids.iter());
+    let name = borgd::repository::chunkindex::cache_name(&index);
+    drop(ids);
+    let head = head_of(&mut raw, "store_store", &[("name", &name)], "value", index.len());
+    raw.send_raw(&head).unwrap();
+    raw.send_raw(&index).unwrap();
+    let answer = raw.read_answer().expect("an answer");
+    let v = msgpack::parse(&answer).unwrap();
+    let text = format!("{v:?}");
+    assert!(text.contains("1500000 objects that are not in the repository"), "{text}");
+    let hwm_kib = peak_kib(&raw);
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+    if let Some(kib) = hwm_kib {
+        // buffers, the ids of one pass (8 MiB) and the read pieces; not the 48 or 60 MB
+        assert!(kib < 24 * 1024, "peak RSS {kib} KiB: large values must not be held in memory");
+    }
+    assert!(!repo.join("cache").join(name.trim_start_matches("cache/")).exists(), "refused, not stored");
+    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "no temp file left");
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
 
 #[test]

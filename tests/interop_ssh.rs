@@ -414,6 +414,28 @@ print(len(idx))\n";
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), objects.to_string(), "the index lists every object");
 }
 
+/// A chunk index larger than a streamed message (a backup of ~14 000 chunks: a 560 KB index)
+/// is streamed into a temp file, checked there and put in place; a client without a cache of its
+/// own loads it back (sent from its file), finds its hash right and uses it; Python borg checks
+/// the repository clean.
+#[test]
+fn a_large_chunk_index_is_streamed_in_checked_and_loaded_back() {
+    let env = Env::new();
+    let (repo, url) = env.new_repo("repo");
+    let src = support::one_file_source(&env, support::noise(5, 900_000));
+    let src = src.to_str().unwrap();
+    let out = env.ok(&["-r", &url, "create", "--debug", "--chunker-params", "fixed,64", "a", src]);
+    assert!(out.lines().any(|l| l.contains("rpc store_store") && l.contains("bytes streamed")), "the chunk index was not streamed:\n{out}");
+    let large: Vec<_> = files_below(&repo.join("cache")).into_iter().filter(|p| std::fs::metadata(p).unwrap().len() > 512 * 1024).collect();
+    assert_eq!(large.len(), 1, "{large:?}");
+    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "no temp file left");
+    std::fs::remove_dir_all(env.path("base/.cache")).unwrap();
+    let out = env.ok(&["-r", &url, "create", "--debug", "--chunker-params", "fixed,64", "b", src]);
+    let name = large[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(out.contains(&format!("cache/{name} is valid")), "the client did not load {name}:\n{out}");
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}
+
 /// The write-path options (`--fsync`, `--no-direct-io`, `--put-writers`, `--coalesce-us`) change how objects reach the disk, never
 /// what the client stores: each combination backs up large chunks (written directly by default)
 /// and small files, extracts them identically, and leaves a repository Python borg checks clean.

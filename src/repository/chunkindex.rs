@@ -6,6 +6,8 @@
 //! `json.dumps` writes it, then per key 32 key bytes + flags u32 + size u32. The file's name is
 //! the xxh64 (seed 3) of its bytes, which the client verifies before trusting it.
 
+use crate::store::{self, ReadAt};
+
 /// Seed of the xxh64 that names a chunk-index file (`CHUNKINDEX_HASH_SEED`).
 pub const HASH_SEED: u64 = 3;
 
@@ -56,52 +58,133 @@ pub fn serialize<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8
 }
 
 /// Why an uploaded chunk index is refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Invalid {
     /// Not the borghash v1 format with 32-byte keys and 8-byte values.
     Format(String),
     /// The name does not carry the xxh64 (seed 3) of the contents.
     Name { expected: String },
+    /// It could not be read back from where it waits.
+    Unreadable(store::Error),
 }
 
-/// The keys of a serialised chunk index, after checking its format.
-pub fn parse_keys(data: &[u8]) -> Result<Vec<[u8; 32]>, Invalid> {
+impl From<store::Error> for Invalid {
+    fn from(e: store::Error) -> Invalid {
+        Invalid::Unreadable(e)
+    }
+}
+
+/// Where a checked index keeps its entries: `count` of [`ENTRY_SIZE`] bytes from `entries_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub entries_at: u64,
+    pub count: u64,
+}
+
+/// How much of an index is read at a time: an upload is checked in pieces of this size, never
+/// held whole (a large repository's index is hundreds of MB). A multiple of [`ENTRY_SIZE`].
+const PIECE: usize = ENTRY_SIZE * 26_214;
+
+/// The longest metadata accepted (Python's is ~300 bytes).
+const MAX_META: u64 = 64 * 1024;
+
+/// Fills `buf` from `offset` (short only at the end of `data`); how many bytes it got.
+fn read_full(data: &dyn ReadAt, offset: u64, buf: &mut [u8]) -> Result<usize, store::Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = data.read_at(offset + got as u64, &mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Checks a serialised index's format (header, metadata, entry count against its length).
+fn layout(data: &dyn ReadAt) -> Result<Layout, Invalid> {
     let bad = |why: &str| Invalid::Format(why.to_string());
-    if data.len() < 16 || &data[..8] != b"BORGHASH" {
+    let mut head = [0u8; 16];
+    if read_full(data, 0, &mut head)? < 16 || &head[..8] != b"BORGHASH" {
         return Err(bad("no BORGHASH header"));
     }
-    let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
     if version != 1 {
         return Err(Invalid::Format(format!("unsupported version {version}")));
     }
-    let meta_len = u32::from_le_bytes([data[12], data[13], data[14], data[15]]) as usize;
-    let meta = data.get(16..16 + meta_len).ok_or_else(|| bad("metadata truncated"))?;
-    let meta: serde_json::Value = serde_json::from_slice(meta).map_err(|e| Invalid::Format(format!("metadata: {e}")))?;
+    let meta_len = u64::from(u32::from_le_bytes([head[12], head[13], head[14], head[15]]));
+    if meta_len > MAX_META || 16 + meta_len > data.size() {
+        return Err(bad("metadata truncated"));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    read_full(data, 16, &mut meta)?;
+    let meta: serde_json::Value = serde_json::from_slice(&meta).map_err(|e| Invalid::Format(format!("metadata: {e}")))?;
     if meta["key_size"] != 32 || meta["value_size"] != 8 {
         return Err(bad("not a chunk index (key size 32, value size 8)"));
     }
-    let used = meta["used"].as_u64().ok_or_else(|| bad("no entry count"))? as usize;
-    let entries = &data[16 + meta_len..];
-    if entries.len() != used.saturating_mul(40) {
-        return Err(Invalid::Format(format!("{used} entries announced, {} bytes of entries present", entries.len())));
+    let count = meta["used"].as_u64().ok_or_else(|| bad("no entry count"))?;
+    let entries_at = 16 + meta_len;
+    let present = data.size() - entries_at;
+    if count.checked_mul(ENTRY_SIZE as u64) != Some(present) {
+        return Err(Invalid::Format(format!("{count} entries announced, {present} bytes of entries present")));
     }
-    Ok(entries
-        .chunks_exact(40)
-        .map(|e| {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&e[..32]);
-            k
-        })
-        .collect())
+    Ok(Layout { entries_at, count })
 }
 
-/// Checks an uploaded `cache/chunks.<hash>`: its format, and that its name is its hash.
-pub fn validate_upload(name: &str, data: &[u8]) -> Result<Vec<[u8; 32]>, Invalid> {
-    let expected = cache_name(data);
+/// Checks an uploaded `cache/chunks.<hash>`: that its name is its hash, and its format; reads
+/// it in pieces, wherever it is.
+pub fn validate_upload(name: &str, data: &dyn ReadAt) -> Result<Layout, Invalid> {
+    let mut hasher = xxhash_rust::xxh64::Xxh64::new(HASH_SEED);
+    let mut buf = vec![0u8; PIECE.min(data.size() as usize)];
+    let mut at = 0;
+    while at < data.size() {
+        let n = read_full(data, at, &mut buf)?;
+        if n == 0 {
+            return Err(Invalid::Format("shorter than its size".into()));
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    let expected = format!("cache/chunks.{:016x}", hasher.digest());
     if name != expected {
         return Err(Invalid::Name { expected });
     }
-    parse_keys(data)
+    layout(data)
+}
+
+/// Reads the entries of a checked index ([`validate_upload`]) a piece at a time.
+pub struct Entries<'a> {
+    data: &'a dyn ReadAt,
+    at: u64,
+    end: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Entries<'a> {
+    /// From the first entry.
+    pub fn new(data: &'a dyn ReadAt, layout: Layout) -> Entries<'a> {
+        let end = layout.entries_at + layout.count * ENTRY_SIZE as u64;
+        Entries { data, at: layout.entries_at, end, buf: Vec::new() }
+    }
+
+    /// The next piece's keys, or `None` at the end.
+    pub fn next_piece(&mut self) -> Result<Option<impl Iterator<Item = &[u8; 32]>>, store::Error> {
+        let want = (self.end - self.at).min(PIECE as u64) as usize;
+        if want == 0 {
+            return Ok(None);
+        }
+        self.buf.resize(want, 0);
+        let got = read_full(self.data, self.at, &mut self.buf)?;
+        if got < want {
+            return Err(store::Error::Io {
+                op: "read back",
+                path: "cache/chunks".into(),
+                source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the index shrank while it was read"),
+            });
+        }
+        self.at += want as u64;
+        Ok(Some(self.buf.chunks_exact(ENTRY_SIZE).filter_map(|e| e.first_chunk::<32>())))
+    }
 }
 
 /// The store name of a serialised index: `cache/chunks.<xxh64(seed 3) hex>`.
@@ -126,13 +209,38 @@ mod tests {
     fn uploads_are_parsed_and_checked() {
         let ids = [[7u8; 32], [9u8; 32]];
         let data = serialize(ids.iter());
-        assert_eq!(validate_upload(&cache_name(&data), &data).unwrap(), ids.to_vec());
+        let layout = validate_upload(&cache_name(&data), &data).unwrap();
+        assert_eq!(keys(&data, layout), ids.to_vec());
         assert!(matches!(validate_upload("cache/chunks.0000000000000000", &data), Err(Invalid::Name { .. })));
         let mut short = data.clone();
         short.pop();
         assert!(matches!(validate_upload(&cache_name(&short), &short), Err(Invalid::Format(_))));
         let junk = b"not an index".to_vec();
         assert!(matches!(validate_upload(&cache_name(&junk), &junk), Err(Invalid::Format(_))));
+    }
+
+    fn keys(data: &Vec<u8>, layout: Layout) -> Vec<[u8; 32]> {
+        let mut entries = Entries::new(data, layout);
+        let mut out = Vec::new();
+        while let Some(piece) = entries.next_piece().unwrap() {
+            out.extend(piece.copied());
+        }
+        out
+    }
+
+    /// An index larger than a piece is hashed and read in pieces, every entry once, in order;
+    /// its hash is the hash of the whole.
+    #[test]
+    fn a_long_index_is_read_in_pieces() {
+        let ids: Vec<[u8; 32]> = (0..70_000u32).map(|i| std::array::from_fn(|k| (i >> (8 * (k % 3))) as u8 ^ k as u8)).collect();
+        let data = serialize(ids.iter());
+        assert!(data.len() > 2 * PIECE);
+        let layout = validate_upload(&cache_name(&data), &data).unwrap();
+        assert_eq!(layout.count, 70_000);
+        assert_eq!(keys(&data, layout), ids);
+        let mut flipped = data.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(validate_upload(&cache_name(&data), &flipped), Err(Invalid::Name { .. })));
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub struct OpenOptions {
     pub data_levels: usize,
 }
 
+/// What checking an uploaded chunk index against `data/` found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    /// Distinct ids listed (an index whose ids were checked in batches may count one twice).
+    listed: usize,
+    missing: usize,
+    /// The first missing id met.
+    example: Option<[u8; 32]>,
+}
+
 /// An open repository, holding its lock (if any) until [`Repository::close`].
 pub struct Repository {
     store: Store,
@@ -84,6 +94,8 @@ pub struct Repository {
     walk_above: usize,
     /// Ids per step of that walk ([`CHUNK_INDEX_WALK_BATCH`]; tests lower it).
     walk_batch: usize,
+    /// Ids of an uploaded chunk index held at a time ([`CHUNK_INDEX_IDS_HELD`]; tests lower it).
+    ids_held: usize,
     /// Objects this session put itself: an uploaded chunk index needs no look-up for them.
     written: written::Written,
 }
@@ -96,6 +108,10 @@ const CHUNK_INDEX_WALK_ABOVE: usize = 65_536;
 
 /// Ids fetched per step of that walk (32 bytes each: memory stays bounded).
 const CHUNK_INDEX_WALK_BATCH: usize = 65_536;
+
+/// Ids of an uploaded chunk index held at a time (32 bytes each: 8 MiB). The index of a
+/// repository of 6.5 million objects is 256 MiB; it is checked in passes instead of being held.
+const CHUNK_INDEX_IDS_HELD: usize = 1 << 18;
 
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 * bytes.len());
@@ -163,7 +179,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH, written: written::Written::default() })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH, ids_held: CHUNK_INDEX_IDS_HELD, written: written::Written::default() })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -404,10 +420,11 @@ impl Repository {
         }
     }
 
-    /// `store_load(name)`.
-    pub fn store_load(&mut self, name: &str, log: &Log) -> Result<Vec<u8>, Error> {
+    /// `store_load(name)`: the item's file, sent as it is (an index of a large repository is
+    /// hundreds of MB; it never passes through memory).
+    pub fn store_load(&mut self, name: &str, log: &Log) -> Result<store::Object, Error> {
         self.refresh_lock(log)?;
-        Ok(self.store.load(name, 0, None, false)?)
+        Ok(self.store.read_object(name)?)
     }
 
     /// `store_store(name, value)`. A chunk-index cache (`cache/chunks.*`) is stored only if it is
@@ -417,19 +434,34 @@ impl Repository {
     pub fn store_store(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
         if name.starts_with("cache/chunks.") {
-            self.check_chunk_index(name, value, log)?;
+            self.check_chunk_index(name, &value, log)?;
         }
         Ok(self.store.store(name, value)?)
     }
 
-    fn check_chunk_index(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
+    /// [`Repository::store_store`] with the `len` bytes of the value read from `src` as they
+    /// arrive: a chunk index is received into a temp file, checked there, then put in place;
+    /// anything else is written as it arrives. The caller drains what is left unread on failure.
+    pub fn store_store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {
+        self.refresh_lock(log)?;
+        if !name.starts_with("cache/chunks.") {
+            return Ok(self.store.store_from(name, len, src)?);
+        }
+        let staged = self.store.stage(name, len, src)?;
+        self.check_chunk_index(name, &staged, log)?;
+        Ok(self.store.place(staged)?)
+    }
+
+    fn check_chunk_index(&mut self, name: &str, value: &dyn store::ReadAt, log: &Log) -> Result<(), Error> {
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
-        let mut ids = chunkindex::validate_upload(name, value).map_err(|e| match e {
+        let layout = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
+            chunkindex::Invalid::Unreadable(e) => e.into(),
         })?;
-        let (listed, missing, example) = self.missing_objects(&mut ids)?;
-        if let Some(example) = example.map(|id| hex(&id)) {
+        let tally = self.missing_objects(value, layout)?;
+        if let Some(example) = tally.example.map(|id| hex(&id)) {
+            let (missing, listed) = (tally.missing, tally.listed);
             log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {listed} listed objects are missing"));
             let cause = match &self.last_write_error {
                 Some(e) => format!("the backup failed writing to the repository: {e}"),
@@ -443,27 +475,53 @@ impl Repository {
         Ok(())
     }
 
-    /// How many distinct ids `ids` holds, how many of them are not in `data/`, and the first of
-    /// those: none for objects this session put itself, a look-up each for a short list of the
-    /// rest, one sorted walk of `data/` merged with them for a long one.
-    fn missing_objects(&mut self, ids: &mut Vec<[u8; 32]>) -> Result<(usize, usize, Option<[u8; 32]>), Error> {
+    /// Which of the ids a checked index lists are not in `data/`. At most `ids_held` ids are
+    /// held at a time: a longer index is read in passes, each taking the ids of one range of
+    /// two-byte prefixes and walking only that part of `data/` (an index whose ids crowd into
+    /// one range is checked a batch at a time).
+    fn missing_objects(&mut self, data: &dyn store::ReadAt, layout: chunkindex::Layout) -> Result<Tally, Error> {
+        const PREFIXES: u64 = 1 << 16;
+        let passes = layout.count.div_ceil(self.ids_held as u64).clamp(1, PREFIXES);
+        let mut tally = Tally::default();
+        let mut ids = Vec::new();
+        for pass in 0..passes {
+            let (lo, hi) = (pass * PREFIXES / passes, (pass + 1) * PREFIXES / passes);
+            let mut entries = chunkindex::Entries::new(data, layout);
+            while let Some(piece) = entries.next_piece()? {
+                ids.extend(piece.filter(|id| (lo..hi).contains(&u64::from(u16::from_be_bytes([id[0], id[1]])))));
+                if ids.len() >= self.ids_held {
+                    self.missing_among(&mut ids, lo, &mut tally)?;
+                }
+            }
+            self.missing_among(&mut ids, lo, &mut tally)?;
+        }
+        Ok(tally)
+    }
+
+    /// Counts into `tally` which of `ids` (all with a two-byte prefix of at least `from`) are
+    /// not in `data/`, and empties `ids`: none for objects this session put itself, a look-up
+    /// each for a short list of the rest, one sorted walk of `data/` from `from` on merged with
+    /// them for a long one.
+    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, tally: &mut Tally) -> Result<(), Error> {
         ids.sort_unstable();
         ids.dedup();
-        let listed = ids.len();
+        tally.listed += ids.len();
         self.written.remove_known(ids);
-        let mut missing = 0usize;
-        let mut example = None;
+        let missing = |id: &[u8; 32], tally: &mut Tally| {
+            tally.missing += 1;
+            tally.example.get_or_insert(*id);
+        };
         if ids.len() <= self.walk_above {
             for id in ids.iter() {
                 if !self.store.info(&Self::data_name(id)?, false)?.exists {
-                    missing += 1;
-                    example.get_or_insert(*id);
+                    missing(id, tally);
                 }
             }
-            return Ok((listed, missing, example));
+            ids.clear();
+            return Ok(());
         }
         let mut k = 0; // ids[..k] are accounted for
-        let mut after: Option<String> = None;
+        let mut after: Option<String> = (from > 0).then(|| format!("{from:04x}"));
         loop {
             let batch = match self.store.list_range_map("data", after.as_deref(), self.walk_batch, &|info: ItemInfo| unhex32(&info.name)) {
                 Ok(b) => b,
@@ -472,8 +530,7 @@ impl Repository {
             };
             for present in &batch {
                 while k < ids.len() && ids[k] < *present {
-                    missing += 1;
-                    example.get_or_insert(ids[k]);
+                    missing(&ids[k], tally);
                     k += 1;
                 }
                 if k < ids.len() && ids[k] == *present {
@@ -485,11 +542,11 @@ impl Repository {
                 _ => break,
             }
         }
-        if k < ids.len() {
-            example.get_or_insert(ids[k]);
-            missing += ids.len() - k;
+        for id in &ids[k..] {
+            missing(id, tally);
         }
-        Ok((listed, missing, example))
+        ids.clear();
+        Ok(())
     }
 
     /// `store_delete(name, deleted)`.
@@ -610,6 +667,15 @@ mod tests {
         assert!(e.contains("name does not match"), "{e}");
         // other cache items are not chunk indexes and are stored as they are
         repo.store_store("cache/last-key-checked", b"data/xx", &log).unwrap();
+        // streamed (a large index): the same verdicts, and a refused one leaves nothing
+        let e = repo.store_store_from(&chunkindex::cache_name(&bad), bad.len() as u64, &mut &bad[..], &log).unwrap_err().to_string();
+        assert!(e.contains("1 objects that are not in the repository"), "{e}");
+        assert!(!h.live().contains_key(&chunkindex::cache_name(&bad)));
+        let e = repo.store_store_from("cache/chunks.0000000000000000", good.len() as u64, &mut &good[..], &log).unwrap_err().to_string();
+        assert!(e.contains("name does not match"), "{e}");
+        let other = chunkindex::serialize([[1u8; 32], [1u8; 32]].iter());
+        repo.store_store_from(&chunkindex::cache_name(&other), other.len() as u64, &mut &other[..], &log).unwrap();
+        assert_eq!(h.live().get(&chunkindex::cache_name(&other)), Some(&other));
     }
 
     /// A chunk index listing only objects this session put needs no look-up (a look-up here would
@@ -650,13 +716,22 @@ mod tests {
             vec![id(0x11, 0)],
         ];
         for ids in cases {
+            let index = chunkindex::serialize(ids.iter());
+            let layout = chunkindex::validate_upload(&chunkindex::cache_name(&index), &index).unwrap();
             repo.walk_above = usize::MAX;
-            let by_look_up = repo.missing_objects(&mut ids.clone()).unwrap();
-            repo.walk_above = 0;
-            for batch in [1, 2, 3, 1000] {
-                repo.walk_batch = batch;
-                let by_walk = repo.missing_objects(&mut ids.clone()).unwrap();
-                assert_eq!(by_look_up, by_walk, "{ids:02x?}, batches of {batch}");
+            let by_look_up = repo.missing_objects(&index, layout).unwrap();
+            // ids held: all at once; in passes over ranges of ids (and batches within a range)
+            for held in [usize::MAX, 2, 1] {
+                repo.ids_held = held;
+                for (walk_above, batch) in [(usize::MAX, 1), (0, 1), (0, 2), (0, 3), (0, 1000)] {
+                    (repo.walk_above, repo.walk_batch) = (walk_above, batch);
+                    let found = repo.missing_objects(&index, layout).unwrap();
+                    let how = format!("{ids:02x?}, {held} held, walk above {walk_above}, batches of {batch}");
+                    assert_eq!(found.missing, by_look_up.missing, "{how}");
+                    if held >= ids.len() {
+                        assert_eq!(found, by_look_up, "{how}");
+                    }
+                }
             }
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! The reader owns the receive buffer and nothing else. It hands out complete messages only, tells
 //! a clean end of stream (nothing buffered) apart from a peer that vanished mid-message, and never
-//! grows its buffer beyond the message size limit, whatever a length header announces.
+//! grows its buffer beyond the message size limit, whatever a length header announces. Messages
+//! its caller streams (see [`FrameReader::payload`]) may be larger: they are never held whole.
 
 use std::io::{self, Read};
 
@@ -34,6 +35,9 @@ pub struct FrameReader<R> {
     start: usize,
     end: usize,
     limit: usize,
+    /// The largest message at all: larger than `limit` only for messages the caller streams
+    /// (see [`FrameReader::streams_up_to`]).
+    max: usize,
     /// Bytes the message at `start` needs at least, from the last check (avoids rescans).
     needed: usize,
     /// The last read returned less than it asked for: the sender is slower than we are.
@@ -84,7 +88,15 @@ const READ_CHUNK: usize = 256 * 1024;
 impl<R: Input> FrameReader<R> {
     /// A reader for messages of at most `limit` bytes.
     pub fn new(inner: R, limit: usize) -> FrameReader<R> {
-        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, needed: 1, drained: false, last_read: 0, stream_from: usize::MAX }
+        FrameReader { inner, buf: vec![0; READ_CHUNK], start: 0, end: 0, limit, max: limit, needed: 1, drained: false, last_read: 0, stream_from: usize::MAX }
+    }
+
+    /// Lets messages of up to `max` bytes be announced: the caller streams those larger than
+    /// the limit (see [`payload`](Self::payload)) before asking for more bytes, and
+    /// [`fill`](Self::fill) refuses to buffer one it did not stream.
+    pub fn streams_up_to(mut self, max: usize) -> FrameReader<R> {
+        self.max = max.max(self.limit);
+        self
     }
 
     /// Tells the reader that its caller streams messages of at least `len` bytes (see
@@ -107,7 +119,7 @@ impl<R: Input> FrameReader<R> {
         if self.end - self.start < self.needed {
             return Ok(None);
         }
-        match msgpack::check(&self.buf[self.start..self.end], self.limit) {
+        match msgpack::check(&self.buf[self.start..self.end], self.max) {
             Ok(n) => Ok(Some(n)),
             Err(DecodeError::Incomplete { needed }) => {
                 self.needed = needed;
@@ -161,8 +173,12 @@ impl<R: Input> FrameReader<R> {
         self.last_read
     }
 
-    /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream.
+    /// Reads more bytes (blocking). `Ok(false)` on a clean end of stream. A message larger than
+    /// the limit that the caller did not stream is refused here, before any of it is buffered.
     pub fn fill(&mut self) -> Result<bool, FrameError> {
+        if self.needed > self.limit {
+            return Err(FrameError::TooLarge(DecodeError::TooLarge { announced: self.needed, limit: self.limit }.to_string()));
+        }
         // move a partial message to the front so the buffer never grows past one message.
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
@@ -198,7 +214,7 @@ impl<R: Input> FrameReader<R> {
     /// Whether the message at the start of the buffer is one the caller streams (its header
     /// says how long it is); remembers its length so that it is not measured again.
     fn streams_next(&mut self) -> bool {
-        match msgpack::check(&self.buf[self.start..self.end], self.limit) {
+        match msgpack::check(&self.buf[self.start..self.end], self.max) {
             Err(DecodeError::Incomplete { needed }) => {
                 self.needed = needed;
                 needed >= self.stream_from

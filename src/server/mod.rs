@@ -85,7 +85,7 @@ pub fn serve_stream<R: Input, W: Write + AsRawFd + Send + 'static>(
     let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
     let mut session = Session::new(cfg.clone(), log, thread);
-    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message).streaming(STREAM_FROM), input_capacity, stop) {
+    let result = match run(&mut session, &out, FrameReader::new(input, cfg.max_message).streaming(STREAM_FROM).streams_up_to(STREAMED_MAX), input_capacity, stop) {
         // whatever failed while a termination signal was being handled: it is the signal
         Err(_) if stop.load(Ordering::Relaxed) => Err(ServeError::Stopped),
         r => r,
@@ -111,8 +111,8 @@ fn run<R: Input>(session: &mut Session, out: &SharedOutput, mut reader: FrameRea
         let Some(len) = reader.buffered_frame()? else {
             if reader.needed() >= STREAM_FROM {
                 drain(session, writers.as_ref());
-                if stream_put(session, out, &mut reader, &mut header)? {
-                    coalescer.handled(true);
+                if let Some(method) = stream_message(session, out, &mut reader, &mut header)? {
+                    coalescer.handled(method == "put");
                     continue;
                 }
             }
@@ -216,30 +216,40 @@ fn drain(session: &mut Session, writers: Option<&PutWriters>) {
     }
 }
 
-/// Messages at least this large are candidates for streaming (see [`stream_put`]): the objects
-/// the store writes directly, around the page cache, whose bytes then go from the connection
-/// straight into the direct writer's buffer instead of through the message buffer first
-/// (objects of 512 KiB – 1 MiB, buffered whole before, were 21 MB of a 250 MB backup's copies).
+/// Messages at least this large are candidates for streaming (see [`stream_message`]): the
+/// objects the store writes directly, around the page cache, whose bytes then go from the
+/// connection straight into the direct writer's buffer instead of through the message buffer
+/// first (objects of 512 KiB – 1 MiB, buffered whole before, were 21 MB of a 250 MB backup's
+/// copies); and chunk indexes, which are checked in a temp file instead of in memory.
 const STREAM_FROM: usize = crate::store::DIRECT_FROM as usize;
 
-/// If the message being received is a `put` whose data header has arrived, handles it now,
-/// streaming the data from the connection to disk instead of buffering it whole (chunks are up to
-/// 20 MiB; memory stays flat). Returns whether it did; otherwise the message is buffered as usual.
-fn stream_put<R: Input>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<bool, ServeError> {
-    let Some((bin_start, bin_end, len)) = msgpack::trailing_bin(reader.pending()) else { return Ok(false) };
-    // the request with an empty binary in place of the data: parse it as usual
+/// The largest message a client may send at all: a streamed value can be as large as msgpack
+/// allows (4 GiB, as Python's server accepts for `store_store`), plus its request's other fields.
+pub const STREAMED_MAX: usize = (4 << 30) + (64 << 10);
+
+/// If the message being received is a `put` or a `store_store` whose value's header has
+/// arrived, handles it now, streaming the value from the connection to the store instead of
+/// buffering it whole (chunks are up to 20 MiB, a large repository's chunk index hundreds of
+/// MB; memory stays flat). Returns the method it handled; `None` if the message is not one to
+/// stream (it is then buffered as usual, within the message limit).
+fn stream_message<R: Input>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<Option<&'static str>, ServeError> {
+    let Some((bin_start, bin_end, len)) = msgpack::trailing_bin(reader.pending()) else { return Ok(None) };
+    // the request with an empty binary in place of the value: parse it as usual
     let mut stub = reader.pending()[..bin_start].to_vec();
     msgpack::encode::bin(&mut stub, &[]);
-    let Ok(value) = msgpack::parse(&stub) else { return Ok(false) };
-    let Ok(req) = Request::from_value(value) else { return Ok(false) };
-    if req.method != "put" {
-        return Ok(false);
-    }
+    let Ok(value) = msgpack::parse(&stub) else { return Ok(None) };
+    let Ok(req) = Request::from_value(value) else { return Ok(None) };
+    type Streamed = fn(&mut Session, &Request<'_>, u64, &mut dyn Read) -> Result<crate::rpc::Reply, crate::error::CallError>;
+    let (handle, method): (Streamed, &'static str) = match req.method {
+        "put" => (Session::put_from, "put"),
+        "store_store" => (Session::store_store_from, "store_store"),
+        _ => return Ok(None),
+    };
     let mut payload = reader.payload(bin_end, len);
-    let result = session.put_from(&req, len as u64, &mut payload);
+    let result = handle(session, &req, len as u64, &mut payload);
     payload.finish()?; // drains what was not written (after an error), keeping the stream in step
     answer(out, header, req.msgid, result)?;
-    Ok(true)
+    Ok(Some(method))
 }
 
 /// The size borgd makes its stdin and stdout pipes (the kernel's limit for unprivileged

@@ -169,7 +169,7 @@ impl Session {
                 Reply::Nil
             }
             Method::StoreList => Reply::Items(repo.store_list(a.str("name").map_err(bad)?, a.bool_or("deleted", false).map_err(bad)?, log)?),
-            Method::StoreLoad => Reply::Bytes(repo.store_load(a.str("name").map_err(bad)?, log)?),
+            Method::StoreLoad => Reply::Object(repo.store_load(a.str("name").map_err(bad)?, log)?),
             Method::StoreStore => {
                 repo.store_store(a.str("name").map_err(bad)?, a.bytes("value").map_err(bad)?, log)?;
                 Reply::Nil
@@ -236,6 +236,18 @@ impl Session {
             self.log.debug(TRACE, &format!("rpc put (msgid {}, {len} bytes streamed)", req.msgid));
         }
         repo.put_from(id, len, data, &self.log)?;
+        Ok(Reply::Nil)
+    }
+
+    /// A `store_store` whose value (`len` bytes) is read from `data` as it arrives instead of
+    /// from the request; the request's own `value` argument is ignored.
+    pub fn store_store_from(&mut self, req: &Request<'_>, len: u64, data: &mut dyn std::io::Read) -> Result<Reply, CallError> {
+        let repo = self.repo.as_mut().ok_or_else(|| CallError::InvalidRpcMethod(req.method.to_string()))?;
+        let name = req.args.str("name").map_err(|e| CallError::bad_arg(req.method, e))?;
+        if self.log.enabled(LOGGER, Level::Debug) {
+            self.log.debug(LOGGER, &format!("rpc store_store (msgid {}, {len} bytes streamed)", req.msgid));
+        }
+        repo.store_store_from(name, len, data, &self.log)?;
         Ok(Reply::Nil)
     }
 

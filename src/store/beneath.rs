@@ -312,6 +312,12 @@ impl Dir {
         Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?))
     }
 
+    /// [`create_new`](Self::create_new), also open for reading (a value read back before it is
+    /// put in place).
+    pub fn create_new_rw(&self, name: &str) -> io::Result<File> {
+        Ok(File::from(openat_nofollow(self.fd.as_raw_fd(), name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?))
+    }
+
     /// [`create_new`](Self::create_new) with `O_DIRECT` (see `store::direct`). On `EINVAL` the
     /// file system refuses direct I/O — and may have created the file all the same.
     pub fn create_new_direct(&self, name: &str) -> io::Result<File> {

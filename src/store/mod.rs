@@ -19,7 +19,7 @@ pub mod sim;
 
 pub use name::{nest, push_hex, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
-pub use posixfs::PosixFs;
+pub use posixfs::{PosixFs, TempFile};
 
 use std::io;
 use std::path::PathBuf;
@@ -118,6 +118,29 @@ pub trait Backend: Send + Sync {
         std::io::Read::take(src, len).read_to_end(&mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
         self.store(name, &value, how)
     }
+    /// Receives a value of `len` bytes from `src` into a place of its own, visible under no
+    /// name, to be read back and then put in place under `name` by [`Backend::place`] (or
+    /// dropped, which leaves nothing). Backends without files hold it in memory.
+    fn stage(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, how: WriteOptions) -> Result<StagedBody, Error> {
+        let _ = how;
+        let mut value = Vec::with_capacity(len.min(1 << 20) as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(src, len), &mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
+        if (value.len() as u64) < len {
+            return Err(Error::Io { op: "receive", path: name.into(), source: io::Error::new(io::ErrorKind::UnexpectedEof, "the value ended early") });
+        }
+        Ok(StagedBody::Memory(value))
+    }
+    /// Puts a value [`Backend::stage`] received in place under `name`, as `how` says.
+    fn place(&mut self, name: &str, body: StagedBody, how: WriteOptions) -> Result<(), Error> {
+        match body {
+            StagedBody::Memory(value) => self.store(name, &value, how),
+            StagedBody::File(mut file) => {
+                let len = file.size();
+                let mut value = file.reader().map_err(|e| Error::Io { op: "read back", path: name.into(), source: e })?;
+                self.store_from(name, len, &mut value, how)
+            }
+        }
+    }
     /// Deletes an item.
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
     /// Renames an item, replacing the target.
@@ -184,6 +207,70 @@ impl LaterWrite {
     /// Writes `value`; a refused replace is the permission error it stands for.
     pub fn write(&self, value: &[u8]) -> Result<(), Error> {
         overwrite_denied(self.writer.write(&self.nested, value, self.how), self.mode, &self.name)
+    }
+}
+
+/// A value received whole but not yet stored (see [`Store::stage`]): what must be checked before
+/// it may be stored under its name — an uploaded chunk index — is read back from here, a file
+/// beside its target, instead of being held in memory.
+pub struct Staged {
+    body: StagedBody,
+    name: String,
+    nested: String,
+    how: WriteOptions,
+}
+
+/// Where a staged value waits: in memory (backends without files), or in a temp file.
+pub enum StagedBody {
+    Memory(Vec<u8>),
+    File(posixfs::TempFile),
+}
+
+/// Bytes read at any offset, whether held in memory or waiting in a file: a staged value is
+/// checked where it is, in pieces.
+pub trait ReadAt {
+    /// How many bytes there are.
+    fn size(&self) -> u64;
+    /// Reads into `buf` from `offset`; fewer bytes only at the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error>;
+}
+
+impl ReadAt for &[u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let rest = self.get(usize::try_from(offset).unwrap_or(usize::MAX)..).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        Ok(n)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
+impl ReadAt for Staged {
+    fn size(&self) -> u64 {
+        match &self.body {
+            StagedBody::Memory(v) => v.len() as u64,
+            StagedBody::File(f) => f.size(),
+        }
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        match &self.body {
+            StagedBody::Memory(v) => v.as_slice().read_at(offset, buf),
+            StagedBody::File(f) => f.read_at(offset, buf).map_err(|e| Error::Io { op: "read back", path: self.name.clone().into(), source: e }),
+        }
     }
 }
 
@@ -358,6 +445,21 @@ impl Store {
     pub fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
         overwrite_denied(self.backend.store_from(&nested, len, src, how), self.permissions.mode(), name)
+    }
+
+    /// Receives the value of a store of `name` (`len` bytes from `src`) without storing it yet:
+    /// [`Store::place`] stores it once the caller has read it back and found it acceptable;
+    /// dropped instead, it leaves nothing. Permissions are checked first, before a byte is read.
+    pub fn stage(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<Staged, Error> {
+        let (nested, how) = self.prepare_store(name)?;
+        let body = self.backend.stage(&nested, len, src, how)?;
+        Ok(Staged { body, name: name.to_string(), nested, how })
+    }
+
+    /// Stores a value [`Store::stage`] received, under the name it was staged for.
+    pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
+        let Staged { body, name, nested, how } = staged;
+        overwrite_denied(self.backend.place(&nested, body, how), self.permissions.mode(), &name)
     }
 
     /// Where a store of `name` goes, after the permission check, and how to write it: durable
@@ -664,5 +766,56 @@ mod tests {
         assert_eq!(names(s.list_range("data", Some("aa11"), 1).unwrap()), ["cc00"]);
         // the root lists the namespaces' items too (directories are walked, not reported)
         assert_eq!(s.list("", false).unwrap().len(), 4);
+    }
+
+    /// A staged value is readable where it waits and visible under no name; placed, it is the
+    /// item; dropped, it leaves nothing. Placing it follows the permission table (without `W`
+    /// an existing item is not replaced), and a stage that ends early leaves nothing either.
+    #[test]
+    fn staged_values_are_read_back_then_placed_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let open = |mode| Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(mode), Durability::Barrier);
+        open(Mode::All).create().unwrap();
+        let mut s = open(Mode::All);
+        s.open().unwrap();
+        let value: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let leftovers = || -> Vec<String> {
+            std::fs::read_dir(repo.join("cache")).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+        };
+        let staged = s.stage("cache/x", value.len() as u64, &mut &value[..]).unwrap();
+        assert_eq!(staged.size(), 300_000);
+        let mut piece = [0u8; 10];
+        assert_eq!(staged.read_at(299_995, &mut piece).unwrap(), 5);
+        assert_eq!(piece[..5], value[299_995..]);
+        assert!(matches!(s.load("cache/x", 0, None, false), Err(Error::ObjectNotFound(_))));
+        assert!(s.list("cache", false).unwrap().is_empty(), "a staged value is listed nowhere");
+        drop(staged);
+        assert!(leftovers().is_empty(), "{:?}", leftovers());
+        let staged = s.stage("cache/x", value.len() as u64, &mut &value[..]).unwrap();
+        s.place(staged).unwrap();
+        assert_eq!(s.load("cache/x", 0, None, false).unwrap(), value);
+        assert_eq!(leftovers(), ["x"]);
+        // the value ends early (the client vanished): nothing is left
+        assert!(s.stage("cache/y", 400_000, &mut &value[..]).is_err());
+        assert_eq!(leftovers(), ["x"]);
+        // without W (archives/ in no-delete mode): a new item may be placed, an existing one
+        // not replaced
+        s.store("archives/x", b"old").unwrap();
+        let mut nd = open(Mode::NoDelete);
+        nd.open().unwrap();
+        let staged = nd.stage("archives/x", 3, &mut &b"new"[..]).unwrap();
+        assert!(matches!(nd.place(staged), Err(Error::PermissionDenied { required: "W", .. })));
+        assert_eq!(nd.load("archives/x", 0, None, false).unwrap(), b"old");
+        let staged = nd.stage("archives/z", 3, &mut &b"new"[..]).unwrap();
+        nd.place(staged).unwrap();
+        let archives: Vec<String> = std::fs::read_dir(repo.join("archives")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(archives.len(), 2, "{archives:?}");
+        // read-only: refused before a byte is read
+        let mut ro = open(Mode::ReadOnly);
+        ro.open().unwrap();
+        let mut untouched: &[u8] = b"abc";
+        assert!(matches!(ro.stage("cache/w", 3, &mut untouched), Err(Error::PermissionDenied { .. })));
+        assert_eq!(untouched, b"abc");
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::beneath::Dir;
 use super::direct::DirectWriter;
 use super::parents::Parents;
-use super::{name, Backend, Durability, Error, ItemInfo, Object, WriteOptions};
+use super::{name, Backend, Durability, Error, ItemInfo, Object, StagedBody, WriteOptions};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
@@ -278,26 +278,63 @@ fn write_named(
         }
         Ok(())
     });
-    let renamed = written.and_then(|()| {
-        let renamed = if how.replace {
-            dir.rename(&tmp, dir, file)
-        } else {
-            match dir.rename_noreplace(&tmp, dir, file) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file) {
-                    // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
-                    Ok(Some(_)) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
-                    Ok(None) => dir.rename(&tmp, dir, file),
-                    Err(e) => Err(e),
-                },
-                other => other,
-            }
-        };
-        renamed.map_err(|e| ("rename", e))
-    });
+    let renamed = written.and_then(|()| rename_into_place(dir, &tmp, file, how.replace).map_err(|e| ("rename", e)));
     if renamed.is_err() {
         let _ = dir.unlink(&tmp);
     }
     renamed
+}
+
+/// Renames temp file `tmp` in `dir` to `file`; without `replace` an existing `file` is an
+/// `EEXIST` error (atomically where the file system can say so).
+fn rename_into_place(dir: &Dir, tmp: &str, file: &str, replace: bool) -> io::Result<()> {
+    if replace {
+        return dir.rename(tmp, dir, file);
+    }
+    match dir.rename_noreplace(tmp, dir, file) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match dir.stat(file)? {
+            // no RENAME_NOREPLACE here: look, then rename (Python's check, and its race)
+            Some(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+            None => dir.rename(tmp, dir, file),
+        },
+        other => other,
+    }
+}
+
+/// A value received into a temp file beside its target and not yet renamed into place (see
+/// [`super::Store::stage`]); removed again when dropped unplaced.
+pub struct TempFile {
+    dir: Dir,
+    tmp: String,
+    file: std::fs::File,
+    len: u64,
+    placed: bool,
+}
+
+impl TempFile {
+    /// The value's length.
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
+    /// Reads from `offset` without moving anything (the file is read back in pieces).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    }
+
+    /// The value from its start, as a stream (for backends that copy it into place).
+    pub fn reader(&mut self) -> io::Result<impl Read + '_> {
+        self.file.seek(SeekFrom::Start(0))?;
+        Ok((&self.file).take(self.len))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = self.dir.unlink(&self.tmp);
+        }
+    }
 }
 
 /// Writes small items of one open store from other threads (see [`Backend::shared_writer`]):
@@ -506,6 +543,39 @@ impl Backend for PosixFs {
     fn store_from(&mut self, name: &str, len: u64, src: &mut dyn Read, how: WriteOptions) -> Result<(), Error> {
         self.write_item(name, Source::Stream(src, len), how)
     }
+    fn stage(&mut self, name: &str, len: u64, src: &mut dyn Read, how: WriteOptions) -> Result<StagedBody, Error> {
+        let (dir_name, file) = split(name);
+        let dir = self.dir_creating(dir_name, how.durable)?;
+        let tmp = temp_name(file);
+        let file = dir.create_new_rw(&tmp).map_err(|e| self.err("write", name, e))?;
+        // from here on the temp file goes again (when `staged` is dropped) unless it is placed
+        let mut staged = TempFile { dir, tmp, file, len, placed: false };
+        copy_exactly(src, &mut staged.file, len).map_err(|(op, e)| self.err(op, name, e))?;
+        Ok(StagedBody::File(staged))
+    }
+
+    fn place(&mut self, name: &str, body: StagedBody, how: WriteOptions) -> Result<(), Error> {
+        let mut staged = match body {
+            StagedBody::Memory(value) => return self.store(name, &value, how),
+            StagedBody::File(staged) => staged,
+        };
+        let (dir_name, file) = split(name);
+        if how.durable {
+            staged.file.sync_all().map_err(|e| self.err("fsync", name, e))?;
+        }
+        match rename_into_place(&staged.dir, &staged.tmp, file, how.replace) {
+            Err(e) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
+            Err(e) => return Err(self.err("rename", name, e)),
+            Ok(()) => staged.placed = true,
+        }
+        if how.durable {
+            staged.dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
+        } else {
+            self.note_dirty(Some(name), dir_name);
+        }
+        Ok(())
+    }
+
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
         let (dir_name, file) = split(name);
         let missing = || Error::ObjectNotFound(name.to_string());
