@@ -59,6 +59,7 @@ use borgd::testsshd::Sshd;
 
 mod clients;
 mod compare;
+mod index;
 mod neighbour;
 mod pace;
 mod patient;
@@ -1498,8 +1499,9 @@ fn main() {
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
         Some("clients") => clients::main(&args[1..]).map(|_| 0),
+        Some("index") => index::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR] [--sshd]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR] [--sshd]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench index --server 'LABEL::CMD' [--server ...] [--objects N] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
