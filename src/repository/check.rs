@@ -65,7 +65,7 @@ impl Repository {
         // Names come in bounded batches, so never more than a batch is held in memory.
         let mut cursor = after;
         loop {
-            names = match self.store.list_range_map("data", cursor.as_deref(), batch, &|i| Some(i.name)) {
+            names = match self.store.list_range_map("data", cursor.as_deref(), batch, store::Detail::Names, &|i| Some(i.name)) {
                 Ok(names) => names,
                 Err(store::Error::ObjectNotFound(_)) => break, // no data/ at all yet
                 Err(e) => return Err(e.into()),

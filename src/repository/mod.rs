@@ -262,7 +262,7 @@ impl Repository {
         self.refresh_lock(log)?;
         let after = marker.map(hex);
         let compact = |info: ItemInfo| Some((unhex32(&info.name)?, info.size));
-        match self.store.list_range_map("data", after.as_deref(), limit.unwrap_or(usize::MAX), &compact) {
+        match self.store.list_range_map("data", after.as_deref(), limit.unwrap_or(usize::MAX), store::Detail::Sizes, &compact) {
             Ok(items) => Ok(items),
             Err(store::Error::ObjectNotFound(_)) => Ok(Vec::new()), // no data/ yet
             Err(e) => Err(e.into()),
@@ -523,7 +523,7 @@ impl Repository {
         let mut k = 0; // ids[..k] are accounted for
         let mut after: Option<String> = (from > 0).then(|| format!("{from:04x}"));
         loop {
-            let batch = match self.store.list_range_map("data", after.as_deref(), self.walk_batch, &|info: ItemInfo| unhex32(&info.name)) {
+            let batch = match self.store.list_range_map("data", after.as_deref(), self.walk_batch, store::Detail::Names, &|info: ItemInfo| unhex32(&info.name)) {
                 Ok(b) => b,
                 Err(store::Error::ObjectNotFound(_)) => Vec::new(), // no data/ yet
                 Err(e) => return Err(e.into()),

@@ -71,6 +71,16 @@ pub struct ItemInfo {
     pub directory: bool,
 }
 
+/// What a listing must report of each item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Names, kinds and sizes.
+    Sizes,
+    /// Names and kinds; sizes may be 0. A walk that only compares names (an uploaded chunk
+    /// index against `data/`, `check`'s batches) then costs no `stat` per file.
+    Names,
+}
+
 /// An item's contents, ready to send: an open file (sent without passing through memory) or,
 /// from backends that have no files, the bytes.
 #[derive(Debug)]
@@ -145,8 +155,9 @@ pub trait Backend: Send + Sync {
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
     /// Renames an item, replacing the target.
     fn rename(&mut self, from: &str, to: &str, durable: bool) -> Result<(), Error>;
-    /// Lists a directory non-recursively, sorted by name, hiding invalid names (temp files).
-    fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error>;
+    /// Lists a directory non-recursively, sorted by name, hiding invalid names (temp files);
+    /// with [`Detail::Names`] files' sizes may be reported as 0.
+    fn list(&self, name: &str, detail: Detail) -> Result<Vec<ItemInfo>, Error>;
     /// Makes every write since the last barrier durable.
     fn barrier(&mut self) -> Result<(), Error>;
     /// Removes temp files a crashed writer left behind; returns their names. Only safe while
@@ -529,7 +540,7 @@ impl Store {
         validate_name(name).or_else(|e| if name.is_empty() { Ok(()) } else { Err(e) })?;
         self.check("list", name, "l")?;
         let mut out = Vec::new();
-        self.walk_dir(name, "", None, deleted, &mut |info| {
+        self.walk_dir(name, "", None, deleted, Detail::Sizes, &mut |info| {
             out.push(info);
             Ok(true)
         })?;
@@ -540,22 +551,23 @@ impl Store {
     /// order. Nesting directories that can only hold smaller keys are skipped, and consecutive
     /// top-level directories are walked on several threads (listing is system-call bound).
     pub fn list_range(&self, name: &str, after: Option<&str>, limit: usize) -> Result<Vec<ItemInfo>, Error> {
-        self.list_range_map(name, after, limit, &Some)
+        self.list_range_map(name, after, limit, Detail::Sizes, &Some)
     }
 
-    /// [`Store::list_range`], keeping each item in the form `map` gives it (`None` skips it), so
-    /// a long listing is held only in its compact form.
+    /// [`Store::list_range`], reporting what `detail` says and keeping each item in the form
+    /// `map` gives it (`None` skips it), so a long listing is held only in its compact form.
     pub fn list_range_map<T: Send>(
         &self,
         name: &str,
         after: Option<&str>,
         limit: usize,
+        detail: Detail,
         map: &(dyn Fn(ItemInfo) -> Option<T> + Sync),
     ) -> Result<Vec<T>, Error> {
         validate_name(name)?;
         self.check("list", name, "l")?;
         let threads = crate::fanout::threads();
-        let top = self.backend.list(name)?;
+        let top = self.backend.list(name, detail)?;
         let mut out = Vec::new();
         let mut i = 0;
         while i < top.len() && out.len() < limit {
@@ -575,7 +587,7 @@ impl Store {
                         found.extend(map(info));
                         Ok(found.len() < room)
                     };
-                    if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, false, &mut visit)? {
+                    if !self.walk_dir(&format!("{name}/{}", d.name), &d.name, after, false, detail, &mut visit)? {
                         break;
                     }
                 }
@@ -616,16 +628,17 @@ impl Store {
         prefix: &str,
         after: Option<&str>,
         deleted: bool,
+        detail: Detail,
         visit: &mut dyn FnMut(ItemInfo) -> Result<bool, Error>,
     ) -> Result<bool, Error> {
-        for info in self.backend.list(dir)? {
+        for info in self.backend.list(dir, detail)? {
             if info.directory {
                 let sub_prefix = format!("{prefix}{}", info.name);
                 if Self::below(&sub_prefix, after) {
                     continue;
                 }
                 let sub = if dir.is_empty() { info.name } else { format!("{dir}/{}", info.name) };
-                if !self.walk_dir(&sub, &sub_prefix, after, deleted, visit)? {
+                if !self.walk_dir(&sub, &sub_prefix, after, deleted, detail, visit)? {
                     return Ok(false);
                 }
             } else if let Some(info) = Self::visible(info, deleted, after) {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::beneath::Dir;
 use super::direct::DirectWriter;
 use super::parents::Parents;
-use super::{name, Backend, Durability, Error, ItemInfo, Object, StagedBody, WriteOptions};
+use super::{name, Backend, Detail, Durability, Error, ItemInfo, Object, StagedBody, WriteOptions};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
@@ -622,14 +622,14 @@ impl Backend for PosixFs {
         Ok(())
     }
 
-    fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error> {
+    fn list(&self, name: &str, detail: Detail) -> Result<Vec<ItemInfo>, Error> {
         let dir = match self.root()?.dir(name) {
             Ok(d) => d,
             Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(name.to_string())),
             Err(e) => return Err(self.err("list", name, e)),
         };
         let mut out: Vec<ItemInfo> = dir
-            .entries()
+            .entries_with(detail == Detail::Sizes)
             .map_err(|e| self.err("list", name, e))?
             .into_iter()
             // invalid names are temp files in progress or not ours; symlinks are never borg's
@@ -736,8 +736,17 @@ mod tests {
         fs.create().unwrap();
         fs.store("data/ab/cd/abcd", b"hello", PLAIN).unwrap();
         std::fs::write(dir.path().join("repo/data/ab/cd/xyz.123.tmp"), b"partial").unwrap();
-        let names: Vec<_> = fs.list("data/ab/cd").unwrap().into_iter().map(|i| i.name).collect();
+        let names: Vec<_> = fs.list("data/ab/cd", Detail::Sizes).unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["abcd"]);
+        // a listing of names only reports the same items and kinds, sizes left at 0
+        fs.store("data/ab/cd/abce", b"hello!", PLAIN).unwrap();
+        std::fs::create_dir(dir.path().join("repo/data/ab/cd/ef")).unwrap();
+        let sizes = fs.list("data/ab/cd", Detail::Sizes).unwrap();
+        assert_eq!(sizes.iter().map(|i| (i.size, i.directory)).collect::<Vec<_>>(), [(5, false), (6, false), (0, true)]);
+        let names = fs.list("data/ab/cd", Detail::Names).unwrap();
+        assert_eq!(names.iter().map(|i| (&i.name, i.size, i.directory)).collect::<Vec<_>>(), sizes.iter().map(|i| (&i.name, 0, i.directory)).collect::<Vec<_>>());
+        fs.delete("data/ab/cd/abce", false).unwrap();
+        std::fs::remove_dir(dir.path().join("repo/data/ab/cd/ef")).unwrap();
         assert_eq!(fs.load("data/ab/cd/abcd", 1, Some(3)).unwrap(), b"ell");
         assert!(!fs.dirty_files.is_empty());
         fs.barrier().unwrap();
@@ -894,7 +903,7 @@ mod tests {
         assert!(fs.load("config/secret", 0, None).is_err());
         assert!(fs.store("config/planted", b"x", PLAIN).is_err());
         assert!(!outside.path().join("config/planted").exists());
-        assert!(fs.list("config").is_err());
+        assert!(fs.list("config", Detail::Sizes).is_err());
         // swap the whole repository path: we keep working on the directory we opened
         let moved = dir.path().join("moved");
         std::fs::rename(&repo, &moved).unwrap();

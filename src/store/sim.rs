@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, Error, ItemInfo, WriteOptions};
+use super::{Backend, Detail, Error, ItemInfo, WriteOptions};
 
 /// One change to the simulated disk.
 #[derive(Debug, Clone)]
@@ -213,7 +213,7 @@ impl Backend for SimDisk {
         })
     }
 
-    fn list(&self, name: &str) -> Result<Vec<ItemInfo>, Error> {
+    fn list(&self, name: &str, _detail: Detail) -> Result<Vec<ItemInfo>, Error> {
         self.with(|i| {
             let prefix = if name.is_empty() { String::new() } else { format!("{name}/") };
             let mut out: BTreeMap<String, ItemInfo> = BTreeMap::new();
