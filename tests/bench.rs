@@ -44,6 +44,25 @@ fn protocol_benchmark_runs_against_borgd_and_reports_every_figure() {
     assert!(stdout.contains("| borgd: established 1 KiB put CPU / unnamed-file loop CPU |"), "{stdout}");
 }
 
+/// `index` plants its objects, and every server stores the index and gets it back as sent (the
+/// run fails otherwise); every figure is reported. 20 000 objects: a 800 KB index, streamed.
+#[test]
+fn index_benchmark_stores_and_loads_a_large_chunk_index() {
+    let dir = tempfile::Builder::new().prefix("borgd-index-").tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let server = format!("borgd::{} serve", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["index", "--objects", "20000", "--reps", "1", "--warmup", "0", "--server", &server, "--workdir"])
+        .arg(dir.path().join("w"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench failed:\n{stderr}");
+    for row in ["store_s", "store_cpu_s", "load_s", "load_cpu_s", "peak_rss_mib", "rss_after_open_mib"] {
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    assert_eq!(objects_in(&dir.path().join("w/repo")), 20_000);
+}
+
 /// A server that stops answering without closing (here `sleep`, which reads and answers nothing
 /// but keeps its pipes open) fails the run once the stall limit passes, saying so, instead of
 /// hanging it: through its pipes (`protocol`) and, with a recorded session fed into it (`compare
