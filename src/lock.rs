@@ -70,6 +70,8 @@ struct Found {
 /// A held lock; release it with [`Lock::release`] (the session does so however it ends).
 pub struct Lock {
     owner: Owner,
+    /// The name (under `locks/`) of our record: released by name, with nothing to list or read.
+    key: String,
     exclusive: bool,
     last_refresh: Option<DateTime<Utc>>,
     store_name: String,
@@ -211,7 +213,7 @@ impl Lock {
             if !live_locks(store, log)?.iter().any(|l| l.exclusive) {
                 let (key, time) = create_record(store, exclusive, &owner, log)?;
                 match settle(store, exclusive, &key, deadline, log) {
-                    Ok(Settled::Held) => return Ok(Lock { owner, exclusive, last_refresh: Some(time), store_name: store.describe() }),
+                    Ok(Settled::Held) => return Ok(Lock { owner, key, exclusive, last_refresh: Some(time), store_name: store.describe() }),
                     Ok(Settled::Retry) => {}
                     Ok(Settled::TimedOut) => break,
                     Err(e) => {
@@ -234,15 +236,27 @@ impl Lock {
         self.exclusive
     }
 
-    /// Removes our lock record (all of them, should there be several).
+    /// Removes our lock record (all of them, should there be several). Ours first, by its name:
+    /// that needs no listing and no reading, so a session ending short of file descriptors
+    /// (the store keeps `locks/` open) still releases its lock. Then, as Python's release does,
+    /// any other record of ours (one a failed refresh left behind); a failure there is logged,
+    /// the lock being released already.
     pub fn release(self, store: &mut Store, log: &Log) -> Result<(), Error> {
-        let mine: Vec<_> = live_locks(store, log)?.into_iter().filter(|l| l.owner == self.owner).collect();
-        if mine.is_empty() {
-            log.debug(LOGGER, "LOCK-RELEASE: trying to release the lock, but none was found.");
+        log.debug(LOGGER, &format!("LOCK-RELEASE: releasing lock {}.", self.key));
+        match store.delete(&format!("locks/{}", self.key), false) {
+            Ok(()) => {}
+            Err(store::Error::ObjectNotFound(_)) => log.debug(LOGGER, "LOCK-RELEASE: trying to release the lock, but none was found."),
+            Err(e) => return Err(e.into()),
         }
-        for l in mine {
-            log.debug(LOGGER, &format!("LOCK-RELEASE: releasing lock {}.", l.key));
-            delete_record(store, &l.key, log)?;
+        let others = live_locks(store, log).and_then(|locks| {
+            for l in locks.into_iter().filter(|l| l.owner == self.owner) {
+                log.debug(LOGGER, &format!("LOCK-RELEASE: releasing lock {}.", l.key));
+                delete_record(store, &l.key, log)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = others {
+            log.debug(LOGGER, &format!("LOCK-RELEASE: could not look for other records of ours: {e}"));
         }
         Ok(())
     }
@@ -264,8 +278,9 @@ impl Lock {
         };
         if now > old.time + half {
             log.debug(LOGGER, &format!("LOCK-REFRESH: lock needs a refresh. lock: {}.", old.key));
-            let (_, time) = create_record(store, old.exclusive, &self.owner, log)?;
+            let (key, time) = create_record(store, old.exclusive, &self.owner, log)?;
             self.last_refresh = Some(time);
+            self.key = key;
             delete_record(store, &old.key, log)?;
         }
         Ok(())

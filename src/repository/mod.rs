@@ -629,6 +629,27 @@ mod tests {
         assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "lock released");
     }
 
+    /// A session out of file descriptors (every open fails with `EMFILE`) still makes its
+    /// writes durable and releases its lock, shared or exclusive: the store holds `locks/` open
+    /// and the lock deletes its record by name. A socket-mode session's record names a live
+    /// process, so nobody else would remove it for 30 minutes.
+    #[test]
+    fn a_session_out_of_descriptors_still_releases_its_lock() {
+        for exclusive in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("repo");
+            let log = Log::silent();
+            let mut repo = Repository::open(&path, &OpenOptions { exclusive, ..opts(true) }, Owner::current(5), &log).unwrap();
+            repo.put(&[7; 32], &repoobj::Header::wrap(b"m", b"d"), &log).unwrap();
+            store::OPENS_FAIL_WITH.with(|c| c.set(Some(libc::EMFILE)));
+            let closed = repo.close(&log);
+            store::OPENS_FAIL_WITH.with(|c| c.set(None));
+            closed.unwrap();
+            let left: Vec<_> = std::fs::read_dir(path.join("locks")).unwrap().collect();
+            assert!(left.is_empty(), "exclusive {exclusive}: a lock record was left: {left:?}");
+        }
+    }
+
     /// A creation that fails part way takes back the items it wrote, wherever it failed, and
     /// the next creation succeeds.
     #[test]

@@ -20,6 +20,9 @@ pub mod sim;
 pub use name::{nest, push_hex, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
 pub use posixfs::{PosixFs, TempFile};
+/// Tests make every open beneath a directory fail with a chosen errno (see `beneath`).
+#[cfg(test)]
+pub(crate) use beneath::OPENS_FAIL_WITH;
 
 use std::io;
 use std::path::PathBuf;
@@ -170,7 +173,8 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
     /// Closes the descriptors the backend holds for speed (directories kept open between
-    /// writes), so that a session ending short of descriptors can still release its lock.
+    /// writes), so that a session ending short of descriptors has them for what follows; the
+    /// directory of lock records stays open (the lock's release needs it, see `posixfs`).
     fn close_held_directories(&mut self) {}
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;

@@ -49,7 +49,14 @@ pub struct PosixFs {
     unnamed: Arc<AtomicBool>,
     /// `create` made the base directory (it did not exist): undoing the creation may remove it.
     created_base: bool,
+    /// `locks/`, held open from the first lock record written: a lock is then released with
+    /// no descriptor to open (a socket-mode process at its descriptor limit still releases it;
+    /// its record names a live process, so nobody else would remove it for 30 minutes).
+    locks: Option<Dir>,
 }
+
+/// The directory of lock records (see [`PosixFs::locks`]).
+const LOCKS: &str = "locks";
 
 /// Above this many dirty files and directories a barrier uses one `syncfs` instead of fsyncing
 /// each; below it, per-item fsyncs avoid flushing other users' data on a shared file system.
@@ -364,7 +371,7 @@ impl PosixFs {
 
     /// A backend for the directory `base` (which need not exist yet: `create` makes it).
     pub fn new(base: PathBuf, durability: Durability) -> PosixFs {
-        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default(), unnamed: Arc::new(AtomicBool::new(true)), created_base: false }
+        PosixFs { base, root: None, parents: Arc::default(), track_dirty: durability == Durability::Barrier, dirty_files: Vec::new(), dirty_dirs: BTreeSet::new(), dirty_overflow: false, direct: DirectWriter::default(), unnamed: Arc::new(AtomicBool::new(true)), created_base: false, locks: None }
     }
 
     fn err(&self, op: &'static str, name: &str, source: io::Error) -> Error {
@@ -401,6 +408,9 @@ impl PosixFs {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
         let tree = Tree { root, parents: &self.parents, unnamed: &self.unnamed, base: &self.base };
         let created = write_beneath(tree, name, src, how, Some(&mut self.direct), self.track_dirty)?;
+        if self.locks.is_none() && split(name).0 == LOCKS {
+            self.locks = root.dir(LOCKS).ok();
+        }
         if !how.durable {
             for parent in created {
                 self.note_dirty(None, &parent);
@@ -452,6 +462,7 @@ impl Backend for PosixFs {
     fn remove_empty(&mut self) -> Result<(), Error> {
         self.open_root()?;
         self.parents.clear();
+        self.locks = None;
         let root = self.root()?;
         for (n, st) in root.entries().map_err(|e| self.err("list", "", e))? {
             if st.is_dir {
@@ -469,6 +480,7 @@ impl Backend for PosixFs {
     fn destroy(&mut self) -> Result<(), Error> {
         self.open_root()?;
         self.parents.clear();
+        self.locks = None;
         let root = self.root()?;
         for (n, _) in root.entries().map_err(|e| self.err("list", "", e))? {
             root.remove_tree(&n).map_err(|e| self.err("remove", &n, e))?;
@@ -579,10 +591,17 @@ impl Backend for PosixFs {
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
         let (dir_name, file) = split(name);
         let missing = || Error::ObjectNotFound(name.to_string());
-        let dir = match self.root()?.dir(dir_name) {
-            Ok(d) => d,
-            Err(e) if not_found(&e) => return Err(missing()),
-            Err(e) => return Err(self.err("delete", name, e)),
+        let opened;
+        let dir = match &self.locks {
+            Some(held) if dir_name == LOCKS => held,
+            _ => {
+                opened = match self.root()?.dir(dir_name) {
+                    Ok(d) => d,
+                    Err(e) if not_found(&e) => return Err(missing()),
+                    Err(e) => return Err(self.err("delete", name, e)),
+                };
+                &opened
+            }
         };
         match dir.stat(file).map_err(|e| self.err("delete", name, e))? {
             None => return Err(missing()),
