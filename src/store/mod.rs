@@ -687,15 +687,27 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// A store on the posix backend at `repo` in barrier mode, with the permissions of `mode`.
+    fn posix_store(repo: &std::path::Path, mode: Mode) -> Store {
+        Store::new(Box::new(PosixFs::new(repo.to_path_buf(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(mode), Durability::Barrier)
+    }
+
+    /// A new posix-backed store in a temp directory (kept while the first value lives) and its
+    /// path; tests open it with the permissions they need ([`posix_store`]).
+    fn new_posix_store() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        posix_store(&repo, Mode::All).create().unwrap();
+        (dir, repo)
+    }
+
     /// Data objects (and only they) can be decided by the store and written from other threads;
     /// a refused replace is the same permission error; the next barrier covers them; a backend
     /// without a shared writer says so.
     #[test]
     fn data_objects_can_be_written_later_from_other_threads_and_only_they() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let open = |mode| Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(mode), Durability::Barrier);
-        open(Mode::All).create().unwrap();
+        let (_dir, repo) = new_posix_store();
+        let open = |mode| posix_store(&repo, mode);
         let mut s = open(Mode::NoDelete);
         s.open().unwrap();
         // only data objects: anything else may need a barrier before it, so it is written in order
@@ -790,10 +802,8 @@ mod tests {
     /// an existing item is not replaced), and a stage that ends early leaves nothing either.
     #[test]
     fn staged_values_are_read_back_then_placed_or_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let open = |mode| Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(2), Permissions::for_mode(mode), Durability::Barrier);
-        open(Mode::All).create().unwrap();
+        let (_dir, repo) = new_posix_store();
+        let open = |mode| posix_store(&repo, mode);
         let mut s = open(Mode::All);
         s.open().unwrap();
         let value: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
