@@ -344,14 +344,29 @@ fn large_store_store_values_are_streamed_not_held() {
 #[test]
 fn client_vanishing_mid_message_releases_the_lock_and_leaves_a_checkable_repo() {
     let (env, _allowed, _outside, repo) = setup();
-    let mut raw = Raw::start(&[]);
-    open(&mut raw, &repo);
-    let full = raw.request("put", &[("id", Arg::Bin(&[3; 32])), ("data", Arg::Bin(&vec![1u8; 100_000]))]);
-    raw.send_raw(&full[..full.len() / 2]).unwrap();
-    let (ok, err) = raw.finish();
-    assert!(!ok && err.contains("in the middle of a message"), "{err}");
-    assert!(files_below(&repo.join("locks")).is_empty());
-    assert!(!files_below(&repo).iter().any(|p| p.to_string_lossy().ends_with(".tmp")));
+    // a buffered put; a streamed put; streamed store_stores of an item and of a chunk index
+    // (received into a temp file to be checked)
+    let index = borgd::repository::chunkindex::serialize([[9u8; 32]; 60_000].iter());
+    let index_name = borgd::repository::chunkindex::cache_name(&index);
+    let large = vec![1u8; 2_000_000];
+    let cases: [(&str, &[(&str, Arg<'_>)]); 4] = [
+        ("put", &[("id", Arg::Bin(&[3; 32])), ("data", Arg::Bin(&large[..100_000]))]),
+        ("put", &[("id", Arg::Bin(&[4; 32])), ("data", Arg::Bin(&large))]),
+        ("store_store", &[("name", Arg::Str("cache/x")), ("value", Arg::Bin(&large))]),
+        ("store_store", &[("name", Arg::Str(&index_name)), ("value", Arg::Bin(&index))]),
+    ];
+    for (method, args) in cases {
+        let mut raw = Raw::start(&[]);
+        open(&mut raw, &repo);
+        let full = raw.request(method, args);
+        raw.send_raw(&full[..full.len() / 2]).unwrap();
+        let (ok, err) = raw.finish();
+        assert!(!ok && err.contains("in the middle of a message"), "{method}: {err}");
+        assert!(files_below(&repo.join("locks")).is_empty(), "{method}: lock left");
+        let left: Vec<_> = files_below(&repo).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).collect();
+        assert!(left.is_empty(), "{method}: {left:?}");
+    }
+    assert!(!repo.join("cache/x").exists() && !repo.join(&index_name).exists(), "nothing half-received is stored");
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
 
