@@ -17,6 +17,7 @@ pub mod repository;
 pub mod rpc;
 pub mod server;
 pub mod signals;
+pub mod spool;
 pub mod store;
 pub mod testdata;
 pub mod testsshd;

@@ -341,6 +341,57 @@ fn large_store_store_values_are_streamed_not_held() {
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
 
+/// Answers that grow with the repository are built with bounded memory: a `list` of every id
+/// (no limit: the b21 client asks for pages of 100 000) and a `store_list` of all of `data`
+/// (the client lists only small namespaces) are encoded into a temp file past a bound, and
+/// are the same answers as the held ones: the list is the client's pages put together.
+#[test]
+fn listings_of_a_whole_large_repository_are_answered_with_bounded_memory() {
+    let dir = tempfile::Builder::new().prefix("borgd-hostile-").tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    let repo = dir.path().join("repo");
+    let mut raw = Raw::start(&[]);
+    raw.call("negotiate", &[("client_data", Arg::Str("hostile"))]).unwrap();
+    raw.call("open", &[("path", Arg::Str(repo.to_str().unwrap())), ("create", Arg::Bool(true)), ("exclusive", Arg::Bool(true))]).unwrap();
+    // 150 000 objects, planted as empty files (a listing reads only names and sizes)
+    let mut ids: Vec<[u8; 32]> = (0..150_000u64).map(|i| std::array::from_fn(|k| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (8 * (k % 8))) as u8 ^ k as u8)).collect();
+    for id in &ids {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let d = repo.join("data").join(&hex[..2]).join(&hex[2..4]);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::File::create(d.join(&hex)).unwrap();
+    }
+    ids.sort();
+    let listed = |answer: &[u8]| -> Vec<Vec<u8>> {
+        let Some(Value::Array(items)) = msgpack::parse(answer).unwrap().get("r").cloned() else { panic!("not a list") };
+        items.iter().map(|i| match i {
+            Value::Array(pair) => match pair[0] {
+                Value::Bin(b) => b.to_vec(),
+                Value::Str(s) => s.as_bytes().to_vec(),
+                _ => panic!("bad item"),
+            },
+            _ => panic!("bad item"),
+        }).collect()
+    };
+    let all = listed(&raw.call("list", &[]).unwrap());
+    assert_eq!(all.len(), 150_000);
+    assert!(all.iter().zip(&ids).all(|(a, b)| a[..] == b[..]), "every id, in order");
+    let first = listed(&raw.call("list", &[("limit", Arg::Int(100_000))]).unwrap());
+    let rest = listed(&raw.call("list", &[("limit", Arg::Int(100_000)), ("marker", Arg::Bin(first.last().unwrap()))]).unwrap());
+    assert_eq!((first.len(), rest.len()), (100_000, 50_000));
+    assert!(first.iter().chain(&rest).eq(all.iter()), "the same as the client's pages");
+    let names = listed(&raw.call("store_list", &[("name", Arg::Str("data"))]).unwrap());
+    assert_eq!(names.len(), 150_000);
+    assert!(names.iter().zip(&ids).all(|(n, id)| n == &id.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes()));
+    let hwm_kib = peak_kib(&raw);
+    raw.call("close", &[]).unwrap();
+    assert!(raw.finish().0);
+    if let Some(kib) = hwm_kib {
+        // 12.3 MiB, most of it a client page of 100 000 ids (held: it is what the b21 client
+        // asks for); 32 MiB with every answer held whole
+        assert!(kib < 20 * 1024, "peak RSS {kib} KiB: a long listing must not be held in memory");
+    }
+}
+
 #[test]
 fn client_vanishing_mid_message_releases_the_lock_and_leaves_a_checkable_repo() {
     let (env, _allowed, _outside, repo) = setup();

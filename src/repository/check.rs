@@ -7,9 +7,8 @@
 //! deleted. A full pass that reaches the end writes a fresh chunk-index cache listing every
 //! object it kept and deletes all other cached indexes, so clients relearn what exists.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use super::{chunkindex, repoobj, Error, Repository, LOGGER};
@@ -236,11 +235,8 @@ impl Repository {
     }
 }
 
-/// Chunk-index entries written to an unnamed temporary file as a check finds objects.
-struct Spool {
-    w: std::io::BufWriter<File>,
-    count: usize,
-}
+/// Chunk-index entries written to a temp file as a check finds objects (see [`crate::spool`]).
+struct Spool(crate::spool::Spool);
 
 fn spool_error(source: std::io::Error) -> Error {
     store::Error::Io { op: "spool the chunk index in", path: std::env::temp_dir(), source }.into()
@@ -248,31 +244,14 @@ fn spool_error(source: std::io::Error) -> Error {
 
 impl Spool {
     fn new() -> Result<Spool, Error> {
-        let dir = std::env::temp_dir();
-        let unnamed = OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(&dir);
-        let file = match unnamed {
-            Ok(f) => f,
-            // no O_TMPFILE on this file system: a named file, unlinked at once
-            Err(_) => {
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-                let path = dir.join(format!("borgd-chunk-index-{}-{nanos}", std::process::id()));
-                let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).map_err(spool_error)?;
-                let _ = std::fs::remove_file(&path);
-                f
-            }
-        };
-        Ok(Spool { w: std::io::BufWriter::with_capacity(64 * 1024, file), count: 0 })
+        crate::spool::Spool::new().map(Spool).map_err(spool_error)
     }
 
     fn push(&mut self, id: &[u8; 32]) -> Result<(), Error> {
-        self.w.write_all(&chunkindex::entry(id)).map_err(spool_error)?;
-        self.count += 1;
-        Ok(())
+        self.0.push(&chunkindex::entry(id)).map_err(spool_error)
     }
 
     fn finish(self) -> Result<(File, usize), Error> {
-        let count = self.count;
-        let file = self.w.into_inner().map_err(|e| spool_error(e.into_error()))?;
-        Ok((file, count))
+        self.0.finish().map(|(file, count, _)| (file, count)).map_err(spool_error)
     }
 }

@@ -410,12 +410,12 @@ impl Repository {
         Ok(self.store.store("config/manifest", data)?)
     }
 
-    /// `store_list(name, deleted)`: an empty list if the namespace does not exist.
-    pub fn store_list(&mut self, name: &str, deleted: bool, log: &Log) -> Result<Vec<ItemInfo>, Error> {
+    /// `store_list(name, deleted)`, each item handed to `visit` as it is found (a namespace can
+    /// hold millions); nothing if the namespace does not exist.
+    pub fn store_list_each(&mut self, name: &str, deleted: bool, visit: &mut dyn FnMut(ItemInfo) -> Result<(), store::Error>, log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
-        match self.store.list(name, deleted) {
-            Ok(l) => Ok(l),
-            Err(store::Error::ObjectNotFound(_)) => Ok(Vec::new()),
+        match self.store.list_each(name, deleted, visit) {
+            Ok(()) | Err(store::Error::ObjectNotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -288,6 +288,79 @@ pub enum Reply {
     Items(Vec<crate::store::ItemInfo>),
     /// `get`: an object, possibly still in its file.
     Object(crate::store::Object),
+    /// A list answer too long to hold (see [`ListAnswer`]): its `count` items, already
+    /// encoded, in the first `len` bytes of a temp file.
+    Spooled { count: usize, file: std::fs::File, len: u64 },
+}
+
+/// A list answer (`list`, `store_list`) built item by item: held in memory up to `held`
+/// items, then encoded into a temp file ([`crate::spool`]) as the rest are found, so that a
+/// listing of a whole large repository never is in memory at once. The b21 client asks for
+/// `list` pages of 100 000 ids and lists only small namespaces with `store_list`; a client
+/// asking for more gets the same answer, from a file.
+pub struct ListAnswer<T> {
+    held: Vec<T>,
+    max_held: usize,
+    spool: Option<crate::spool::Spool>,
+    encode: fn(&T, &mut Vec<u8>),
+    scratch: Vec<u8>,
+}
+
+impl<T> ListAnswer<T> {
+    /// An empty answer that holds up to `max_held` items and encodes each with `encode`.
+    pub fn new(max_held: usize, encode: fn(&T, &mut Vec<u8>)) -> ListAnswer<T> {
+        ListAnswer { held: Vec::new(), max_held, spool: None, encode, scratch: Vec::new() }
+    }
+
+    /// Adds the next item.
+    pub fn push(&mut self, item: T) -> std::io::Result<()> {
+        if self.spool.is_none() {
+            if self.held.len() < self.max_held {
+                self.held.push(item);
+                return Ok(());
+            }
+            let mut spool = crate::spool::Spool::new()?;
+            for held in std::mem::take(&mut self.held) {
+                self.scratch.clear();
+                (self.encode)(&held, &mut self.scratch);
+                spool.push(&self.scratch)?;
+            }
+            self.spool = Some(spool);
+        }
+        self.scratch.clear();
+        (self.encode)(&item, &mut self.scratch);
+        match &mut self.spool {
+            Some(spool) => spool.push(&self.scratch),
+            None => Err(std::io::Error::other("list answer spool missing")),
+        }
+    }
+
+    /// The finished answer: the held items as `held` makes them a reply, or the spool.
+    pub fn finish(self, held: fn(Vec<T>) -> Reply) -> std::io::Result<Reply> {
+        match self.spool {
+            None => Ok(held(self.held)),
+            Some(spool) => {
+                let (file, count, len) = spool.finish()?;
+                Ok(Reply::Spooled { count, file, len })
+            }
+        }
+    }
+}
+
+/// Encodes one `store_list` item: `(name, exists, size, directory)`.
+pub fn encode_item(i: &crate::store::ItemInfo, out: &mut Vec<u8>) {
+    encode::array(out, 4);
+    encode::str(out, &i.name);
+    encode::bool(out, i.exists);
+    encode::uint(out, i.size);
+    encode::bool(out, i.directory);
+}
+
+/// Encodes one `list` item: `(id, size)`.
+pub fn encode_id(item: &([u8; 32], u64), out: &mut Vec<u8>) {
+    encode::array(out, 2);
+    encode::bin(out, &item.0);
+    encode::uint(out, item.1);
 }
 
 /// What follows an encoded answer header: nothing, bytes, the contents of a file, or the items
@@ -301,10 +374,8 @@ pub enum Body<'r> {
 
 /// Encodes `list` items (`(id, size)` pairs) — the part of a `list` answer after its header.
 pub fn encode_ids(ids: &[([u8; 32], u64)], out: &mut Vec<u8>) {
-    for (id, size) in ids {
-        encode::array(out, 2);
-        encode::bin(out, id);
-        encode::uint(out, *size);
+    for item in ids {
+        encode_id(item, out);
     }
 }
 
@@ -348,12 +419,12 @@ pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Body
         Reply::Items(items) => {
             encode::array(out, items.len());
             for i in items {
-                encode::array(out, 4);
-                encode::str(out, &i.name);
-                encode::bool(out, i.exists);
-                encode::uint(out, i.size);
-                encode::bool(out, i.directory);
+                encode_item(i, out);
             }
+        }
+        Reply::Spooled { count, file, len } => {
+            encode::array(out, *count);
+            return Body::File(file, *len);
         }
     }
     Body::None
@@ -362,6 +433,42 @@ pub fn encode_reply<'r>(msgid: i64, reply: &'r Reply, out: &mut Vec<u8>) -> Body
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes an answer puts on the wire, its body read from its file where it has one.
+    fn wire(reply: &Reply) -> Vec<u8> {
+        let mut out = Vec::new();
+        match encode_reply(7, reply, &mut out) {
+            Body::None => {}
+            Body::Bytes(b) => out.extend_from_slice(b),
+            Body::Ids(ids) => encode_ids(ids, &mut out),
+            Body::File(f, len) => {
+                let mut body = vec![0u8; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut body, 0).unwrap();
+                out.extend_from_slice(&body);
+            }
+        }
+        out
+    }
+
+    /// A list answer past what it holds goes to a spool, and is the same answer on the wire.
+    #[test]
+    fn long_list_answers_are_spooled_and_the_same_on_the_wire() {
+        let items: Vec<crate::store::ItemInfo> = (0..50).map(|i| crate::store::ItemInfo { name: format!("{i:064x}"), exists: true, size: i, directory: i % 7 == 0 }).collect();
+        let ids: Vec<([u8; 32], u64)> = (0..50u8).map(|i| ([i; 32], u64::from(i) * 1000)).collect();
+        for max_held in [0, 1, 49, 50, 1000] {
+            let mut a = ListAnswer::new(max_held, encode_item);
+            let mut b = ListAnswer::new(max_held, encode_id);
+            for (item, id) in items.iter().zip(&ids) {
+                a.push(item.clone()).unwrap();
+                b.push(*id).unwrap();
+            }
+            let (a, b) = (a.finish(Reply::Items).unwrap(), b.finish(Reply::Ids).unwrap());
+            assert_eq!(matches!(a, Reply::Spooled { .. }), max_held < 50, "held {max_held}");
+            assert_eq!(matches!(b, Reply::Spooled { .. }), max_held < 50, "held {max_held}");
+            assert_eq!(wire(&a), wire(&Reply::Items(items.clone())), "held {max_held}");
+            assert_eq!(wire(&b), wire(&Reply::Ids(ids.clone())), "held {max_held}");
+        }
+    }
 
     fn request(bytes: &[u8]) -> Result<Request<'_>, RequestError> {
         Request::from_value(msgpack::parse(bytes).unwrap())

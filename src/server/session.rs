@@ -11,7 +11,7 @@ use crate::error::CallError;
 use crate::lock::Owner;
 use crate::log::{Level, Log};
 use crate::repository::{self, OpenOptions, Repository, WrittenKey};
-use crate::rpc::{Method, Reply, Request};
+use crate::rpc::{self, ListAnswer, Method, Reply, Request};
 use crate::server::paths;
 use crate::store::{Durability, Mode, Permissions};
 
@@ -130,7 +130,7 @@ impl Session {
             }
             Method::List => {
                 let limit = a.opt_uint("limit").map_err(bad)?.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-                Reply::Ids(repo.list(limit, a.opt_bytes("marker").map_err(bad)?, log)?)
+                list_answer(repo, limit, a.opt_bytes("marker").map_err(bad)?, log)?
             }
             Method::Get => {
                 let got = repo.get(
@@ -168,7 +168,12 @@ impl Session {
                 repo.put_manifest(a.bytes("data").map_err(bad)?, log)?;
                 Reply::Nil
             }
-            Method::StoreList => Reply::Items(repo.store_list(a.str("name").map_err(bad)?, a.bool_or("deleted", false).map_err(bad)?, log)?),
+            Method::StoreList => {
+                let mut answer = ListAnswer::new(HELD_ITEMS, rpc::encode_item);
+                let mut add = |info| answer.push(info).map_err(spool_error);
+                repo.store_list_each(a.str("name").map_err(bad)?, a.bool_or("deleted", false).map_err(bad)?, &mut add, log)?;
+                answer.finish(Reply::Items).map_err(|e| CallError::from(spool_error(e)))?
+            }
             Method::StoreLoad => Reply::Object(repo.store_load(a.str("name").map_err(bad)?, log)?),
             Method::StoreStore => {
                 repo.store_store(a.str("name").map_err(bad)?, a.bytes("value").map_err(bad)?, log)?;
@@ -286,6 +291,44 @@ impl Session {
         self.repo = Some(repo);
         Ok(Reply::Bytes(id.to_vec()))
     }
+}
+
+/// How many `store_list` items an answer holds in memory (~100 bytes each); a longer one is
+/// spooled (see [`ListAnswer`]). The b21 client lists only `archives`, `cache` and `config`.
+const HELD_ITEMS: usize = 10_000;
+
+/// How many `list` ids an answer holds in memory (40 bytes each): the b21 client's page, so its
+/// lists never touch a spool; a client asking for more (or for all) is answered from one.
+const HELD_IDS: usize = 100_000;
+
+fn spool_error(source: std::io::Error) -> crate::store::Error {
+    crate::store::Error::Io { op: "spool the answer in", path: std::env::temp_dir(), source }
+}
+
+/// `list(limit, marker)`: read from the repository a page of at most [`HELD_IDS`] at a time,
+/// so an answer of any length is built with bounded memory.
+fn list_answer(repo: &mut Repository, limit: Option<usize>, marker: Option<&[u8]>, log: &Log) -> Result<Reply, CallError> {
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut answer = ListAnswer::new(HELD_IDS, rpc::encode_id);
+    let mut after: Option<[u8; 32]> = None;
+    loop {
+        let want = left.min(HELD_IDS);
+        let page = repo.list(Some(want), after.as_ref().map(|a| &a[..]).or(marker), log)?;
+        let got = page.len();
+        left -= got;
+        let last = got < want || left == 0;
+        if last && after.is_none() {
+            return Ok(Reply::Ids(page)); // one page: the client's usual answer, as it is
+        }
+        after = page.last().map(|(id, _)| *id);
+        for item in page {
+            answer.push(item).map_err(|e| CallError::from(spool_error(e)))?;
+        }
+        if last {
+            break;
+        }
+    }
+    answer.finish(Reply::Ids).map_err(|e| CallError::from(spool_error(e)))
 }
 
 /// The exceptions `inject_exception(kind)` raises, as in the b21 server; `None` for unknown kinds.

@@ -541,14 +541,21 @@ impl Store {
     /// Lists all items below `name`, recursing into nesting directories, sorted by name;
     /// `deleted` selects soft-deleted items (their names reported without the suffix).
     pub fn list(&self, name: &str, deleted: bool) -> Result<Vec<ItemInfo>, Error> {
-        validate_name(name).or_else(|e| if name.is_empty() { Ok(()) } else { Err(e) })?;
-        self.check("list", name, "l")?;
         let mut out = Vec::new();
-        self.walk_dir(name, "", None, deleted, Detail::Sizes, &mut |info| {
+        self.list_each(name, deleted, &mut |info| {
             out.push(info);
-            Ok(true)
+            Ok(())
         })?;
         Ok(out)
+    }
+
+    /// [`Store::list`], handing each item to `visit` as it is found instead of collecting them
+    /// (a listing of a large namespace is never held whole).
+    pub fn list_each(&self, name: &str, deleted: bool, visit: &mut dyn FnMut(ItemInfo) -> Result<(), Error>) -> Result<(), Error> {
+        validate_name(name).or_else(|e| if name.is_empty() { Ok(()) } else { Err(e) })?;
+        self.check("list", name, "l")?;
+        self.walk_dir(name, "", None, deleted, Detail::Sizes, &mut |info| visit(info).map(|()| true))?;
+        Ok(())
     }
 
     /// Up to `limit` (not deleted) items below `name` whose keys sort after `after`, in key
