@@ -463,13 +463,17 @@ impl Repository {
         if let Some(example) = tally.example.map(|id| hex(&id)) {
             let (missing, listed) = (tally.missing, tally.listed);
             log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {listed} listed objects are missing"));
-            let cause = match &self.last_write_error {
-                Some(e) => format!("the backup failed writing to the repository: {e}"),
-                None => "this happens when a backup failed".to_string(),
+            // this session's failed write, or (a client uploads the merge of the cached indexes
+            // at the start of a backup) a cached index listing objects that are gone: then every
+            // backup would be refused the same way until a fresh index replaces it
+            let what_to_do = match &self.last_write_error {
+                Some(e) => format!("The backup failed writing to the repository: {e}. Once that is fixed, the next backup uploads them"),
+                None => "A cached chunk index (cache/chunks.*) lists objects that are gone (deleted, or never written by a failed backup). \
+                         Run borg check --repository-only, which writes a fresh one; the next backup then uploads them"
+                    .to_string(),
             };
             return Err(invalid(format!(
-                "it lists {missing} objects that are not in the repository (e.g. {example}), so clients would skip uploading them. \
-                 {cause}. Once that is fixed, the next backup uploads them"
+                "it lists {missing} objects that are not in the repository (e.g. {example}), so clients would skip uploading them. {what_to_do}"
             )));
         }
         Ok(())
