@@ -106,12 +106,14 @@ pub struct Repository {
 /// walk reads.
 const CHUNK_INDEX_WALK_ABOVE: usize = 65_536;
 
-/// Ids fetched per step of that walk (32 bytes each: memory stays bounded).
+/// Ids fetched per step of that walk (32 bytes each: 2 MiB).
 const CHUNK_INDEX_WALK_BATCH: usize = 65_536;
 
-/// Ids of an uploaded chunk index held at a time (32 bytes each: 8 MiB). The index of a
-/// repository of 6.5 million objects is 256 MiB; it is checked in passes instead of being held.
-const CHUNK_INDEX_IDS_HELD: usize = 1 << 18;
+/// Ids of an uploaded chunk index held at a time (32 bytes each: 2 MiB). The index of a
+/// repository of 6.5 million objects is 256 MiB; it is checked in passes instead of being held,
+/// each pass reading the index again (from the page cache: 40 MB a pass for a million objects).
+/// A backup of a large repository checks one every night, so this is most of its peak memory.
+const CHUNK_INDEX_IDS_HELD: usize = 1 << 16;
 
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(2 * bytes.len());
@@ -490,23 +492,25 @@ impl Repository {
         let mut ids = Vec::new();
         for pass in 0..passes {
             let (lo, hi) = (pass * PREFIXES / passes, (pass + 1) * PREFIXES / passes);
+            // a pass walks its share of data/'s directories: worth it for a share of the ids
+            let walk_above = self.walk_above / passes as usize;
             let mut entries = chunkindex::Entries::new(data, layout);
             while let Some(piece) = entries.next_piece()? {
                 ids.extend(piece.filter(|id| (lo..hi).contains(&u64::from(u16::from_be_bytes([id[0], id[1]])))));
                 if ids.len() >= self.ids_held {
-                    self.missing_among(&mut ids, lo, &mut tally)?;
+                    self.missing_among(&mut ids, lo, walk_above, &mut tally)?;
                 }
             }
-            self.missing_among(&mut ids, lo, &mut tally)?;
+            self.missing_among(&mut ids, lo, walk_above, &mut tally)?;
         }
         Ok(tally)
     }
 
     /// Counts into `tally` which of `ids` (all with a two-byte prefix of at least `from`) are
     /// not in `data/`, and empties `ids`: none for objects this session put itself, a look-up
-    /// each for a short list of the rest, one sorted walk of `data/` from `from` on merged with
-    /// them for a long one.
-    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, tally: &mut Tally) -> Result<(), Error> {
+    /// each for the rest if there are at most `walk_above`, else one sorted walk of `data/` from
+    /// `from` on merged with them.
+    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, tally: &mut Tally) -> Result<(), Error> {
         ids.sort_unstable();
         ids.dedup();
         tally.listed += ids.len();
@@ -515,7 +519,7 @@ impl Repository {
             tally.missing += 1;
             tally.example.get_or_insert(*id);
         };
-        if ids.len() <= self.walk_above {
+        if ids.len() <= walk_above {
             for id in ids.iter() {
                 if !self.store.info(&Self::data_name(id)?, false)?.exists {
                     missing(id, tally);
