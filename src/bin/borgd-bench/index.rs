@@ -55,7 +55,8 @@ fn session(cmd: &[String], dir: &Path, repo: &Path, name: &str, index: &[u8]) ->
     Ok(run)
 }
 
-/// `borgd-bench index --server 'LABEL::CMD' [...] [--objects N] [--reps N] [--warmup N] [--workdir DIR]`.
+/// `borgd-bench index --server 'LABEL::CMD' [...] [--objects N] [--reps N] [--warmup N]
+/// [--workdir DIR]`.
 pub fn main(args: &[String]) -> Res<()> {
     let servers = parse_servers(args)?;
     if servers.is_empty() {
