@@ -126,9 +126,7 @@ pub trait Backend: Send + Sync {
     fn store(&mut self, name: &str, value: &[u8], how: WriteOptions) -> Result<(), Error>;
     /// Like [`Backend::store`], with the `len` bytes of the value read from `src` as they arrive.
     fn store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, how: WriteOptions) -> Result<(), Error> {
-        use std::io::Read;
-        let mut value = Vec::with_capacity(len as usize);
-        std::io::Read::take(src, len).read_to_end(&mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
+        let value = receive(name, len, src)?;
         self.store(name, &value, how)
     }
     /// Receives a value of `len` bytes from `src` into a place of its own, visible under no
@@ -136,12 +134,7 @@ pub trait Backend: Send + Sync {
     /// dropped, which leaves nothing). Backends without files hold it in memory.
     fn stage(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, how: WriteOptions) -> Result<StagedBody, Error> {
         let _ = how;
-        let mut value = Vec::with_capacity(len.min(1 << 20) as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(src, len), &mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
-        if (value.len() as u64) < len {
-            return Err(Error::Io { op: "receive", path: name.into(), source: io::Error::new(io::ErrorKind::UnexpectedEof, "the value ended early") });
-        }
-        Ok(StagedBody::Memory(value))
+        receive(name, len, src).map(StagedBody::Memory)
     }
     /// Puts a value [`Backend::stage`] received in place under `name`, as `how` says.
     fn place(&mut self, name: &str, body: StagedBody, how: WriteOptions) -> Result<(), Error> {
@@ -194,6 +187,17 @@ pub trait Backend: Send + Sync {
     /// Items were written through [`Backend::shared_writer`]: the next barrier must cover them
     /// (they are not itemised).
     fn note_shared_write(&mut self) {}
+}
+
+/// The `len` bytes of a value arriving on `src`, in memory (for backends without files); a
+/// value that ends early is an error, as a backend with files finds it.
+fn receive(name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<Vec<u8>, Error> {
+    let mut value = Vec::with_capacity(len.min(1 << 20) as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(src, len), &mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
+    if (value.len() as u64) < len {
+        return Err(Error::Io { op: "receive", path: name.into(), source: io::Error::new(io::ErrorKind::UnexpectedEof, "the value ended early") });
+    }
+    Ok(value)
 }
 
 /// Writes items from any thread (see [`Backend::shared_writer`]); names are nested and
