@@ -6,6 +6,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 
+/// The error of a spool used to `purpose` (e.g. "spool the answer in"): it names the temp
+/// directory, where the spool lives.
+pub fn error(purpose: &'static str, source: io::Error) -> crate::store::Error {
+    crate::store::Error::Io { op: purpose, path: std::env::temp_dir(), source }
+}
+
 /// A temp file of records, written through a buffer.
 pub struct Spool {
     w: BufWriter<File>,

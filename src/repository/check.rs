@@ -239,7 +239,7 @@ impl Repository {
 struct Spool(crate::spool::Spool);
 
 fn spool_error(source: std::io::Error) -> Error {
-    store::Error::Io { op: "spool the chunk index in", path: std::env::temp_dir(), source }.into()
+    crate::spool::error("spool the chunk index in", source).into()
 }
 
 impl Spool {

@@ -302,7 +302,7 @@ const HELD_ITEMS: usize = 10_000;
 const HELD_IDS: usize = 100_000;
 
 fn spool_error(source: std::io::Error) -> crate::store::Error {
-    crate::store::Error::Io { op: "spool the answer in", path: std::env::temp_dir(), source }
+    crate::spool::error("spool the answer in", source)
 }
 
 /// `list(limit, marker)`: read from the repository a page of at most [`HELD_IDS`] at a time,
