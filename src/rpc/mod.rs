@@ -314,25 +314,31 @@ impl<T> ListAnswer<T> {
 
     /// Adds the next item.
     pub fn push(&mut self, item: T) -> std::io::Result<()> {
-        if self.spool.is_none() {
-            if self.held.len() < self.max_held {
+        let mut spool = match self.spool.take() {
+            Some(spool) => spool,
+            None if self.held.len() < self.max_held => {
                 self.held.push(item);
                 return Ok(());
             }
-            let mut spool = crate::spool::Spool::new()?;
-            for held in std::mem::take(&mut self.held) {
-                self.scratch.clear();
-                (self.encode)(&held, &mut self.scratch);
-                spool.push(&self.scratch)?;
+            None => {
+                // the first item past the bound: what was held goes to the spool first
+                let mut spool = crate::spool::Spool::new()?;
+                for held in std::mem::take(&mut self.held) {
+                    self.write(&mut spool, &held)?;
+                }
+                spool
             }
-            self.spool = Some(spool);
-        }
+        };
+        self.write(&mut spool, &item)?;
+        self.spool = Some(spool);
+        Ok(())
+    }
+
+    /// Encodes `item` into `spool`.
+    fn write(&mut self, spool: &mut crate::spool::Spool, item: &T) -> std::io::Result<()> {
         self.scratch.clear();
-        (self.encode)(&item, &mut self.scratch);
-        match &mut self.spool {
-            Some(spool) => spool.push(&self.scratch),
-            None => Err(std::io::Error::other("list answer spool missing")),
-        }
+        (self.encode)(item, &mut self.scratch);
+        spool.push(&self.scratch)
     }
 
     /// The finished answer: the held items as `held` makes them a reply, or the spool.
