@@ -420,6 +420,12 @@ impl PosixFs {
         Ok(())
     }
 
+    /// Closes every directory held open (parents and `locks/`) before the tree is removed.
+    fn drop_all_held(&mut self) {
+        self.parents.clear();
+        self.locks = None;
+    }
+
     fn note_dirty(&mut self, file: Option<&str>, dir: &str) {
         if !self.track_dirty || self.dirty_overflow {
             return;
@@ -461,8 +467,7 @@ impl Backend for PosixFs {
 
     fn remove_empty(&mut self) -> Result<(), Error> {
         self.open_root()?;
-        self.parents.clear();
-        self.locks = None;
+        self.drop_all_held();
         let root = self.root()?;
         for (n, st) in root.entries().map_err(|e| self.err("list", "", e))? {
             if st.is_dir {
@@ -479,8 +484,7 @@ impl Backend for PosixFs {
 
     fn destroy(&mut self) -> Result<(), Error> {
         self.open_root()?;
-        self.parents.clear();
-        self.locks = None;
+        self.drop_all_held();
         let root = self.root()?;
         for (n, _) in root.entries().map_err(|e| self.err("list", "", e))? {
             root.remove_tree(&n).map_err(|e| self.err("remove", &n, e))?;
