@@ -6,6 +6,7 @@
 //! `json.dumps` writes it, then per key 32 key bytes + flags u32 + size u32. The file's name is
 //! the xxh64 (seed 3) of its bytes, which the client verifies before trusting it.
 
+use super::trust;
 use crate::store::{self, ReadAt};
 
 /// Seed of the xxh64 that names a chunk-index file (`CHUNKINDEX_HASH_SEED`).
@@ -131,25 +132,38 @@ fn layout(data: &dyn ReadAt) -> Result<Layout, Invalid> {
     Ok(Layout { entries_at, count })
 }
 
-/// Checks an uploaded `cache/chunks.<hash>`: that its name is its hash, and its format; reads
-/// it in pieces, wherever it is.
-pub fn validate_upload(name: &str, data: &dyn ReadAt) -> Result<Layout, Invalid> {
+/// How many entries a stored index announces (checking its format, not its name): what a
+/// cached index without a note (see `trust`) counts.
+pub fn entry_count(data: &dyn ReadAt) -> Result<u64, Invalid> {
+    Ok(layout(data)?.count)
+}
+
+/// Checks an uploaded `cache/chunks.<hash>`: its format, and that its name is its hash; reads
+/// it in pieces, wherever it is, and sums its ids up on the way (see [`trust::Digest`]).
+pub fn validate_upload(name: &str, data: &dyn ReadAt) -> Result<(Layout, trust::Digest), Invalid> {
+    let layout = layout(data)?;
     let mut hasher = xxhash_rust::xxh64::Xxh64::new(HASH_SEED);
-    let mut buf = vec![0u8; PIECE.min(data.size() as usize)];
-    let mut at = 0;
+    let mut digest = trust::Digest::default();
+    let mut head = vec![0u8; layout.entries_at as usize];
+    read_full(data, 0, &mut head)?;
+    hasher.update(&head);
+    // the entries in pieces of whole entries
+    let mut buf = vec![0u8; PIECE.min((data.size() - layout.entries_at) as usize)];
+    let mut at = layout.entries_at;
     while at < data.size() {
         let n = read_full(data, at, &mut buf)?;
-        if n == 0 {
+        if n == 0 || n % ENTRY_SIZE != 0 {
             return Err(Invalid::Format("shorter than its size".into()));
         }
         hasher.update(&buf[..n]);
+        buf[..n].chunks_exact(ENTRY_SIZE).filter_map(|e| e.first_chunk::<32>()).for_each(|id| digest.add(id));
         at += n as u64;
     }
     let expected = format!("cache/chunks.{:016x}", hasher.digest());
     if name != expected {
         return Err(Invalid::Name { expected });
     }
-    layout(data)
+    Ok((layout, digest))
 }
 
 /// Reads the entries of a checked index ([`validate_upload`]) a piece at a time.
@@ -209,8 +223,11 @@ mod tests {
     fn uploads_are_parsed_and_checked() {
         let ids = [[7u8; 32], [9u8; 32]];
         let data = serialize(ids.iter());
-        let layout = validate_upload(&cache_name(&data), &data).unwrap();
+        let (layout, digest) = validate_upload(&cache_name(&data), &data).unwrap();
         assert_eq!(keys(&data, layout), ids.to_vec());
+        let mut expected = trust::Digest::default();
+        ids.iter().for_each(|id| expected.add(id));
+        assert_eq!(digest, expected);
         assert!(matches!(validate_upload("cache/chunks.0000000000000000", &data), Err(Invalid::Name { .. })));
         let mut short = data.clone();
         short.pop();
@@ -235,8 +252,11 @@ mod tests {
         let ids: Vec<[u8; 32]> = (0..70_000u32).map(|i| std::array::from_fn(|k| (i >> (8 * (k % 3))) as u8 ^ k as u8)).collect();
         let data = serialize(ids.iter());
         assert!(data.len() > 2 * PIECE);
-        let layout = validate_upload(&cache_name(&data), &data).unwrap();
+        let (layout, digest) = validate_upload(&cache_name(&data), &data).unwrap();
         assert_eq!(layout.count, 70_000);
+        let mut expected = trust::Digest::default();
+        ids.iter().for_each(|id| expected.add(id));
+        assert_eq!(digest, expected, "every id summed once, across pieces");
         assert_eq!(keys(&data, layout), ids);
         let mut flipped = data.clone();
         *flipped.last_mut().unwrap() ^= 1;

@@ -8,12 +8,13 @@
 mod check;
 pub mod chunkindex;
 pub mod repoobj;
+mod trust;
 mod written;
 
 pub use written::Key as WrittenKey;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::lock::{self, Lock, Owner};
 use crate::log::Log;
@@ -74,6 +75,8 @@ pub struct OpenOptions {
 struct Tally {
     /// Distinct ids listed (an index whose ids were checked in batches may count one twice).
     listed: usize,
+    /// Ids not looked for: listed in the indexes merged, in leaves unchanged since (see `trust`).
+    trusted: u64,
     missing: usize,
     /// The first missing id met.
     example: Option<[u8; 32]>,
@@ -98,6 +101,9 @@ pub struct Repository {
     ids_held: usize,
     /// Objects this session put itself: an uploaded chunk index needs no look-up for them.
     written: written::Written,
+    /// When this session opened the repository: every object it found or put was there after
+    /// this moment (the time noted on the chunk indexes it checks, see `trust`).
+    opened: SystemTime,
 }
 
 /// Above this many ids an uploaded chunk index is checked against one sorted walk of `data/`
@@ -151,6 +157,7 @@ impl Repository {
 
     /// [`Repository::open`] on any backend (tests put the simulated disk here).
     pub fn open_backend(backend: Box<dyn Backend>, location: String, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
+        let opened = SystemTime::now();
         let mut store = Store::new(backend, borg_levels(opts.data_levels), opts.permissions.clone(), opts.durability);
         if opts.create {
             Self::create(&mut store, &location, log)?;
@@ -181,7 +188,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH, ids_held: CHUNK_INDEX_IDS_HELD, written: written::Written::default() })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: CHUNK_INDEX_WALK_ABOVE, walk_batch: CHUNK_INDEX_WALK_BATCH, ids_held: CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -435,10 +442,12 @@ impl Repository {
     /// whose puts failed — storing that would make the next backup reference missing chunks.
     pub fn store_store(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
-        if name.starts_with("cache/chunks.") {
-            self.check_chunk_index(name, &value, log)?;
+        if !name.starts_with("cache/chunks.") {
+            return Ok(self.store.store(name, value)?);
         }
-        Ok(self.store.store(name, value)?)
+        let note = self.check_chunk_index(name, &value, log)?;
+        let staged = self.store.stage(name, value.len() as u64, &mut &value[..])?;
+        self.place_noted(staged, note, log)
     }
 
     /// [`Repository::store_store`] with the `len` bytes of the value read from `src` as they
@@ -450,18 +459,29 @@ impl Repository {
             return Ok(self.store.store_from(name, len, src)?);
         }
         let staged = self.store.stage(name, len, src)?;
-        self.check_chunk_index(name, &staged, log)?;
+        let note = self.check_chunk_index(name, &staged, log)?;
+        self.place_noted(staged, note, log)
+    }
+
+    /// Puts a checked chunk index in place with its note (see `trust`); a note that cannot be
+    /// kept only costs the next merge of it a full check.
+    fn place_noted(&mut self, staged: store::Staged, note: trust::Note, log: &Log) -> Result<(), Error> {
+        if let Err(e) = self.store.note_staged(&staged, &note.encode()) {
+            log.warning(LOGGER, &format!("could not note that {} was checked: {e}", self.location));
+        }
         Ok(self.store.place(staged)?)
     }
 
-    fn check_chunk_index(&mut self, name: &str, value: &dyn store::ReadAt, log: &Log) -> Result<(), Error> {
+    /// Checks an uploaded chunk index (see [`Repository::store_store`]); what to note on it.
+    fn check_chunk_index(&mut self, name: &str, value: &dyn store::ReadAt, log: &Log) -> Result<trust::Note, Error> {
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
-        let layout = chunkindex::validate_upload(name, value).map_err(|e| match e {
+        let (layout, digest) = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),
             chunkindex::Invalid::Unreadable(e) => e.into(),
         })?;
-        let tally = self.missing_objects(value, layout)?;
+        let unsettled = self.unsettled_leaves(name, &digest, log)?;
+        let tally = self.missing_objects(value, layout, unsettled.as_ref())?;
         if let Some(example) = tally.example.map(|id| hex(&id)) {
             let (missing, listed) = (tally.missing, tally.listed);
             log.warning(LOGGER, &format!("refused chunk index {name}: {missing} of {listed} listed objects are missing"));
@@ -478,16 +498,68 @@ impl Repository {
                 "it lists {missing} objects that are not in the repository (e.g. {example}), so clients would skip uploading them. {what_to_do}"
             )));
         }
-        Ok(())
+        if let Some(unsettled) = &unsettled {
+            log.debug(LOGGER, &format!(
+                "chunk index {name}: the merge of the cached indexes; {} of {} objects in unchanged directories, the other {} looked for in the {} of {} directories changed since",
+                tally.trusted, layout.count, layout.count - tally.trusted, unsettled.count, unsettled.leaves()
+            ));
+        }
+        Ok(trust::Note { since: self.opened, digest })
     }
 
-    /// Which of the ids a checked index lists are not in `data/`. At most `ids_held` ids are
-    /// held at a time: a longer index is read in passes, each taking the ids of one range of
-    /// two-byte prefixes and walking only that part of `data/` (an index whose ids crowd into
-    /// one range is checked a batch at a time).
-    fn missing_objects(&mut self, data: &dyn store::ReadAt, layout: chunkindex::Layout) -> Result<Tally, Error> {
+    /// If the upload `name` is the merge of the cached chunk indexes, each noted when it
+    /// was checked (see `trust`): the leaves of `data/` changed since, where its ids must still
+    /// be looked for. `None`: it is checked in full.
+    fn unsettled_leaves(&mut self, name: &str, digest: &trust::Digest, log: &Log) -> Result<Option<trust::Unsettled>, Error> {
+        let now = SystemTime::now();
+        let mut merged = trust::Digest::default();
+        let mut since: Option<SystemTime> = None;
+        for item in self.store.list("cache", false)? {
+            let other = format!("cache/{}", item.name);
+            // the upload's own name too: an index replaced by the same contents (a merge of
+            // one index and empty ones) is its own merge
+            if !item.name.starts_with("chunks.") || item.directory {
+                continue;
+            }
+            match self.store.note(&other)?.as_deref().and_then(trust::Note::parse) {
+                Some(note) => {
+                    merged.merge(&note.digest);
+                    since = Some(since.map_or(note.since, |s| s.min(note.since)));
+                }
+                // an empty index lists nothing (a new repository's); any other is not known
+                None if item.size <= 4096 && chunkindex::entry_count(&self.store.load(&other, 0, None, false)?).is_ok_and(|n| n == 0) => {}
+                None => {
+                    log.debug(LOGGER, &format!("chunk index {name}: checked in full ({other} has no note of its check)"));
+                    return Ok(None);
+                }
+            }
+        }
+        if merged != *digest {
+            return Ok(None); // not the merge of them
+        }
+        let Some(since) = since else { return Ok(None) };
+        let Some(times) = self.store.leaf_times("data")? else { return Ok(None) };
+        let unsettled = trust::Unsettled::new(times, since, now);
+        if unsettled.is_none() {
+            log.debug(LOGGER, &format!("chunk index {name}: checked in full (a directory of data/ is dated in the future)"));
+        }
+        Ok(unsettled)
+    }
+
+    /// Which of the ids a checked index lists are not in `data/` — with `unsettled`, only of those
+    /// in leaves changed since the indexes it merges were checked (see `trust`). At most
+    /// `ids_held` ids are held at a time: a longer index is read in passes, each taking the ids of
+    /// one range of two-byte prefixes and walking only that part of `data/` (an index whose ids
+    /// crowd into one range is checked a batch at a time).
+    fn missing_objects(&mut self, data: &dyn store::ReadAt, layout: chunkindex::Layout, unsettled: Option<&trust::Unsettled>) -> Result<Tally, Error> {
         const PREFIXES: u64 = 1 << 16;
-        let passes = layout.count.div_ceil(self.ids_held as u64).clamp(1, PREFIXES);
+        // ids are spread evenly over the leaves: those to look for are about the share of the
+        // leaves that changed
+        let looked_for = match unsettled {
+            Some(u) => (u128::from(layout.count) * u.count as u128).div_ceil(u.leaves().max(1) as u128) as u64,
+            None => layout.count,
+        };
+        let passes = looked_for.div_ceil(self.ids_held as u64).clamp(1, PREFIXES);
         let mut tally = Tally::default();
         let mut ids = Vec::new();
         for pass in 0..passes {
@@ -496,12 +568,17 @@ impl Repository {
             let walk_above = self.walk_above / passes as usize;
             let mut entries = chunkindex::Entries::new(data, layout);
             while let Some(piece) = entries.next_piece()? {
-                ids.extend(piece.filter(|id| (lo..hi).contains(&u64::from(u16::from_be_bytes([id[0], id[1]])))));
+                for id in piece.filter(|id| (lo..hi).contains(&u64::from(u16::from_be_bytes([id[0], id[1]])))) {
+                    match unsettled {
+                        Some(u) if !u.must_look(id) => tally.trusted += 1,
+                        _ => ids.push(*id),
+                    }
+                }
                 if ids.len() >= self.ids_held {
-                    self.missing_among(&mut ids, lo, walk_above, &mut tally)?;
+                    self.missing_among(&mut ids, lo, walk_above, unsettled, &mut tally)?;
                 }
             }
-            self.missing_among(&mut ids, lo, walk_above, &mut tally)?;
+            self.missing_among(&mut ids, lo, walk_above, unsettled, &mut tally)?;
         }
         Ok(tally)
     }
@@ -509,8 +586,8 @@ impl Repository {
     /// Counts into `tally` which of `ids` (all with a two-byte prefix of at least `from`) are
     /// not in `data/`, and empties `ids`: none for objects this session put itself, a look-up
     /// each for the rest if there are at most `walk_above`, else one sorted walk of `data/` from
-    /// `from` on merged with them.
-    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, tally: &mut Tally) -> Result<(), Error> {
+    /// `from` on merged with them; with `unsettled`, each leaf they are in listed instead.
+    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, unsettled: Option<&trust::Unsettled>, tally: &mut Tally) -> Result<(), Error> {
         ids.sort_unstable();
         ids.dedup();
         tally.listed += ids.len();
@@ -519,6 +596,24 @@ impl Repository {
             tally.missing += 1;
             tally.example.get_or_insert(*id);
         };
+        if let Some(unsettled) = unsettled {
+            // ids in the leaves that changed: a look-up for a lone one, else the leaf listed
+            for group in ids.chunk_by(|a, b| unsettled.leaf_of(a) == unsettled.leaf_of(b)) {
+                if let [id] = group {
+                    if !self.store.info(&Self::data_name(id)?, false)?.exists {
+                        missing(id, tally);
+                    }
+                    continue;
+                }
+                let mut present: Vec<[u8; 32]> = self.store.list_leaf("data", unsettled.depth(), unsettled.leaf_of(&group[0]))?.iter().filter_map(|n| unhex32(n)).collect();
+                present.sort_unstable();
+                for id in group.iter().filter(|id| present.binary_search(id).is_err()) {
+                    missing(id, tally);
+                }
+            }
+            ids.clear();
+            return Ok(());
+        }
         if ids.len() <= walk_above {
             for id in ids.iter() {
                 if !self.store.info(&Self::data_name(id)?, false)?.exists {
@@ -746,15 +841,15 @@ mod tests {
         ];
         for ids in cases {
             let index = chunkindex::serialize(ids.iter());
-            let layout = chunkindex::validate_upload(&chunkindex::cache_name(&index), &index).unwrap();
+            let (layout, _) = chunkindex::validate_upload(&chunkindex::cache_name(&index), &index).unwrap();
             repo.walk_above = usize::MAX;
-            let by_look_up = repo.missing_objects(&index, layout).unwrap();
+            let by_look_up = repo.missing_objects(&index, layout, None).unwrap();
             // ids held: all at once; in passes over ranges of ids (and batches within a range)
             for held in [usize::MAX, 2, 1] {
                 repo.ids_held = held;
                 for (walk_above, batch) in [(usize::MAX, 1), (0, 1), (0, 2), (0, 3), (0, 1000)] {
                     (repo.walk_above, repo.walk_batch) = (walk_above, batch);
-                    let found = repo.missing_objects(&index, layout).unwrap();
+                    let found = repo.missing_objects(&index, layout, None).unwrap();
                     let how = format!("{ids:02x?}, {held} held, walk above {walk_above}, batches of {batch}");
                     assert_eq!(found.missing, by_look_up.missing, "{how}");
                     if held >= ids.len() {
@@ -763,6 +858,78 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Sets the time of every leaf directory of `data/` a minute back: "unchanged since long
+    /// before the notes", without waiting (see `trust::SLACK`).
+    fn age_leaves(repo: &Path) {
+        let back = SystemTime::now() - Duration::from_secs(60);
+        for top in std::fs::read_dir(repo.join("data")).unwrap() {
+            for leaf in std::fs::read_dir(top.unwrap().path()).unwrap() {
+                std::fs::File::open(leaf.unwrap().path()).unwrap().set_modified(back).unwrap();
+            }
+        }
+    }
+
+    /// What the check of an uploaded index does, with how many ids it took on trust.
+    fn tally_of(repo: &mut Repository, index: &[u8], log: &Log) -> Tally {
+        let name = chunkindex::cache_name(index);
+        let (layout, digest) = chunkindex::validate_upload(&name, &index).unwrap();
+        let unsettled = repo.unsettled_leaves(&name, &digest, log).unwrap();
+        repo.missing_objects(&index, layout, unsettled.as_ref()).unwrap()
+    }
+
+    /// The merge of checked indexes is trusted where `data/` did not change since they were
+    /// checked, and only there: an object removed behind borgd's back is still found missing,
+    /// and an index that is not exactly their merge, or merges one without a note, is checked
+    /// in full.
+    #[test]
+    fn a_merge_of_checked_indexes_is_looked_for_only_where_data_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let log = Log::silent();
+        let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
+        let id = |n: u32| -> [u8; 32] { std::array::from_fn(|k| (n.wrapping_mul(0x9e37_79b9) >> (8 * (k % 4))) as u8 ^ k as u8) };
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        for n in 0..300 {
+            repo.put(&id(n), &obj, &log).unwrap();
+        }
+        let (a, b) = (chunkindex::serialize((0..200).map(id).collect::<Vec<_>>().iter()), chunkindex::serialize((200..300).map(id).collect::<Vec<_>>().iter()));
+        for index in [&a, &b] {
+            assert_eq!(tally_of(&mut repo, index, &log).trusted, 0, "nothing merged yet: all checked");
+            repo.store_store(&chunkindex::cache_name(index), index, &log).unwrap();
+        }
+        repo.close(&log).unwrap();
+        age_leaves(&path);
+        // the next night: the merge, looked for nowhere
+        let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
+        let merged = chunkindex::serialize((0..300).rev().map(id).collect::<Vec<_>>().iter());
+        let tally = tally_of(&mut repo, &merged, &log);
+        assert_eq!((tally.trusted, tally.listed, tally.missing), (300, 0, 0));
+        // an object of `a` removed behind borgd's back: its leaf changed, and it is looked for
+        let gone = id(17);
+        let nested = store::nest(&Repository::data_name(&gone).unwrap(), 2, None);
+        std::fs::remove_file(path.join(&nested)).unwrap();
+        let tally = tally_of(&mut repo, &merged, &log);
+        assert_eq!((tally.trusted, tally.missing, tally.example), (299 - tally.listed as u64 + 1, 1, Some(gone)), "{tally:?}");
+        assert!(tally.listed >= 1 && tally.listed < 10, "only the changed leaf: {tally:?}");
+        let e = repo.store_store(&chunkindex::cache_name(&merged), &merged, &log).unwrap_err().to_string();
+        assert!(e.contains("1 objects that are not in the repository") && e.contains(&hex(&gone)), "{e}");
+        // not the merge: one id of `b` swapped for one that was never there, in a leaf that has
+        // not changed; the digests differ and the whole index is looked for
+        let mut stranger = id(250);
+        stranger[31] ^= 1;
+        let not_merge = chunkindex::serialize((0..300).filter(|n| *n != 17 && *n != 250).map(id).chain([stranger]).collect::<Vec<_>>().iter());
+        let tally = tally_of(&mut repo, &not_merge, &log);
+        assert_eq!((tally.trusted, tally.missing, tally.example), (0, 1, Some(stranger)), "{tally:?}");
+        // a cached index rewritten without borgd (as Python does: a new file renamed over it),
+        // or copied with its attributes: no note, and the merge is checked in full
+        let b_path = path.join("cache").join(&chunkindex::cache_name(&b)["cache/".len()..]);
+        let copy = path.join("cache").join("copy");
+        std::process::Command::new("cp").arg("-a").arg(&b_path).arg(&copy).status().unwrap();
+        std::fs::rename(&copy, &b_path).unwrap();
+        assert_eq!(tally_of(&mut repo, &merged, &log).trusted, 0);
+        repo.close(&log).unwrap();
     }
 
     #[test]

@@ -149,6 +149,22 @@ pub trait Backend: Send + Sync {
     }
     /// Deletes an item.
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
+    /// Attaches `note` to a staged value (see [`Backend::stage`]) so that it stays with the item
+    /// it becomes, and with nothing else: a rewrite, a replacement or a copy of the item has no
+    /// note. What a repository remembers about contents it checked (see `repository::trust`);
+    /// `false` where the backend keeps none, which costs only the re-checking.
+    fn note_staged(&mut self, _name: &str, _body: &StagedBody, _note: &[u8]) -> Result<bool, Error> {
+        Ok(false)
+    }
+    /// The note attached to an item (see [`Backend::note_staged`]); `None` without one.
+    fn note(&self, _name: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(None)
+    }
+    /// The subdirectories of `dir` with the time each last changed (an entry made, removed or
+    /// renamed in it); `None` where the backend cannot tell.
+    fn subdirectory_times(&self, _dir: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>, Error> {
+        Ok(None)
+    }
     /// Renames an item, replacing the target.
     fn rename(&mut self, from: &str, to: &str, durable: bool) -> Result<(), Error>;
     /// Lists a directory non-recursively, sorted by name, hiding invalid names (temp files);
@@ -237,6 +253,24 @@ pub struct Staged {
     name: String,
     nested: String,
     how: WriteOptions,
+}
+
+/// When each leaf directory of a namespace last changed (see [`Store::leaf_times`]): indexed
+/// by the key prefix the leaf holds (its first `depth` bytes), `None` for a leaf that does not
+/// exist. An item cannot vanish from a leaf without changing its time, which is what lets a
+/// repository trust, without looking, what it saw in a leaf that has not changed since.
+#[derive(Debug, Clone)]
+pub struct LeafTimes {
+    /// Bytes of key prefix per leaf (the namespace's nesting levels: 2 for `data/`).
+    pub depth: usize,
+    pub times: Vec<Option<std::time::SystemTime>>,
+}
+
+impl LeafTimes {
+    /// The leaf holding `key`'s item (a key shorter than the nesting has none).
+    pub fn leaf_of(&self, key: &[u8]) -> Option<usize> {
+        key.get(..self.depth).map(|p| p.iter().fold(0usize, |acc, b| acc << 8 | usize::from(*b)))
+    }
 }
 
 /// Where a staged value waits: in memory (backends without files), or in a temp file.
@@ -479,6 +513,81 @@ impl Store {
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { body, name, nested, how } = staged;
         overwrite_denied(self.backend.place(&nested, body, how), self.permissions.mode(), &name)
+    }
+
+    /// Attaches `note` to a staged value (see [`Backend::note_staged`]); `false` where the
+    /// backend keeps no notes.
+    pub fn note_staged(&mut self, staged: &Staged, note: &[u8]) -> Result<bool, Error> {
+        self.backend.note_staged(&staged.nested, &staged.body, note)
+    }
+
+    /// The note attached to an item (see [`Backend::note_staged`]); `None` without one, or
+    /// without the item.
+    pub fn note(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.check("info", name, "lr")?;
+        let nested = self.find(name, false)?;
+        self.backend.note(&nested)
+    }
+
+    /// When each leaf directory of `namespace` last changed (see [`LeafTimes`]); `None` if the
+    /// backend cannot tell, or the namespace is nested deeper than two levels (16 million
+    /// leaves: not worth it).
+    pub fn leaf_times(&self, namespace: &str) -> Result<Option<LeafTimes>, Error> {
+        validate_name(namespace)?;
+        self.check("list", namespace, "l")?;
+        let depth = match self.levels_of(&format!("{namespace}/"))? {
+            [depth] if *depth <= 2 => *depth,
+            _ => return Ok(None),
+        };
+        let mut times = LeafTimes { depth, times: vec![None; 1 << (8 * depth)] };
+        let subdirectories = |dir: &str| match self.backend.subdirectory_times(dir) {
+            Err(Error::ObjectNotFound(_)) => Ok(Some(Vec::new())), // gone: its leaves are missing
+            other => other,
+        };
+        if depth == 0 {
+            let Some(top) = subdirectories("")? else { return Ok(None) };
+            times.times[0] = top.into_iter().find(|(name, _)| name == namespace).map(|(_, time)| time);
+            return Ok(Some(times));
+        }
+        // the directories of one level, each with the key prefix its entries share
+        let mut dirs = vec![(namespace.to_string(), String::new())];
+        for level in 1..=depth {
+            let mut next = Vec::new();
+            for (dir, prefix) in &dirs {
+                let Some(listed) = subdirectories(dir)? else { return Ok(None) };
+                // nesting directories are named by two lower-case hex digits, as the keys are
+                let nesting = listed.into_iter().filter(|(name, _)| name.len() == 2 && name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+                for (name, time) in nesting {
+                    let prefix = format!("{prefix}{name}");
+                    if level == depth {
+                        if let Ok(index) = usize::from_str_radix(&prefix, 16) {
+                            times.times[index] = Some(time);
+                        }
+                    } else {
+                        next.push((format!("{dir}/{name}"), prefix));
+                    }
+                }
+            }
+            dirs = next;
+        }
+        Ok(Some(times))
+    }
+
+    /// The names (keys, not soft-deleted) of the items in one leaf directory of `namespace`,
+    /// leaf `leaf` of [`LeafTimes`] nested `depth` deep, unsorted: what a leaf that changed
+    /// holds now.
+    pub fn list_leaf(&self, namespace: &str, depth: usize, leaf: usize) -> Result<Vec<String>, Error> {
+        validate_name(namespace)?;
+        self.check("list", namespace, "l")?;
+        let mut dir = namespace.to_string();
+        for level in (0..depth).rev() {
+            dir.push_str(&format!("/{:02x}", (leaf >> (8 * level)) & 0xff));
+        }
+        match self.backend.list(&dir, Detail::Names) {
+            Ok(items) => Ok(items.into_iter().filter(|i| !i.directory).filter_map(|i| Self::visible(i, false, None)).map(|i| i.name).collect()),
+            Err(Error::ObjectNotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Where a store of `name` goes, after the permission check, and how to write it: durable

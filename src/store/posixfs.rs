@@ -308,6 +308,58 @@ fn rename_into_place(dir: &Dir, tmp: &str, file: &str, replace: bool) -> io::Res
     }
 }
 
+/// The extended attribute holding an item's note (see [`Backend::note_staged`]): the file's
+/// identity (inode number, size, modification time), a space, then the note. The identity binds
+/// the note to this very file as it was: a copy of the repository carries the attribute (`cp -a`,
+/// `rsync -X`) but not the inode, so what was noted about the original is not believed of a copy
+/// that may be incomplete; a file rewritten in place has another time.
+const NOTE_ATTR: &std::ffi::CStr = c"user.borgd.note";
+
+/// The longest note read back (notes are a line of text).
+const NOTE_MAX: usize = 1024;
+
+/// Whether an `*xattr` call failed because this file system (or its mount) keeps no user
+/// attributes: then there are no notes, and nothing is wrong.
+fn no_attributes(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// What a note is bound to (see [`NOTE_ATTR`]).
+fn identity(file: &std::fs::File) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok(format!("{}:{}:{}.{:09}", m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Attaches `note` to `file` (see [`NOTE_ATTR`]); `false` where the file system keeps none.
+fn set_note(file: &std::fs::File, note: &[u8]) -> io::Result<bool> {
+    let mut value = format!("{} ", identity(file)?).into_bytes();
+    value.extend_from_slice(note);
+    // SAFETY: valid fd, C string and value buffer.
+    if unsafe { libc::fsetxattr(file.as_raw_fd(), NOTE_ATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if no_attributes(&e) { Ok(false) } else { Err(e) }
+}
+
+/// The note attached to `file`, if it was attached to this very file as it is (see
+/// [`NOTE_ATTR`]).
+fn read_note(file: &std::fs::File) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; NOTE_MAX];
+    // SAFETY: valid fd, C string and buffer of the length given.
+    let n = unsafe { libc::fgetxattr(file.as_raw_fd(), NOTE_ATTR.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        // no note, one too long to be ours, or no attributes at all
+        return if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ERANGE)) || no_attributes(&e) { Ok(None) } else { Err(e) };
+    }
+    value.truncate(n as usize);
+    let identity = identity(file)?;
+    let ours = value.len() > identity.len() && value.starts_with(identity.as_bytes()) && value[identity.len()] == b' ';
+    Ok(ours.then(|| value[identity.len() + 1..].to_vec()))
+}
+
 /// A value received into a temp file beside its target and not yet renamed into place (see
 /// [`super::Store::stage`]); removed again when dropped unplaced.
 pub struct TempFile {
@@ -590,6 +642,31 @@ impl Backend for PosixFs {
             self.note_dirty(Some(name), dir_name);
         }
         Ok(())
+    }
+
+    fn note_staged(&mut self, name: &str, body: &StagedBody, note: &[u8]) -> Result<bool, Error> {
+        match body {
+            StagedBody::File(staged) => set_note(&staged.file, note).map_err(|e| self.err("note", name, e)),
+            StagedBody::Memory(_) => Ok(false),
+        }
+    }
+
+    fn note(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        let file = match self.root()?.open_file(name) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
+            Err(e) => return Err(self.err("open", name, e)),
+        };
+        read_note(&file).map_err(|e| self.err("read the note of", name, e))
+    }
+
+    fn subdirectory_times(&self, dir: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>, Error> {
+        let d = match self.root()?.dir(dir) {
+            Ok(d) => d,
+            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(dir.to_string())),
+            Err(e) => return Err(self.err("list", dir, e)),
+        };
+        d.subdirectory_times().map(Some).map_err(|e| self.err("list", dir, e))
     }
 
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
