@@ -821,6 +821,37 @@ mod tests {
         (dir, repo)
     }
 
+    /// Leaf times: one per existing leaf of `data/`, indexed by the key prefix it holds, `None`
+    /// for leaves that do not exist (or are gone), a leaf's time moving when an item leaves it;
+    /// a leaf's items listed by prefix; no times for namespaces nested deeper than two levels.
+    #[test]
+    fn leaf_times_and_listings_follow_the_nesting() {
+        let (_dir, repo) = new_posix_store();
+        let mut s = posix_store(&repo, Mode::All);
+        s.open().unwrap();
+        for key in ["aabb01", "aabb02", "aacc01", "0001ff"] {
+            s.store(&format!("data/{key}"), b"x").unwrap();
+        }
+        let times = s.leaf_times("data").unwrap().expect("posix stores know directory times");
+        assert_eq!(times.depth, 2);
+        let leaf = |key: &str| times.leaf_of(&u32::from_str_radix(key, 16).unwrap().to_be_bytes()[1..]).unwrap();
+        let present: Vec<usize> = (0..times.times.len()).filter(|i| times.times[*i].is_some()).collect();
+        assert_eq!(present, vec![leaf("0001ff"), leaf("aabb01"), leaf("aacc01")]);
+        let mut names = s.list_leaf("data", 2, leaf("aabb01")).unwrap();
+        names.sort();
+        assert_eq!(names, ["aabb01", "aabb02"]);
+        assert!(s.list_leaf("data", 2, 0x1234).unwrap().is_empty());
+        let back = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::open(repo.join("data/aa/bb")).unwrap().set_modified(back).unwrap();
+        assert_eq!(s.leaf_times("data").unwrap().unwrap().times[leaf("aabb01")], Some(back));
+        s.delete("data/aabb02", false).unwrap();
+        assert!(s.leaf_times("data").unwrap().unwrap().times[leaf("aabb01")].unwrap() > back, "a removal changes the leaf's time");
+        std::fs::remove_dir_all(repo.join("data/aa")).unwrap();
+        assert_eq!(s.leaf_times("data").unwrap().unwrap().times[leaf("aacc01")], None);
+        let deep = Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(3), Permissions::for_mode(Mode::All), Durability::Barrier);
+        assert!(deep.leaf_times("data").unwrap().is_none());
+    }
+
     /// Data objects (and only they) can be decided by the store and written from other threads;
     /// a refused replace is the same permission error; the next barrier covers them; a backend
     /// without a shared writer says so.
