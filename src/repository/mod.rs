@@ -481,10 +481,15 @@ impl Repository {
             chunkindex::Invalid::Unreadable(e) => e.into(),
         })?;
         // the shortcut is only a shortcut: whatever keeps it from being taken, the full check is
-        let unsettled = self.unsettled_leaves(name, &digest, log).unwrap_or_else(|e| {
-            log.warning(LOGGER, &format!("chunk index {name}: checked in full ({e})"));
+        // an index short enough to be looked up id by id costs no more than the leaves' times
+        let unsettled = if layout.count as usize <= self.walk_above {
             None
-        });
+        } else {
+            self.unsettled_leaves(name, &digest, log).unwrap_or_else(|e| {
+                log.warning(LOGGER, &format!("chunk index {name}: checked in full ({e})"));
+                None
+            })
+        };
         let tally = self.missing_objects(value, layout, unsettled.as_ref())?;
         if let Some(example) = tally.example.map(|id| hex(&id)) {
             let (missing, listed) = (tally.missing, tally.listed);
@@ -505,7 +510,7 @@ impl Repository {
         if let Some(unsettled) = &unsettled {
             log.debug(LOGGER, &format!(
                 "chunk index {name}: the merge of the cached indexes; {} of {} objects in unchanged directories, the other {} looked for in the {} of {} directories changed since",
-                tally.trusted, layout.count, layout.count - tally.trusted, unsettled.count, unsettled.leaves()
+                tally.trusted, layout.count, layout.count - tally.trusted, unsettled.count, unsettled.existing
             ));
         }
         Ok(trust::Note { since: self.opened, digest })
@@ -543,11 +548,17 @@ impl Repository {
         }
         let Some(since) = since else { return Ok(None) };
         let Some(times) = self.store.leaf_times("data")? else { return Ok(None) };
-        let unsettled = trust::Unsettled::new(times, since, now);
-        if unsettled.is_none() {
+        let Some(unsettled) = trust::Unsettled::new(times, since, now) else {
             log.debug(LOGGER, &format!("chunk index {name}: checked in full (a directory of data/ is dated in the future)"));
+            return Ok(None);
+        };
+        if unsettled.count > unsettled.existing / 2 {
+            // most leaves changed (the first merge after a first backup): one walk of data/
+            // costs less than listing them one by one
+            log.debug(LOGGER, &format!("chunk index {name}: checked in full ({} of {} directories changed)", unsettled.count, unsettled.existing));
+            return Ok(None);
         }
-        Ok(unsettled)
+        Ok(Some(unsettled))
     }
 
     /// Which of the ids a checked index lists are not in `data/` — with `unsettled`, only of those
@@ -557,10 +568,10 @@ impl Repository {
     /// crowd into one range is checked a batch at a time).
     fn missing_objects(&mut self, data: &dyn store::ReadAt, layout: chunkindex::Layout, unsettled: Option<&trust::Unsettled>) -> Result<Tally, Error> {
         const PREFIXES: u64 = 1 << 16;
-        // ids are spread evenly over the leaves: those to look for are about the share of the
-        // leaves that changed
+        // ids are spread evenly over the leaves there are: those to look for are about the share
+        // of them that changed (and any listed in leaves that are gone)
         let looked_for = match unsettled {
-            Some(u) => (u128::from(layout.count) * u.count as u128).div_ceil(u.leaves().max(1) as u128) as u64,
+            Some(u) => (u128::from(layout.count) * u.count as u128).div_ceil(u.existing.max(1) as u128) as u64,
             None => layout.count,
         };
         let passes = looked_for.div_ceil(self.ids_held as u64).clamp(1, PREFIXES);
@@ -916,11 +927,16 @@ mod tests {
             assert_eq!(tally_of(&mut repo, index, &log).trusted, 0, "nothing merged yet: all checked");
             repo.store_store(&chunkindex::cache_name(index), index, &log).unwrap();
         }
+        // their merge right away: every leaf changed since (this session wrote them all), so
+        // it is checked in full, by one walk
+        let merged = chunkindex::serialize((0..300).rev().map(id).collect::<Vec<_>>().iter());
+        let (_, digest) = chunkindex::validate_upload(&chunkindex::cache_name(&merged), &merged).unwrap();
+        assert!(repo.unsettled_leaves(&chunkindex::cache_name(&merged), &digest, &log).unwrap().is_none());
+        assert_eq!(tally_of(&mut repo, &merged, &log), Tally { listed: 300, ..Tally::default() });
         repo.close(&log).unwrap();
         age_leaves(&path);
         // the next night: the merge, looked for nowhere
         let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
-        let merged = chunkindex::serialize((0..300).rev().map(id).collect::<Vec<_>>().iter());
         let tally = tally_of(&mut repo, &merged, &log);
         assert_eq!((tally.trusted, tally.listed, tally.missing), (300, 0, 0));
         // an object of `a` removed behind borgd's back: its leaf changed, and it is looked for

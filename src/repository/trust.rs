@@ -42,20 +42,21 @@ pub struct Digest {
 impl Digest {
     /// Adds one id.
     pub fn add(&mut self, id: &[u8; 32]) {
-        let (hi, lo) = id.split_at(16);
-        let (hi, lo) = (u128::from_be_bytes(hi.try_into().unwrap_or_default()), u128::from_be_bytes(lo.try_into().unwrap_or_default()));
-        let (lo, carry) = self.sum[1].overflowing_add(lo);
-        self.sum[1] = lo;
-        self.sum[0] = self.sum[0].wrapping_add(hi).wrapping_add(u128::from(carry));
+        let half = |at: usize| u128::from_be_bytes(std::array::from_fn(|i| id[at + i]));
+        self.add_sum([half(0), half(16)]);
         self.count += 1;
     }
 
     /// Adds another digest's ids (as if each had been added).
     pub fn merge(&mut self, other: &Digest) {
-        let (lo, carry) = self.sum[1].overflowing_add(other.sum[1]);
-        self.sum[1] = lo;
-        self.sum[0] = self.sum[0].wrapping_add(other.sum[0]).wrapping_add(u128::from(carry));
+        self.add_sum(other.sum);
         self.count += other.count;
+    }
+
+    /// The 256-bit wrapping addition of the sums, high half first.
+    fn add_sum(&mut self, [hi, lo]: [u128; 2]) {
+        let (lo, carry) = self.sum[1].overflowing_add(lo);
+        self.sum = [self.sum[0].wrapping_add(hi).wrapping_add(u128::from(carry)), lo];
     }
 }
 
@@ -103,7 +104,8 @@ impl Note {
 pub struct Unsettled {
     times: LeafTimes,
     changed: Vec<bool>,
-    /// How many leaves changed.
+    /// How many leaves there are, and how many of them changed.
+    pub existing: usize,
     pub count: usize,
 }
 
@@ -117,8 +119,9 @@ impl Unsettled {
             return None;
         }
         let changed: Vec<bool> = times.times.iter().map(|t| t.is_none_or(|t| t >= settled_before)).collect();
-        let count = changed.iter().filter(|c| **c).count();
-        Some(Unsettled { times, changed, count })
+        let existing = times.times.iter().flatten().count();
+        let count = times.times.iter().flatten().filter(|t| **t >= settled_before).count();
+        Some(Unsettled { times, changed, existing, count })
     }
 
     /// The leaf holding `id`.
@@ -134,11 +137,6 @@ impl Unsettled {
     /// Bytes of id prefix per leaf.
     pub fn depth(&self) -> usize {
         self.times.depth
-    }
-
-    /// How many leaves there are.
-    pub fn leaves(&self) -> usize {
-        self.changed.len()
     }
 }
 
