@@ -9,14 +9,19 @@
 //!
 //! But the indexes merged were checked when they were uploaded. So each index that passes is
 //! noted, on its file (see `store::Backend::note_staged`), with a [`Note`]: how many ids it
-//! lists, an order-independent [`Digest`] of them, and a time by which each was known present.
-//! An upload whose digest is the sum of the other cached indexes' notes lists exactly their ids
-//! (the merge; a sum of 256-bit ids that differs in any id collides with probability 2^-256
-//! against chance — the check guards against accidents, not against a client with the key, who
-//! can reference missing chunks anyway). Then an id needs no look-up if its leaf directory
-//! (`data/xx/yy`) has not changed since the oldest of those times: an object cannot vanish from
-//! a directory without changing its time. The rest — leaves that changed, new or missing — are
-//! listed, which is about a tenth of them a night.
+//! lists, an order-independent [`Digest`] of them, and a time after which each was known
+//! present (the checking session's start). An upload whose digest is the sum of the cached
+//! indexes' notes (its own name's too, if it replaces itself) lists exactly their ids: the merge
+//! (a sum of 256-bit ids that differs in any id matches by chance with probability 2^-256; the
+//! check guards against accidents, not against a client with the key, who can reference missing
+//! chunks anyway). Then an id needs no look-up if its leaf directory (`data/xx/yy`) has not
+//! changed since the oldest of those times: an object cannot vanish from a directory without
+//! changing its time. The rest — leaves that changed, new or missing — are listed, which is
+//! about a tenth of them a night.
+//!
+//! The shortcut is taken only where it pays: not for an index short enough to be looked up id by
+//! id (as many stats as the leaves' times), nor when more than half the leaves changed (one walk
+//! of `data/` is cheaper than listing them one by one).
 //!
 //! Times are compared with [`SLACK`] to spare: file times come from the kernel's coarse clock,
 //! which lags the one `SystemTime::now` reads by up to a tick. A leaf dated in the future (a
