@@ -8,7 +8,7 @@
 mod check;
 pub mod chunkindex;
 pub mod repoobj;
-mod trust;
+pub mod trust;
 mod written;
 
 pub use written::Key as WrittenKey;
