@@ -463,9 +463,13 @@ impl Repository {
         self.place_noted(staged, note, log)
     }
 
-    /// Puts a checked chunk index in place with its note (see `trust`); a note that cannot be
+    /// Puts a checked chunk index in place with its note (see `trust`), the note's time moved
+    /// back by how far the file system's clock lags ours ([`Store::clock_lag`]; it is compared
+    /// with the times that clock gives directories; measured after the check, the lag includes
+    /// the check's duration, which only makes the note more cautious). A note that cannot be
     /// kept only costs the next merge of it a full check.
-    fn place_noted(&mut self, staged: store::Staged, note: trust::Note, log: &Log) -> Result<(), Error> {
+    fn place_noted(&mut self, staged: store::Staged, mut note: trust::Note, log: &Log) -> Result<(), Error> {
+        note.since = note.since.checked_sub(self.store.clock_lag(&staged)).unwrap_or(std::time::UNIX_EPOCH);
         if let Err(e) = self.store.note_staged(&staged, &note.encode()) {
             log.warning(LOGGER, &format!("could not note that {} was checked: {e}", self.location));
         }
@@ -925,7 +929,12 @@ mod tests {
         let (a, b) = (chunkindex::serialize((0..200).map(id).collect::<Vec<_>>().iter()), chunkindex::serialize((200..300).map(id).collect::<Vec<_>>().iter()));
         for index in [&a, &b] {
             assert_eq!(tally_of(&mut repo, index, &log).trusted, 0, "nothing merged yet: all checked");
-            repo.store_store(&chunkindex::cache_name(index), index, &log).unwrap();
+            let name = chunkindex::cache_name(index);
+            repo.store_store(&name, index, &log).unwrap();
+            // noted: what it lists, and the session's start (one clock here: no lag to allow for)
+            let note = trust::Note::parse(&repo.store.note(&name).unwrap().expect("a note")).unwrap();
+            assert_eq!(note.digest, chunkindex::validate_upload(&name, index).unwrap().1);
+            assert!(note.since <= repo.opened && note.since > repo.opened - Duration::from_secs(1), "{note:?}");
         }
         // their merge right away: every leaf changed since (this session wrote them all), so
         // it is checked in full, by one walk

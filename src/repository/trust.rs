@@ -24,8 +24,10 @@
 //! of `data/` is cheaper than listing them one by one).
 //!
 //! Times are compared with [`SLACK`] to spare: file times come from the kernel's coarse clock,
-//! which lags the one `SystemTime::now` reads by up to a tick. A leaf dated in the future (a
-//! clock set back, a network file system's clock) makes the upload checked in full instead.
+//! which lags the one `SystemTime::now` reads by up to a tick. A file system whose clock lags
+//! ours (a network file system's server behind) shows it on the index just staged, and the note
+//! is dated back by as much (`store::Store::clock_lag`); a leaf dated in the future (a clock
+//! ahead, or ours set back) makes the upload checked in full instead.
 //! Without notes (a copy of the repository, an index written by Python borg, a file system
 //! without user extended attributes) an upload is checked in full and noted then.
 

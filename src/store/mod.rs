@@ -160,6 +160,12 @@ pub trait Backend: Send + Sync {
     fn note(&self, _name: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(None)
     }
+    /// When a staged value's file was last written, by the file system's clock; `None` where
+    /// there is no file. What tells how far that clock lags this process's (see
+    /// [`Store::clock_lag`]).
+    fn staged_time(&self, _body: &StagedBody) -> Option<std::time::SystemTime> {
+        None
+    }
     /// The subdirectories of `dir` with the time each last changed (an entry made, removed or
     /// renamed in it); `None` where the backend cannot tell.
     fn subdirectory_times(&self, _dir: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>, Error> {
@@ -519,6 +525,15 @@ impl Store {
     /// backend keeps no notes.
     pub fn note_staged(&mut self, staged: &Staged, note: &[u8]) -> Result<bool, Error> {
         self.backend.note_staged(&staged.nested, &staged.body, note)
+    }
+
+    /// How far the file system's clock lags this process's, as a value just staged shows it
+    /// (the time of its last write against now): zero on a local file system, seconds on a
+    /// network one whose server's clock is behind. Times compared with file times are moved
+    /// back by it (see `repository::trust`); a clock ahead shows as zero here and as file times
+    /// in the future there.
+    pub fn clock_lag(&self, staged: &Staged) -> std::time::Duration {
+        self.backend.staged_time(&staged.body).and_then(|written| std::time::SystemTime::now().duration_since(written).ok()).unwrap_or_default()
     }
 
     /// The note attached to an item (see [`Backend::note_staged`]); `None` without one, or
@@ -971,6 +986,12 @@ mod tests {
         drop(staged);
         assert!(leftovers().is_empty(), "{:?}", leftovers());
         let staged = s.stage("cache/x", value.len() as u64, &mut &value[..]).unwrap();
+        assert!(s.clock_lag(&staged) < std::time::Duration::from_secs(1), "one clock here");
+        if let StagedBody::File(file) = &staged.body {
+            file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(30)).unwrap();
+        }
+        let lag = s.clock_lag(&staged);
+        assert!(lag >= std::time::Duration::from_secs(30) && lag < std::time::Duration::from_secs(31), "{lag:?}");
         s.place(staged).unwrap();
         assert_eq!(s.load("cache/x", 0, None, false).unwrap(), value);
         assert_eq!(leftovers(), ["x"]);

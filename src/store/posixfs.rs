@@ -381,6 +381,12 @@ impl TempFile {
         std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
     }
 
+    /// Sets the file's time as a file system with another clock would have (tests).
+    #[cfg(test)]
+    pub fn set_modified(&self, time: std::time::SystemTime) -> io::Result<()> {
+        self.file.set_modified(time)
+    }
+
     /// The value from its start, as a stream (for backends that copy it into place).
     pub fn reader(&mut self) -> io::Result<impl Read + '_> {
         self.file.seek(SeekFrom::Start(0))?;
@@ -648,6 +654,13 @@ impl Backend for PosixFs {
         match body {
             StagedBody::File(staged) => set_note(&staged.file, note).map_err(|e| self.err("note", name, e)),
             StagedBody::Memory(_) => Ok(false),
+        }
+    }
+
+    fn staged_time(&self, body: &StagedBody) -> Option<std::time::SystemTime> {
+        match body {
+            StagedBody::File(staged) => staged.file.metadata().and_then(|m| m.modified()).ok(),
+            StagedBody::Memory(_) => None,
         }
     }
 
