@@ -462,6 +462,15 @@ impl PosixFs {
 
     /// Writes an item as a temp file renamed into place (see the module docs), remembering for
     /// the next barrier what it changed.
+    /// An item's file, opened for reading; `None` if it, or a directory on its way, is missing.
+    fn open_item(&self, name: &str) -> Result<Option<std::fs::File>, Error> {
+        match self.root()?.open_file(name) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+            Err(e) => Err(self.err("open", name, e)),
+        }
+    }
+
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
         let tree = Tree { root, parents: &self.parents, unnamed: &self.unnamed, base: &self.base };
@@ -581,11 +590,7 @@ impl Backend for PosixFs {
     }
 
     fn load(&self, name: &str, offset: u64, size: Option<usize>) -> Result<Vec<u8>, Error> {
-        let mut f = match self.root()?.open_file(name) {
-            Ok(f) => f,
-            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(self.err("open", name, e)),
-        };
+        let mut f = self.open_item(name)?.ok_or_else(|| Error::ObjectNotFound(name.to_string()))?;
         // one fstat sizes the buffer; then read exactly that much (objects are immutable: a
         // concurrent replace is a rename, which does not change the inode we have open).
         let len = f.metadata().map_err(|e| self.err("stat", name, e))?.len();
@@ -601,11 +606,7 @@ impl Backend for PosixFs {
     }
 
     fn read_object(&self, name: &str) -> Result<Object, Error> {
-        let f = match self.root()?.open_file(name) {
-            Ok(f) => f,
-            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(self.err("open", name, e)),
-        };
+        let f = self.open_item(name)?.ok_or_else(|| Error::ObjectNotFound(name.to_string()))?;
         let len = f.metadata().map_err(|e| self.err("stat", name, e))?.len();
         Ok(Object::File(f, len))
     }
@@ -665,11 +666,7 @@ impl Backend for PosixFs {
     }
 
     fn note(&self, name: &str) -> Result<Option<Vec<u8>>, Error> {
-        let file = match self.root()?.open_file(name) {
-            Ok(f) => f,
-            Err(e) if not_found(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(None),
-            Err(e) => return Err(self.err("open", name, e)),
-        };
+        let Some(file) = self.open_item(name)? else { return Ok(None) };
         read_note(&file).map_err(|e| self.err("read the note of", name, e))
     }
 
