@@ -619,7 +619,7 @@ impl Repository {
             // ids in the leaves that changed: a look-up for a lone one, else the leaf listed
             for group in ids.chunk_by(|a, b| unsettled.leaf_of(a) == unsettled.leaf_of(b)) {
                 if let [id] = group {
-                    if !self.store.info(&Self::data_name(id)?, false)?.exists {
+                    if !self.has_object(id)? {
                         missing(id, tally);
                     }
                     continue;
@@ -635,7 +635,7 @@ impl Repository {
         }
         if ids.len() <= walk_above {
             for id in ids.iter() {
-                if !self.store.info(&Self::data_name(id)?, false)?.exists {
+                if !self.has_object(id)? {
                     missing(id, tally);
                 }
             }
@@ -669,6 +669,11 @@ impl Repository {
         }
         ids.clear();
         Ok(())
+    }
+
+    /// Whether object `id` is in `data/` (one look-up).
+    fn has_object(&self, id: &[u8; 32]) -> Result<bool, Error> {
+        Ok(self.store.info(&Self::data_name(id)?, false)?.exists)
     }
 
     /// `store_delete(name, deleted)`.
