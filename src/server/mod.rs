@@ -21,7 +21,7 @@ use crate::log::{Level, Log};
 use crate::output::{Output, SharedOutput};
 use crate::rpc::frame::{FrameError, FrameReader, Input};
 use crate::rpc::wire::{encode_exception, Exception};
-use crate::rpc::{encode_reply, msgpack, Body, Request, RequestError};
+use crate::rpc::{encode_reply, msgpack, Body, Method, Request, RequestError};
 pub use session::{Config, Session};
 use puts::PutWriters;
 
@@ -112,7 +112,7 @@ fn run<R: Input>(session: &mut Session, out: &SharedOutput, mut reader: FrameRea
             if reader.needed() >= STREAM_FROM {
                 drain(session, writers.as_ref());
                 if let Some(method) = stream_message(session, out, &mut reader, &mut header)? {
-                    coalescer.handled(method == "put");
+                    coalescer.handled(method == Method::Put);
                     continue;
                 }
             }
@@ -232,7 +232,7 @@ pub const STREAMED_MAX: usize = (4 << 30) + (64 << 10);
 /// buffering it whole (chunks are up to 20 MiB, a large repository's chunk index hundreds of
 /// MB; memory stays flat). Returns the method it handled; `None` if the message is not one to
 /// stream (it is then buffered as usual, within the message limit).
-fn stream_message<R: Input>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<Option<&'static str>, ServeError> {
+fn stream_message<R: Input>(session: &mut Session, out: &SharedOutput, reader: &mut FrameReader<R>, header: &mut Vec<u8>) -> Result<Option<Method>, ServeError> {
     let Some((bin_start, bin_end, len)) = msgpack::trailing_bin(reader.pending()) else { return Ok(None) };
     // the request with an empty binary in place of the value: parse it as usual
     let mut stub = reader.pending()[..bin_start].to_vec();
@@ -240,16 +240,17 @@ fn stream_message<R: Input>(session: &mut Session, out: &SharedOutput, reader: &
     let Ok(value) = msgpack::parse(&stub) else { return Ok(None) };
     let Ok(req) = Request::from_value(value) else { return Ok(None) };
     type Streamed = fn(&mut Session, &Request<'_>, u64, &mut dyn Read) -> Result<crate::rpc::Reply, crate::error::CallError>;
-    let (handle, method): (Streamed, &'static str) = match req.method {
-        "put" => (Session::put_from, "put"),
-        "store_store" => (Session::store_store_from, "store_store"),
+    let method = Method::from_name(req.method);
+    let handle: Streamed = match method {
+        Some(Method::Put) => Session::put_from,
+        Some(Method::StoreStore) => Session::store_store_from,
         _ => return Ok(None),
     };
     let mut payload = reader.payload(bin_end, len);
     let result = handle(session, &req, len as u64, &mut payload);
     payload.finish()?; // drains what was not written (after an error), keeping the stream in step
     answer(out, header, req.msgid, result)?;
-    Ok(Some(method))
+    Ok(method)
 }
 
 /// The size borgd makes its stdin and stdout pipes (the kernel's limit for unprivileged
