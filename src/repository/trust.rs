@@ -33,7 +33,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::LeafTimes;
+use crate::store::{self, LeafTimes};
 
 /// How much older than a note's time a leaf must be to be trusted (see the module docs).
 pub const SLACK: Duration = Duration::from_secs(2);
@@ -109,7 +109,9 @@ impl Note {
 /// those changed (or made, or gone) since the merged indexes' oldest note, less [`SLACK`].
 #[derive(Debug)]
 pub struct Unsettled {
-    times: LeafTimes,
+    /// Bytes of id prefix per leaf.
+    depth: usize,
+    /// Per leaf (by its number, see `store::leaf_of`): whether it changed.
     changed: Vec<bool>,
     /// How many leaves there are, and how many of them changed.
     pub existing: usize,
@@ -128,12 +130,13 @@ impl Unsettled {
         let changed: Vec<bool> = times.times.iter().map(|t| t.is_none_or(|t| t >= settled_before)).collect();
         let existing = times.times.iter().flatten().count();
         let count = times.times.iter().flatten().filter(|t| **t >= settled_before).count();
-        Some(Unsettled { times, changed, existing, count })
+        // the times themselves (16 bytes a leaf, 1 MiB for data/) go here
+        Some(Unsettled { depth: times.depth, changed, existing, count })
     }
 
     /// The leaf holding `id`.
     pub fn leaf_of(&self, id: &[u8; 32]) -> usize {
-        self.times.leaf_of(id).unwrap_or(0)
+        store::leaf_of(self.depth, id).unwrap_or(0)
     }
 
     /// Whether `id` must be looked for (its leaf changed).
@@ -143,7 +146,7 @@ impl Unsettled {
 
     /// Bytes of id prefix per leaf.
     pub fn depth(&self) -> usize {
-        self.times.depth
+        self.depth
     }
 }
 

@@ -273,10 +273,16 @@ pub struct LeafTimes {
 }
 
 impl LeafTimes {
-    /// The leaf holding `key`'s item (a key shorter than the nesting has none).
+    /// The leaf holding `key`'s item (see [`leaf_of`]).
     pub fn leaf_of(&self, key: &[u8]) -> Option<usize> {
-        key.get(..self.depth).map(|p| p.iter().fold(0usize, |acc, b| acc << 8 | usize::from(*b)))
+        leaf_of(self.depth, key)
     }
+}
+
+/// The leaf (of a namespace nested `depth` deep) holding `key`'s item, as [`LeafTimes`] and
+/// [`Store::list_leaf`] number them; a key shorter than the nesting has none.
+pub fn leaf_of(depth: usize, key: &[u8]) -> Option<usize> {
+    key.get(..depth).map(|p| p.iter().fold(0usize, |acc, b| acc << 8 | usize::from(*b)))
 }
 
 /// Where a staged value waits: in memory (backends without files), or in a temp file.
