@@ -230,7 +230,7 @@ fn hostile_connections_beside_a_real_client_disturb_nothing() {
 /// creation fail under a process limit, and the server panicked.)
 #[test]
 fn a_flood_of_connections_over_the_limit_costs_bounded_threads() {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let env = Env::new();
     let server = SocketServer::start(&env, &["--max-connections", "1"]);
@@ -238,15 +238,24 @@ fn a_flood_of_connections_over_the_limit_costs_bounded_threads() {
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
         status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse::<usize>().unwrap()
     };
-    // the start-up probe's connection was a session too: wait until it is gone
+    // the start-up probe's connection is a session too, and the server may accept it only after
+    // we connect (the probe only waited for the socket to take connections): hold a connection
+    // the server answers as a session, not as busy, and wait until the probe's session is gone
     let started = std::time::Instant::now();
-    while threads() > 1 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the start-up probe's session never ended");
+    let held = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "no connection became a session");
+        let c = UnixStream::connect(&server.socket).unwrap();
+        (&c).write_all(b"\x83\xa1i\x01\xa1m\xa9negotiate\xa1a\x80").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = [0u8; 4096];
+        let n = (&c).read(&mut answer).unwrap();
+        if !String::from_utf8_lossy(&answer[..n]).contains("server busy") {
+            break c;
+        }
         std::thread::sleep(Duration::from_millis(10));
-    }
-    let held = UnixStream::connect(&server.socket).unwrap();
-    while threads() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the first connection never became a session");
+    };
+    while threads() > 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the start-up probe's session never ended");
         std::thread::sleep(Duration::from_millis(10));
     }
     let flood: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&server.socket).unwrap()).collect();
