@@ -77,6 +77,8 @@ struct Tally {
     listed: usize,
     /// Ids not looked for: listed in the indexes merged, in leaves unchanged since (see `trust`).
     trusted: u64,
+    /// Ids not looked for: objects this session put itself (see `written`).
+    own: usize,
     missing: usize,
     /// The first missing id met.
     example: Option<[u8; 32]>,
@@ -102,7 +104,8 @@ pub struct Repository {
     /// Objects this session put itself: an uploaded chunk index needs no look-up for them.
     written: written::Written,
     /// When this session opened the repository: every object it found or put was there after
-    /// this moment (the time noted on the chunk indexes it checks, see `trust`).
+    /// this moment (the time noted on a chunk index whose check took some of its own objects on
+    /// trust, see `trust`).
     opened: SystemTime,
 }
 
@@ -478,6 +481,8 @@ impl Repository {
 
     /// Checks an uploaded chunk index (see [`Repository::store_store`]); what to note on it.
     fn check_chunk_index(&mut self, name: &str, value: &dyn store::ReadAt, log: &Log) -> Result<trust::Note, Error> {
+        // before anything in data/ is looked at: each id is seen there after this moment
+        let started = SystemTime::now();
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
         let (layout, digest) = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
@@ -517,7 +522,10 @@ impl Repository {
                 tally.trusted, layout.count, layout.count - tally.trusted, unsettled.count, unsettled.existing
             ));
         }
-        Ok(trust::Note { since: self.opened, digest })
+        // an object this session put was there after the session opened, not necessarily after
+        // the check started: one taken on trust dates the whole index from the session's start
+        let since = if tally.own > 0 { self.opened } else { started };
+        Ok(trust::Note { since, digest })
     }
 
     /// If the upload `name` is the merge of the cached chunk indexes, each noted when it
@@ -605,12 +613,18 @@ impl Repository {
     /// Counts into `tally` which of `ids` (all with a two-byte prefix of at least `from`) are
     /// not in `data/`, and empties `ids`: none for objects this session put itself, a look-up
     /// each for the rest if there are at most `walk_above`, else one sorted walk of `data/` from
-    /// `from` on merged with them; with `unsettled`, each leaf they are in listed instead.
+    /// `from` on merged with them (which checks this session's objects too: it lists them
+    /// anyway, and then the index's note can date from the check, see `check_chunk_index`);
+    /// with `unsettled`, each leaf they are in listed instead.
     fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, unsettled: Option<&trust::Unsettled>, tally: &mut Tally) -> Result<(), Error> {
         ids.sort_unstable();
         ids.dedup();
         tally.listed += ids.len();
-        self.written.remove_known(ids);
+        let own = self.written.count_known(ids);
+        if unsettled.is_some() || ids.len() - own <= walk_above {
+            self.written.remove_known(ids);
+            tally.own += own;
+        }
         let missing = |id: &[u8; 32], tally: &mut Tally| {
             tally.missing += 1;
             tally.example.get_or_insert(*id);
@@ -936,7 +950,8 @@ mod tests {
             assert_eq!(tally_of(&mut repo, index, &log).trusted, 0, "nothing merged yet: all checked");
             let name = chunkindex::cache_name(index);
             repo.store_store(&name, index, &log).unwrap();
-            // noted: what it lists, and the session's start (one clock here: no lag to allow for)
+            // noted: what it lists, and the session's start, as it lists objects the session
+            // put itself (one clock here: no lag to allow for)
             let note = trust::Note::parse(&repo.store.note(&name).unwrap().expect("a note")).unwrap();
             assert_eq!(note.digest, chunkindex::validate_upload(&name, index).unwrap().1);
             assert!(note.since <= repo.opened && note.since > repo.opened - Duration::from_secs(1), "{note:?}");
@@ -946,7 +961,7 @@ mod tests {
         let merged = chunkindex::serialize((0..300).rev().map(id).collect::<Vec<_>>().iter());
         let (_, digest) = chunkindex::validate_upload(&chunkindex::cache_name(&merged), &merged).unwrap();
         assert!(repo.unsettled_leaves(&chunkindex::cache_name(&merged), &digest, &log).unwrap().is_none());
-        assert_eq!(tally_of(&mut repo, &merged, &log), Tally { listed: 300, ..Tally::default() });
+        assert_eq!(tally_of(&mut repo, &merged, &log), Tally { listed: 300, own: 300, ..Tally::default() });
         repo.close(&log).unwrap();
         age_leaves(&path);
         // the next night: the merge, looked for nowhere
@@ -976,6 +991,57 @@ mod tests {
         std::process::Command::new("cp").arg("-a").arg(&b_path).arg(&copy).status().unwrap();
         std::fs::rename(&copy, &b_path).unwrap();
         assert_eq!(tally_of(&mut repo, &merged, &log).trusted, 0);
+        repo.close(&log).unwrap();
+    }
+
+    /// An index checked by a walk of `data/` is noted as of the check, not of the session's
+    /// start: the walk looks this session's own objects up too (one removed behind borgd's back
+    /// is found missing), so nothing in it rests on what the session wrote. The next merge of
+    /// it then trusts leaves that changed before the check (a first backup's own puts), where
+    /// an index that took the session's objects on trust is still dated from its start.
+    #[test]
+    fn an_index_checked_by_a_walk_is_noted_as_of_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let log = Log::silent();
+        let id = |n: u32| -> [u8; 32] { std::array::from_fn(|k| (n.wrapping_mul(0x9e37_79b9) >> (8 * (k % 4))) as u8 ^ k as u8) };
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
+        for n in 0..200 {
+            repo.put(&id(n), &obj, &log).unwrap();
+        }
+        repo.close(&log).unwrap();
+        // a session open for ten minutes before its index comes (a first backup's), which put
+        // 100 objects of its own
+        let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
+        repo.opened -= Duration::from_secs(600);
+        repo.walk_above = 150;
+        for n in 200..300 {
+            repo.put(&id(n), &obj, &log).unwrap();
+        }
+        let name_of = |n: u32| store::nest(&Repository::data_name(&id(n)).unwrap(), 2, None);
+        std::fs::remove_file(path.join(name_of(250))).unwrap();
+        let all = chunkindex::serialize((0..300).map(id).collect::<Vec<_>>().iter());
+        let e = repo.store_store(&chunkindex::cache_name(&all), &all, &log).unwrap_err().to_string();
+        assert!(e.contains("1 objects that are not in the repository") && e.contains(&hex(&id(250))), "{e}");
+        let index = chunkindex::serialize((0..300).filter(|n| *n != 250).map(id).collect::<Vec<_>>().iter());
+        let name = chunkindex::cache_name(&index);
+        let before = SystemTime::now();
+        repo.store_store(&name, &index, &log).unwrap();
+        let note = trust::Note::parse(&repo.store.note(&name).unwrap().expect("a note")).unwrap();
+        assert!(note.since >= before - Duration::from_secs(1), "dated from the check: {note:?}");
+        // an index of the session's own objects alone is looked up nowhere: dated from its start
+        let own = chunkindex::serialize((200..300).filter(|n| *n != 250).map(id).collect::<Vec<_>>().iter());
+        let (layout, _) = chunkindex::validate_upload(&chunkindex::cache_name(&own), &own).unwrap();
+        assert_eq!(repo.missing_objects(&own, layout, None).unwrap(), Tally { listed: 99, own: 99, ..Tally::default() });
+        assert_eq!(repo.check_chunk_index(&chunkindex::cache_name(&own), &own, &log).unwrap().since, repo.opened);
+        repo.close(&log).unwrap();
+        // every leaf changed during that session, a minute before its check: the next merge
+        // (of that one index: itself) is looked for nowhere
+        age_leaves(&path);
+        let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
+        let tally = tally_of(&mut repo, &index, &log);
+        assert_eq!((tally.trusted, tally.listed, tally.missing), (299, 0, 0), "{tally:?}");
         repo.close(&log).unwrap();
     }
 

@@ -10,14 +10,15 @@
 //! But the indexes merged were checked when they were uploaded. So each index that passes is
 //! noted, on its file (see `store::Backend::note_staged`), with a [`Note`]: how many ids it
 //! lists, an order-independent [`Digest`] of them, and a time after which each was known
-//! present (the checking session's start). An upload whose digest is the sum of the cached
-//! indexes' notes (its own name's too, if it replaces itself) lists exactly their ids: the merge
-//! (a sum of 256-bit ids that differs in any id matches by chance with probability 2^-256; the
-//! check guards against accidents, not against a client with the key, who can reference missing
-//! chunks anyway). Then an id needs no look-up if its leaf directory (`data/xx/yy`) has not
-//! changed since the oldest of those times: an object cannot vanish from a directory without
-//! changing its time. The rest — leaves that changed, new or missing — are listed, which is
-//! about a tenth of them a night.
+//! present: the check's start, or the session's if the check took objects the session put
+//! itself on trust (`Repository::written`; a walk of `data/` checks those too). An upload whose
+//! digest is the sum of the cached indexes' notes (its own name's too, if it replaces itself)
+//! lists exactly their ids: the merge (a sum of 256-bit ids that differs in any id matches by
+//! chance with probability 2^-256; the check guards against accidents, not against a client
+//! with the key, who can reference missing chunks anyway). Then an id needs no look-up if its
+//! leaf directory (`data/xx/yy`) has not changed since the oldest of those times: an object
+//! cannot vanish from a directory without changing its time. The rest — leaves that changed,
+//! new or missing — are listed, which is about a tenth of them a night.
 //!
 //! The shortcut is taken only where it pays: not for an index short enough to be looked up id by
 //! id (as many stats as the leaves' times), nor when more than half the leaves changed (one walk

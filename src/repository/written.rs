@@ -63,15 +63,27 @@ impl Written {
 
     /// Drops from `ids` those recorded here (objects known to exist).
     pub fn remove_known(&mut self, ids: &mut Vec<[u8; 32]>) {
-        if self.ids.is_empty() {
-            return;
+        if self.sort() {
+            ids.retain(|id| self.ids.binary_search(&key_of(id)).is_err());
         }
+    }
+
+    /// How many of `ids` are recorded here (what [`Written::remove_known`] would drop).
+    pub fn count_known(&mut self, ids: &[[u8; 32]]) -> usize {
+        if !self.sort() {
+            return 0;
+        }
+        ids.iter().filter(|id| self.ids.binary_search(&key_of(id)).is_ok()).count()
+    }
+
+    /// Sorts the recorded keys for searching; whether there are any.
+    fn sort(&mut self) -> bool {
         if !self.sorted {
             self.ids.sort_unstable();
             self.ids.dedup();
             self.sorted = true;
         }
-        ids.retain(|id| self.ids.binary_search(&key_of(id)).is_err());
+        !self.ids.is_empty()
     }
 }
 
@@ -93,6 +105,7 @@ mod tests {
         w.record(&id(3));
         w.record(&[7u8; 5]); // not an id: ignored
         let mut ids = vec![id(1), id(2), id(3), id(4)];
+        assert_eq!(w.count_known(&ids), 2);
         w.remove_known(&mut ids);
         assert_eq!(ids, vec![id(2), id(4)]);
         w.record(&id(2));
