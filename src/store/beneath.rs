@@ -488,28 +488,25 @@ impl Dir {
         Ok(out)
     }
 
-    /// The subdirectories of this directory with their last-modified times (one `lstat` each;
-    /// entries of other kinds are skipped): which leaf directories of `data/` changed since a
-    /// chunk index was checked (see `repository::trust`).
-    pub fn subdirectory_times(&self) -> io::Result<Vec<(String, std::time::SystemTime)>> {
-        let mut out = Vec::new();
-        for (name, st) in self.entries_with(false)? {
-            if !st.is_dir {
-                continue;
-            }
-            let c = cstr(&name)?;
+    /// When each of the subdirectories `names` last changed (an entry made, removed or renamed
+    /// in it), one `lstat` each, `None` for a name that is missing or not a directory: which leaf
+    /// directories of `data/` changed since a chunk index was checked (see `repository::trust`).
+    pub fn subdirectory_times(&self, names: &[&str]) -> io::Result<Vec<Option<std::time::SystemTime>>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let c = cstr(name)?;
             // SAFETY: st is plain data filled by the kernel.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: valid fd, C string and stat buffer.
-            match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
+            out.push(match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
                 Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                     let since_epoch = std::time::Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.clamp(0, 999_999_999) as u32);
-                    out.push((name, std::time::UNIX_EPOCH + since_epoch));
+                    Some(std::time::UNIX_EPOCH + since_epoch)
                 }
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // removed meanwhile
+                Ok(_) => None,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
                 Err(e) => return Err(e),
-            }
+            });
         }
         Ok(out)
     }

@@ -166,9 +166,10 @@ pub trait Backend: Send + Sync {
     fn staged_time(&self, _body: &StagedBody) -> Option<std::time::SystemTime> {
         None
     }
-    /// The subdirectories of `dir` with the time each last changed (an entry made, removed or
-    /// renamed in it); `None` where the backend cannot tell.
-    fn subdirectory_times(&self, _dir: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>, Error> {
+    /// When each of the subdirectories `names` of `dir` last changed (an entry made, removed or
+    /// renamed in it), `None` for a name that is missing or not a directory; `None` in all
+    /// where the backend cannot tell.
+    fn subdirectory_times(&self, _dir: &str, _names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
         Ok(None)
     }
     /// Renames an item, replacing the target.
@@ -561,29 +562,30 @@ impl Store {
             _ => return Ok(None),
         };
         let mut times = LeafTimes { depth, times: vec![None; 1 << (8 * depth)] };
-        let subdirectories = |dir: &str| match self.backend.subdirectory_times(dir) {
-            Err(Error::ObjectNotFound(_)) => Ok(Some(Vec::new())), // gone: its leaves are missing
+        // nesting directories are named by two lower-case hex digits, as the keys are: each is
+        // looked up by name (a listing of the parent would cost more and tell nothing more)
+        let hex: Vec<String> = (0..=255u8).map(|b| format!("{b:02x}")).collect();
+        let hex: Vec<&str> = hex.iter().map(String::as_str).collect();
+        let subdirectories = |dir: &str, names: &[&str]| match self.backend.subdirectory_times(dir, names) {
+            Err(Error::ObjectNotFound(_)) => Ok(Some(vec![None; names.len()])), // gone: its leaves are missing
             other => other,
         };
         if depth == 0 {
-            let Some(top) = subdirectories("")? else { return Ok(None) };
-            times.times[0] = top.into_iter().find(|(name, _)| name == namespace).map(|(_, time)| time);
+            let Some(top) = subdirectories("", &[namespace])? else { return Ok(None) };
+            times.times[0] = top.first().copied().flatten();
             return Ok(Some(times));
         }
-        // the directories of one level, each with the key prefix its entries share
-        let mut dirs = vec![(namespace.to_string(), String::new())];
+        // the directories of one level that exist, each with the key prefix its entries share
+        let mut dirs = vec![(namespace.to_string(), 0usize)];
         for level in 1..=depth {
             let mut next = Vec::new();
             for (dir, prefix) in &dirs {
-                let Some(listed) = subdirectories(dir)? else { return Ok(None) };
-                // nesting directories are named by two lower-case hex digits, as the keys are
-                let nesting = listed.into_iter().filter(|(name, _)| name.len() == 2 && name.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
-                for (name, time) in nesting {
-                    let prefix = format!("{prefix}{name}");
+                let Some(found) = subdirectories(dir, &hex)? else { return Ok(None) };
+                for ((byte, name), time) in hex.iter().enumerate().zip(found) {
+                    let Some(time) = time else { continue };
+                    let prefix = prefix << 8 | byte;
                     if level == depth {
-                        if let Ok(index) = usize::from_str_radix(&prefix, 16) {
-                            times.times[index] = Some(time);
-                        }
+                        times.times[prefix] = Some(time);
                     } else {
                         next.push((format!("{dir}/{name}"), prefix));
                     }
@@ -858,6 +860,14 @@ mod tests {
         let leaf = |key: &str| times.leaf_of(&u32::from_str_radix(key, 16).unwrap().to_be_bytes()[1..]).unwrap();
         let present: Vec<usize> = (0..times.times.len()).filter(|i| times.times[*i].is_some()).collect();
         assert_eq!(present, vec![leaf("0001ff"), leaf("aabb01"), leaf("aacc01")]);
+        // what is not a leaf directory by its name, or not a directory, has no time
+        std::fs::create_dir_all(repo.join("data/12")).unwrap();
+        std::os::unix::fs::symlink(repo.join("data/aa/bb"), repo.join("data/12/36")).unwrap();
+        std::fs::write(repo.join("data/12/37"), b"").unwrap();
+        std::fs::create_dir_all(repo.join("data/AA/BB")).unwrap();
+        std::fs::create_dir_all(repo.join("data/aa/bbb")).unwrap();
+        let again = s.leaf_times("data").unwrap().unwrap();
+        assert_eq!((0..again.times.len()).filter(|i| again.times[*i].is_some()).collect::<Vec<_>>(), present);
         let mut names = s.list_leaf("data", 2, leaf("aabb01")).unwrap();
         names.sort();
         assert_eq!(names, ["aabb01", "aabb02"]);

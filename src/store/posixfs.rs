@@ -670,13 +670,13 @@ impl Backend for PosixFs {
         read_note(&file).map_err(|e| self.err("read the note of", name, e))
     }
 
-    fn subdirectory_times(&self, dir: &str) -> Result<Option<Vec<(String, std::time::SystemTime)>>, Error> {
+    fn subdirectory_times(&self, dir: &str, names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
         let d = match self.root()?.dir(dir) {
             Ok(d) => d,
             Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(dir.to_string())),
             Err(e) => return Err(self.err("list", dir, e)),
         };
-        d.subdirectory_times().map(Some).map_err(|e| self.err("list", dir, e))
+        d.subdirectory_times(names).map(Some).map_err(|e| self.err("list", dir, e))
     }
 
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
