@@ -464,8 +464,11 @@ fn a_cached_chunk_index_listing_a_lost_object_is_refused_until_check_writes_a_fr
 /// At the start of every backup after the first the client uploads the merge of the cached
 /// chunk indexes. borgd noted each when it checked it, so the merge of a repository too large to
 /// look up id by id (more than 65 536 objects) is looked for only in the directories of `data/`
-/// that changed since — none here, the repository's directories dated back as after a day — and
-/// a chunk removed behind borgd's back (its directory changed) is still found missing and refused.
+/// that changed since — and a chunk removed behind borgd's back (its directory changed) is still
+/// found missing and refused. The first backup's index is that long too, so it was noted as of
+/// its check, after the backup's puts: none of the directories they changed needs a look on the
+/// next night (here each is dated 2.5 s back, borgd's clock slack being 2 s, as if the client had
+/// taken that long to upload its index after its last put).
 #[test]
 fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let env = Env::new();
@@ -475,7 +478,7 @@ fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let src = src.to_str().unwrap();
     // one archive series: its files cache spares the client chunking the file again
     env.ok(&["-r", &url, "create", "--chunker-params", "fixed,128", "a", src]);
-    support::age_data_directories(&repo);
+    support::date_data_directories_back(&repo, std::time::Duration::from_millis(2500));
     let out = env.run(&["-r", &url, "--debug", "--debug-topic=repository", "create", "--chunker-params", "fixed,128", "a", src]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

@@ -577,9 +577,13 @@ impl Repository {
     /// in leaves changed since the indexes it merges were checked (see `trust`). At most
     /// `ids_held` ids are held at a time: a longer index is read in passes, each taking the ids of
     /// one range of two-byte prefixes and walking only that part of `data/` (an index whose ids
-    /// crowd into one range is checked a batch at a time).
+    /// crowd into one range is checked a batch at a time). Objects this session put itself are
+    /// taken on trust only in an index of at most `walk_above` ids: a longer one's merge takes
+    /// the shortcut of `trust`, which needs the index dated from its check, and the session's
+    /// own objects, just written, are the cheapest to look up.
     fn missing_objects(&mut self, data: &dyn store::ReadAt, layout: chunkindex::Layout, unsettled: Option<&trust::Unsettled>) -> Result<Tally, Error> {
         const PREFIXES: u64 = 1 << 16;
+        let trust_own = layout.count <= self.walk_above as u64;
         // ids are spread evenly over the leaves there are: those to look for are about the share
         // of them that changed (and any listed in leaves that are gone)
         let looked_for = match unsettled {
@@ -602,26 +606,27 @@ impl Repository {
                     }
                 }
                 if ids.len() >= self.ids_held {
-                    self.missing_among(&mut ids, lo, walk_above, unsettled, &mut tally)?;
+                    self.missing_among(&mut ids, lo, walk_above, unsettled, trust_own, &mut tally)?;
                 }
             }
-            self.missing_among(&mut ids, lo, walk_above, unsettled, &mut tally)?;
+            self.missing_among(&mut ids, lo, walk_above, unsettled, trust_own, &mut tally)?;
         }
         Ok(tally)
     }
 
     /// Counts into `tally` which of `ids` (all with a two-byte prefix of at least `from`) are
-    /// not in `data/`, and empties `ids`: none for objects this session put itself, a look-up
-    /// each for the rest if there are at most `walk_above`, else one sorted walk of `data/` from
-    /// `from` on merged with them (which checks this session's objects too: it lists them
-    /// anyway, and then the index's note can date from the check, see `check_chunk_index`);
-    /// with `unsettled`, each leaf they are in listed instead.
-    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, unsettled: Option<&trust::Unsettled>, tally: &mut Tally) -> Result<(), Error> {
+    /// not in `data/`, and empties `ids`: with `trust_own`, none for objects this session put
+    /// itself; a look-up each if there are at most `walk_above` others, else one sorted walk of
+    /// `data/` from `from` on merged with them all (which checks this session's objects too: it
+    /// lists them anyway, and then the index's note can date from the check, see
+    /// `check_chunk_index`); with `unsettled`, each leaf they are in listed instead.
+    fn missing_among(&mut self, ids: &mut Vec<[u8; 32]>, from: u64, walk_above: usize, unsettled: Option<&trust::Unsettled>, trust_own: bool, tally: &mut Tally) -> Result<(), Error> {
         ids.sort_unstable();
         ids.dedup();
         tally.listed += ids.len();
         let own = self.written.count_known(ids);
-        if unsettled.is_some() || ids.len() - own <= walk_above {
+        let walk = unsettled.is_none() && ids.len() - own > walk_above;
+        if trust_own && !walk {
             self.written.remove_known(ids);
             tally.own += own;
         }
@@ -647,7 +652,7 @@ impl Repository {
             ids.clear();
             return Ok(());
         }
-        if ids.len() <= walk_above {
+        if !walk {
             for id in ids.iter() {
                 if !self.has_object(id)? {
                     missing(id, tally);
@@ -994,13 +999,14 @@ mod tests {
         repo.close(&log).unwrap();
     }
 
-    /// An index checked by a walk of `data/` is noted as of the check, not of the session's
-    /// start: the walk looks this session's own objects up too (one removed behind borgd's back
-    /// is found missing), so nothing in it rests on what the session wrote. The next merge of
-    /// it then trusts leaves that changed before the check (a first backup's own puts), where
-    /// an index that took the session's objects on trust is still dated from its start.
+    /// An index longer than the walk threshold is noted as of its check, not of the session's
+    /// start: its check looks this session's own objects up too, by the walk of `data/` or one
+    /// by one with the rest (one removed behind borgd's back is found missing), so nothing in it
+    /// rests on what the session wrote. The next merge of it then trusts leaves that changed
+    /// before the check (a first backup's own puts), where a short index, which takes the
+    /// session's objects on trust, is still dated from the session's start.
     #[test]
-    fn an_index_checked_by_a_walk_is_noted_as_of_the_check() {
+    fn a_long_index_is_noted_as_of_its_check() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
         let log = Log::silent();
@@ -1030,6 +1036,13 @@ mod tests {
         repo.store_store(&name, &index, &log).unwrap();
         let note = trust::Note::parse(&repo.store.note(&name).unwrap().expect("a note")).unwrap();
         assert!(note.since >= before - Duration::from_secs(1), "dated from the check: {note:?}");
+        // longer than 150 ids but for the session's own, which are looked up with the rest
+        // rather than walked for (and the one removed is found missing)
+        let mostly_own = |gone: bool| chunkindex::serialize((0..60).chain(200..300).filter(|n| gone || *n != 250).map(id).collect::<Vec<_>>().iter());
+        let (layout, _) = chunkindex::validate_upload(&chunkindex::cache_name(&mostly_own(true)), &mostly_own(true)).unwrap();
+        let tally = repo.missing_objects(&mostly_own(true), layout, None).unwrap();
+        assert_eq!((tally.listed, tally.own, tally.missing, tally.example), (160, 0, 1, Some(id(250))));
+        assert!(repo.check_chunk_index(&chunkindex::cache_name(&mostly_own(false)), &mostly_own(false), &log).unwrap().since >= before);
         // an index of the session's own objects alone is looked up nowhere: dated from its start
         let own = chunkindex::serialize((200..300).filter(|n| *n != 250).map(id).collect::<Vec<_>>().iter());
         let (layout, _) = chunkindex::validate_upload(&chunkindex::cache_name(&own), &own).unwrap();

@@ -230,14 +230,16 @@ impl Drop for SocketServer {
     }
 }
 
-/// Dates every leaf directory of a repository's `data/` a minute back: the state of a
-/// repository whose last backup was longer ago than borgd's clock slack (see
-/// `repository::trust`), without waiting for it.
-pub fn age_data_directories(repo: &Path) {
-    let back = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+/// Dates every leaf directory of a repository's `data/` `by` earlier than it is: as if each
+/// had last changed that much sooner — the state after a backup whose client took that long
+/// between its last put and its chunk index's upload (a large backup's client takes seconds to
+/// build it), without waiting for it.
+pub fn date_data_directories_back(repo: &Path, by: std::time::Duration) {
     for top in std::fs::read_dir(repo.join("data")).unwrap() {
         for leaf in std::fs::read_dir(top.unwrap().path()).unwrap() {
-            std::fs::File::open(leaf.unwrap().path()).unwrap().set_modified(back).unwrap();
+            let leaf = std::fs::File::open(leaf.unwrap().path()).unwrap();
+            let was = leaf.metadata().unwrap().modified().unwrap();
+            leaf.set_modified(was - by).unwrap();
         }
     }
 }
