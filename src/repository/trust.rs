@@ -11,7 +11,8 @@
 //! noted, on its file (see `store::Backend::note_staged`), with a [`Note`]: how many ids it
 //! lists, an order-independent [`Digest`] of them, and a time after which each was known
 //! present: the check's start, or the session's if the check took objects the session put
-//! itself on trust (`Repository::written`; a walk of `data/` checks those too). An upload whose
+//! itself on trust (`Repository::written`, which only an index of at most 65 536 ids does: a
+//! night's new chunks). An upload whose
 //! digest is the sum of the cached indexes' notes (its own name's too, if it replaces itself)
 //! lists exactly their ids: the merge (a sum of 256-bit ids that differs in any id matches by
 //! chance with probability 2^-256; the check guards against accidents, not against a client

@@ -10,6 +10,10 @@
 //! anything in the session deletes data. A put that failed is never recorded, so the index of a
 //! backup whose puts failed is still refused.
 //!
+//! Only an index of at most 65 536 ids takes them on trust (a night's new chunks, a small
+//! backup's): a longer one looks them up with the rest, so that its note can date from its
+//! check (see `repository::trust`).
+//!
 //! Memory stays bounded: at most [`CAP`] ids, 16 bytes each (the ids' first half: two distinct
 //! ids of 256 random bits agree there with probability 2^-128); past that, ids are not recorded.
 
