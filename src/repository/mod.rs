@@ -101,7 +101,8 @@ pub struct Repository {
     walk_batch: usize,
     /// Ids of an uploaded chunk index held at a time ([`CHUNK_INDEX_IDS_HELD`]; tests lower it).
     ids_held: usize,
-    /// Objects this session put itself: an uploaded chunk index needs no look-up for them.
+    /// Objects this session put itself: an uploaded chunk index of at most `walk_above` ids needs
+    /// no look-up for them.
     written: written::Written,
     /// When this session opened the repository: every object it found or put was there after
     /// this moment (the time noted on a chunk index whose check took some of its own objects on
