@@ -460,8 +460,6 @@ impl PosixFs {
         Ok(())
     }
 
-    /// Writes an item as a temp file renamed into place (see the module docs), remembering for
-    /// the next barrier what it changed.
     /// An item's file, opened for reading; `None` if it, or a directory on its way, is missing.
     fn open_item(&self, name: &str) -> Result<Option<std::fs::File>, Error> {
         match self.root()?.open_file(name) {
@@ -471,6 +469,8 @@ impl PosixFs {
         }
     }
 
+    /// Writes an item as a temp file renamed into place (see the module docs), remembering for
+    /// the next barrier what it changed.
     fn write_item(&mut self, name: &str, src: Source<'_>, how: WriteOptions) -> Result<(), Error> {
         let root = self.root.as_deref().ok_or_else(|| Error::DoesNotExist(self.base.clone()))?;
         let tree = Tree { root, parents: &self.parents, unnamed: &self.unnamed, base: &self.base };
