@@ -460,6 +460,12 @@ impl PosixFs {
         Ok(())
     }
 
+    /// Directory `dir`, opened beneath the root: if it (or a directory on its way) is missing,
+    /// `item` is not found; any other failure is an `op` error on `item`.
+    fn open_dir(&self, dir: &str, op: &'static str, item: &str) -> Result<Dir, Error> {
+        self.root()?.dir(dir).map_err(|e| if not_found(&e) { Error::ObjectNotFound(item.to_string()) } else { self.err(op, item, e) })
+    }
+
     /// An item's file, opened for reading; `None` if it, or a directory on its way, is missing.
     fn open_item(&self, name: &str) -> Result<Option<std::fs::File>, Error> {
         match self.root()?.open_file(name) {
@@ -671,11 +677,7 @@ impl Backend for PosixFs {
     }
 
     fn subdirectory_times(&self, dir: &str, names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
-        let d = match self.root()?.dir(dir) {
-            Ok(d) => d,
-            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(dir.to_string())),
-            Err(e) => return Err(self.err("list", dir, e)),
-        };
+        let d = self.open_dir(dir, "list", dir)?;
         d.subdirectory_times(names).map(Some).map_err(|e| self.err("list", dir, e))
     }
 
@@ -686,11 +688,7 @@ impl Backend for PosixFs {
         let dir = match &self.locks {
             Some(held) if dir_name == LOCKS => held,
             _ => {
-                opened = match self.root()?.dir(dir_name) {
-                    Ok(d) => d,
-                    Err(e) if not_found(&e) => return Err(missing()),
-                    Err(e) => return Err(self.err("delete", name, e)),
-                };
+                opened = self.open_dir(dir_name, "delete", name)?;
                 &opened
             }
         };
@@ -710,11 +708,7 @@ impl Backend for PosixFs {
     fn rename(&mut self, from: &str, to: &str, durable: bool) -> Result<(), Error> {
         let (src_name, src_file) = split(from);
         let (dst_name, dst_file) = split(to);
-        let src = match self.root()?.dir(src_name) {
-            Ok(d) => d,
-            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(from.to_string())),
-            Err(e) => return Err(self.err("rename", from, e)),
-        };
+        let src = self.open_dir(src_name, "rename", from)?;
         if src.stat(src_file).map_err(|e| self.err("rename", from, e))?.is_none() {
             return Err(Error::ObjectNotFound(from.to_string()));
         }
@@ -733,11 +727,7 @@ impl Backend for PosixFs {
     }
 
     fn list(&self, name: &str, detail: Detail) -> Result<Vec<ItemInfo>, Error> {
-        let dir = match self.root()?.dir(name) {
-            Ok(d) => d,
-            Err(e) if not_found(&e) => return Err(Error::ObjectNotFound(name.to_string())),
-            Err(e) => return Err(self.err("list", name, e)),
-        };
+        let dir = self.open_dir(name, "list", name)?;
         let mut out: Vec<ItemInfo> = dir
             .entries_with(detail == Detail::Sizes)
             .map_err(|e| self.err("list", name, e))?
