@@ -273,13 +273,6 @@ pub struct LeafTimes {
     pub times: Vec<Option<std::time::SystemTime>>,
 }
 
-impl LeafTimes {
-    /// The leaf holding `key`'s item (see [`leaf_of`]).
-    pub fn leaf_of(&self, key: &[u8]) -> Option<usize> {
-        leaf_of(self.depth, key)
-    }
-}
-
 /// The leaf (of a namespace nested `depth` deep) holding `key`'s item, as [`LeafTimes`] and
 /// [`Store::list_leaf`] number them; a key shorter than the nesting has none.
 pub fn leaf_of(depth: usize, key: &[u8]) -> Option<usize> {
@@ -604,7 +597,8 @@ impl Store {
         self.check("list", namespace, "l")?;
         let mut dir = namespace.to_string();
         for level in (0..depth).rev() {
-            dir.push_str(&format!("/{:02x}", (leaf >> (8 * level)) & 0xff));
+            dir.push('/');
+            push_hex(&mut dir, &[(leaf >> (8 * level)) as u8]);
         }
         match self.backend.list(&dir, Detail::Names) {
             Ok(items) => Ok(items.into_iter().filter(|i| !i.directory).filter_map(|i| Self::visible(i, false, None)).map(|i| i.name).collect()),
@@ -857,7 +851,7 @@ mod tests {
         }
         let times = s.leaf_times("data").unwrap().expect("posix stores know directory times");
         assert_eq!(times.depth, 2);
-        let leaf = |key: &str| times.leaf_of(&u32::from_str_radix(key, 16).unwrap().to_be_bytes()[1..]).unwrap();
+        let leaf = |key: &str| leaf_of(times.depth, &u32::from_str_radix(key, 16).unwrap().to_be_bytes()[1..]).unwrap();
         let present: Vec<usize> = (0..times.times.len()).filter(|i| times.times[*i].is_some()).collect();
         assert_eq!(present, vec![leaf("0001ff"), leaf("aabb01"), leaf("aacc01")]);
         // what is not a leaf directory by its name, or not a directory, has no time
