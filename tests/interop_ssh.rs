@@ -161,7 +161,8 @@ fn repository_made_by_python_borg_is_served() {
 
 /// The client's other commands that work a repository through the server, each checked by what
 /// it left: `version` (the server's too), `tag`, `recreate`, `repo-compress` (objects read,
-/// compressed anew and written again in place), `export-tar` / `import-tar`, `analyze`, and
+/// compressed anew and written again in place), `export-tar` / `import-tar`, `analyze`, `check
+/// --find-lost-archives` (an archive whose directory entry was removed found again), and
 /// `transfer` between two repositories on two connections of one client; Python borg checks both
 /// repositories locally.
 #[test]
@@ -206,6 +207,18 @@ fn the_clients_other_repository_commands_work() {
     on_a(&["create", "a1", src_s]);
     let analysis = on_a(&["analyze", "-a", "a1"]);
     assert!(analysis.contains("chunks added or removed by directory path"), "{analysis}");
+
+    // an archive whose directory entry is lost: check finds its metadata among all objects (each
+    // object's header read through `get` without its data), and --repair writes the entry again
+    let ids = on_a(&["repo-list", "--format", "{archive} {id}{NL}"]);
+    let a3 = ids.lines().find_map(|l| l.strip_prefix("a3 ")).unwrap_or_else(|| panic!("no a3 in {ids}"));
+    std::fs::remove_file(a.join("archives").join(a3)).unwrap();
+    assert!(!support::archive_names(&env, &["-r", &url_a]).contains(&"a3".to_string()));
+    let found = env.fails(&["-r", &url_a, "check", "--archives-only", "--find-lost-archives"]);
+    assert!(found.contains(&format!("Would create archives directory entry for a3 {a3}")), "{found}");
+    on_a(&["check", "--archives-only", "--find-lost-archives", "--repair"]);
+    assert!(a.join("archives").join(a3).exists());
+    assert!(support::archive_names(&env, &["-r", &url_a]).contains(&"a3".to_string()));
 
     // a related repository (same key material), filled from the first over a second connection
     env.set_env("BORG_OTHER_PASSPHRASE", "correct horse battery staple");
