@@ -917,17 +917,6 @@ mod tests {
         }
     }
 
-    /// Sets the time of every leaf directory of `data/` a minute back: "unchanged since long
-    /// before the notes", without waiting (see `trust::SLACK`).
-    fn age_leaves(repo: &Path) {
-        let back = SystemTime::now() - Duration::from_secs(60);
-        for top in std::fs::read_dir(repo.join("data")).unwrap() {
-            for leaf in std::fs::read_dir(top.unwrap().path()).unwrap() {
-                std::fs::File::open(leaf.unwrap().path()).unwrap().set_modified(back).unwrap();
-            }
-        }
-    }
-
     /// What the check of an uploaded index does, with how many ids it took on trust.
     fn tally_of(repo: &mut Repository, index: &[u8], log: &Log) -> Tally {
         let name = chunkindex::cache_name(index);
@@ -969,7 +958,9 @@ mod tests {
         assert!(repo.unsettled_leaves(&chunkindex::cache_name(&merged), &digest, &log).unwrap().is_none());
         assert_eq!(tally_of(&mut repo, &merged, &log), Tally { listed: 300, own: 300, ..Tally::default() });
         repo.close(&log).unwrap();
-        age_leaves(&path);
+        // as if both had been checked well after this session's last change (the leaves' times
+        // cannot be set back instead)
+        assert_eq!(trust::date_notes_later(&path, trust::SLACK + Duration::from_secs(2)).unwrap(), 2);
         // the next night: the merge, looked for nowhere
         let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
         let tally = tally_of(&mut repo, &merged, &log);
@@ -981,6 +972,12 @@ mod tests {
         let tally = tally_of(&mut repo, &merged, &log);
         assert_eq!((tally.trusted, tally.missing, tally.example), (299 - tally.listed as u64 + 1, 1, Some(gone)), "{tally:?}");
         assert!(tally.listed >= 1 && tally.listed < 10, "only the changed leaf: {tally:?}");
+        // and still when the leaf's modification time is set back, as `rsync -a`, `cp -a` and
+        // `tar` leave a directory they removed files from or restored
+        let leaf = path.join(&nested).parent().unwrap().to_path_buf();
+        std::fs::File::open(&leaf).unwrap().set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        let again = tally_of(&mut repo, &merged, &log);
+        assert_eq!((again.missing, again.example, again.listed), (1, Some(gone), tally.listed), "{again:?}");
         let e = repo.store_store(&chunkindex::cache_name(&merged), &merged, &log).unwrap_err().to_string();
         assert!(e.contains("1 objects that are not in the repository") && e.contains(&hex(&gone)), "{e}");
         // not the merge: one id of `b` swapped for one that was never there, in a leaf that has
@@ -1050,9 +1047,11 @@ mod tests {
         assert_eq!(repo.missing_objects(&own, layout, None).unwrap(), Tally { listed: 99, own: 99, ..Tally::default() });
         assert_eq!(repo.check_chunk_index(&chunkindex::cache_name(&own), &own, &log).unwrap().since, repo.opened);
         repo.close(&log).unwrap();
-        // every leaf changed during that session, a minute before its check: the next merge
-        // (of that one index: itself) is looked for nowhere
-        age_leaves(&path);
+        // every leaf changed during that session, before its check: dated a little later (the
+        // leaves' last changes more than `SLACK` before it), the next merge (of that one index:
+        // itself) is looked for nowhere; dated from the session's start, it would be looked for
+        // everywhere
+        assert_eq!(trust::date_notes_later(&path, trust::SLACK + Duration::from_millis(100)).unwrap(), 1);
         let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
         let tally = tally_of(&mut repo, &index, &log);
         assert_eq!((tally.trusted, tally.listed, tally.missing), (299, 0, 0), "{tally:?}");

@@ -18,8 +18,10 @@
 //! chance with probability 2^-256; the check guards against accidents, not against a client
 //! with the key, who can reference missing chunks anyway). Then an id needs no look-up if its
 //! leaf directory (`data/xx/yy`) has not changed since the oldest of those times: an object
-//! cannot vanish from a directory without changing its time. The rest — leaves that changed,
-//! new or missing — are listed, which is about a tenth of them a night.
+//! cannot vanish from a directory without changing its time. That is its status-change time,
+//! which no program can set back, unlike its modification time, which `rsync -a`, `cp -a` and
+//! `tar` restore after changing what is in a directory (see `store::LeafTimes`). The rest —
+//! leaves that changed, new or missing — are listed, which is about a tenth of them a night.
 //!
 //! The shortcut is taken only where it pays: not for an index short enough to be looked up id by
 //! id (as many stats as the leaves' times), nor when more than half the leaves changed (one walk
@@ -105,6 +107,39 @@ impl Note {
         let half = |s: &str| u128::from_str_radix(s, 16).ok();
         Some(Note { since, digest: Digest { count, sum: [half(&sum[..32])?, half(&sum[32..])?] } })
     }
+}
+
+/// Dates the note of every chunk index of the repository at `repo` (on a posix file system)
+/// `by` later, as if each check had run that much later, then waits until a change made from
+/// then on counts as made after them (their times less [`SLACK`], and a tick of the kernel's
+/// coarse clock). For tests: a leaf's time cannot be set back (see `store::LeafTimes`), so this
+/// is how a test puts the leaves' last changes long enough before a check. How many notes
+/// there were.
+pub fn date_notes_later(repo: &std::path::Path, by: Duration) -> std::io::Result<usize> {
+    let mut latest: Option<SystemTime> = None;
+    let mut dated = 0;
+    for entry in std::fs::read_dir(repo.join("cache"))? {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with("chunks.") {
+            continue;
+        }
+        let edit = |text: &[u8]| match Note::parse(text) {
+            Some(mut note) => {
+                note.since += by;
+                latest = latest.max(Some(note.since));
+                note.encode()
+            }
+            None => text.to_vec(),
+        };
+        if store::rewrite_note(&entry.path(), edit)? {
+            dated += 1;
+        }
+    }
+    let settled_until = latest.and_then(|t| t.checked_sub(SLACK)).map(|t| t + Duration::from_millis(20));
+    if let Some(wait) = settled_until.and_then(|t| t.duration_since(SystemTime::now()).ok()) {
+        std::thread::sleep(wait);
+    }
+    Ok(dated)
 }
 
 /// Which leaf directories of `data/` the ids of a trusted merge must still be looked for in:

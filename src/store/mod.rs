@@ -19,7 +19,7 @@ pub mod sim;
 
 pub use name::{nest, push_hex, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
-pub use posixfs::{PosixFs, TempFile};
+pub use posixfs::{rewrite_note, PosixFs, TempFile};
 /// Tests make every open beneath a directory fail with a chosen errno (see `beneath`).
 #[cfg(test)]
 pub(crate) use beneath::OPENS_FAIL_WITH;
@@ -167,8 +167,9 @@ pub trait Backend: Send + Sync {
         None
     }
     /// When each of the subdirectories `names` of `dir` last changed (an entry made, removed or
-    /// renamed in it), `None` for a name that is missing or not a directory; `None` in all
-    /// where the backend cannot tell.
+    /// renamed in it), by a time no program can set back (a status-change time, see
+    /// `beneath::Dir::subdirectory_times`), `None` for a name that is missing or not a
+    /// directory; `None` in all where the backend cannot tell.
     fn subdirectory_times(&self, _dir: &str, _names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
         Ok(None)
     }
@@ -264,8 +265,9 @@ pub struct Staged {
 
 /// When each leaf directory of a namespace last changed (see [`Store::leaf_times`]): indexed
 /// by the key prefix the leaf holds (its first `depth` bytes), `None` for a leaf that does not
-/// exist. An item cannot vanish from a leaf without changing its time, which is what lets a
-/// repository trust, without looking, what it saw in a leaf that has not changed since.
+/// exist. An item cannot vanish from a leaf without changing its time, nor can the time be set
+/// back (see [`Backend::subdirectory_times`]), which is what lets a repository trust, without
+/// looking, what it saw in a leaf that has not changed since.
 #[derive(Debug, Clone)]
 pub struct LeafTimes {
     /// Bytes of key prefix per leaf (the namespace's nesting levels: 2 for `data/`).
@@ -866,11 +868,18 @@ mod tests {
         names.sort();
         assert_eq!(names, ["aabb01", "aabb02"]);
         assert!(s.list_leaf("data", 2, 0x1234).unwrap().is_empty());
-        let back = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        std::fs::File::open(repo.join("data/aa/bb")).unwrap().set_modified(back).unwrap();
-        assert_eq!(s.leaf_times("data").unwrap().unwrap().times[leaf("aabb01")], Some(back));
+        // a removal changes the leaf's time, and setting the leaf's modification time back
+        // afterwards (as `rsync -a` does to a directory it removed files from) takes nothing back
+        let time_of = |s: &Store| s.leaf_times("data").unwrap().unwrap().times[leaf("aabb01")].unwrap();
+        let tick = std::time::Duration::from_millis(20); // past the kernel's coarse clock's tick
+        let before = time_of(&s);
+        std::thread::sleep(tick);
         s.delete("data/aabb02", false).unwrap();
-        assert!(s.leaf_times("data").unwrap().unwrap().times[leaf("aabb01")].unwrap() > back, "a removal changes the leaf's time");
+        let removed = time_of(&s);
+        assert!(removed > before, "a removal changes the leaf's time");
+        std::thread::sleep(tick);
+        std::fs::File::open(repo.join("data/aa/bb")).unwrap().set_modified(before - std::time::Duration::from_secs(60)).unwrap();
+        assert!(time_of(&s) > removed, "a leaf's time is not set back with its modification time");
         std::fs::remove_dir_all(repo.join("data/aa")).unwrap();
         assert_eq!(s.leaf_times("data").unwrap().unwrap().times[leaf("aacc01")], None);
         let deep = Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(3), Permissions::for_mode(Mode::All), Durability::Barrier);

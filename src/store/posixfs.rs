@@ -360,6 +360,16 @@ fn read_note(file: &std::fs::File) -> io::Result<Option<Vec<u8>>> {
     Ok(ours.then(|| value[identity.len() + 1..].to_vec()))
 }
 
+/// Rewrites the note of the file at `path` (its attribute `user.borgd.note`) with `edit`, which
+/// is given the note and returns its new text, bound to the file as the old one was; `false` if
+/// the file has no note of its own. For tests: what a note would say had the check behind it run at another
+/// time (see `repository::trust::date_notes_later`).
+pub fn rewrite_note(path: &Path, edit: impl FnOnce(&[u8]) -> Vec<u8>) -> io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    let Some(note) = read_note(&file)? else { return Ok(false) };
+    set_note(&file, &edit(&note))
+}
+
 /// A value received into a temp file beside its target and not yet renamed into place (see
 /// [`super::Store::stage`]); removed again when dropped unplaced.
 pub struct TempFile {

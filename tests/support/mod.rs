@@ -230,20 +230,6 @@ impl Drop for SocketServer {
     }
 }
 
-/// Dates every leaf directory of a repository's `data/` `by` earlier than it is: as if each
-/// had last changed that much sooner — the state after a backup whose client took that long
-/// between its last put and its chunk index's upload (a large backup's client takes seconds to
-/// build it), without waiting for it.
-pub fn date_data_directories_back(repo: &Path, by: std::time::Duration) {
-    for top in std::fs::read_dir(repo.join("data")).unwrap() {
-        for leaf in std::fs::read_dir(top.unwrap().path()).unwrap() {
-            let leaf = std::fs::File::open(leaf.unwrap().path()).unwrap();
-            let was = leaf.metadata().unwrap().modified().unwrap();
-            leaf.set_modified(was - by).unwrap();
-        }
-    }
-}
-
 /// Writes an executable script at `path` (a server wrapper, a stand-in server).
 pub fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
