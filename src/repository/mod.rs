@@ -482,8 +482,10 @@ impl Repository {
 
     /// Checks an uploaded chunk index (see [`Repository::store_store`]); what to note on it.
     fn check_chunk_index(&mut self, name: &str, value: &dyn store::ReadAt, log: &Log) -> Result<trust::Note, Error> {
-        // before anything in data/ is looked at: each id is seen there after this moment
+        // before anything in data/ is looked at: each id is seen there after this moment, below
+        // these directories (one that cannot be told is 0, which no merge will match)
         let started = SystemTime::now();
+        let tree = self.store.tree_identity("data").ok().flatten().unwrap_or(0);
         let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
         let (layout, digest) = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
@@ -526,7 +528,7 @@ impl Repository {
         // an object this session put was there after the session opened, not necessarily after
         // the check started: one taken on trust dates the whole index from the session's start
         let since = if tally.own > 0 { self.opened } else { started };
-        Ok(trust::Note { since, digest })
+        Ok(trust::Note { since, digest, tree })
     }
 
     /// If the upload `name` is the merge of the cached chunk indexes, each noted when it
@@ -536,6 +538,7 @@ impl Repository {
         let now = SystemTime::now();
         let mut merged = trust::Digest::default();
         let mut since: Option<SystemTime> = None;
+        let mut trees = Vec::new();
         for item in self.store.list("cache", false)? {
             let other = format!("cache/{}", item.name);
             // the upload's own name too: an index replaced by the same contents (a merge of
@@ -547,6 +550,7 @@ impl Repository {
                 Some(note) => {
                     merged.merge(&note.digest);
                     since = Some(since.map_or(note.since, |s| s.min(note.since)));
+                    trees.push((other, note.tree));
                 }
                 // an empty index lists nothing (a new repository's); any other is not known
                 None if item.size <= 4096 && chunkindex::entry_count(&self.store.load(&other, 0, None, false)?).is_ok_and(|n| n == 0) => {}
@@ -561,6 +565,11 @@ impl Repository {
         }
         let Some(since) = since else { return Ok(None) };
         let Some(times) = self.store.leaf_times("data")? else { return Ok(None) };
+        if let Some((other, _)) = trees.iter().find(|(_, tree)| *tree != times.tree) {
+            // data/ or one of its data/xx replaced whole: its leaves' times are another tree's
+            log.debug(LOGGER, &format!("chunk index {name}: checked in full (a directory of data/ is not the one {other} was checked in)"));
+            return Ok(None);
+        }
         let Some(unsettled) = trust::Unsettled::new(times, since, now) else {
             log.debug(LOGGER, &format!("chunk index {name}: checked in full (a directory of data/ is dated in the future)"));
             return Ok(None);
@@ -906,7 +915,7 @@ mod tests {
                 }
                 // looked for leaf by leaf (every leaf changed, as after a merge, see `trust`)
                 let now = SystemTime::now();
-                let every_leaf = trust::Unsettled::new(store::LeafTimes { depth: 2, times: vec![None; 1 << 16] }, now, now).unwrap();
+                let every_leaf = trust::Unsettled::new(store::LeafTimes { depth: 2, times: vec![None; 1 << 16], tree: 0 }, now, now).unwrap();
                 let found = repo.missing_objects(&index, layout, Some(&every_leaf)).unwrap();
                 let how = format!("{ids:02x?}, {held} held, leaf by leaf");
                 assert_eq!((found.missing, found.trusted), (by_look_up.missing, 0), "{how}");
@@ -957,6 +966,13 @@ mod tests {
         let (_, digest) = chunkindex::validate_upload(&chunkindex::cache_name(&merged), &merged).unwrap();
         assert!(repo.unsettled_leaves(&chunkindex::cache_name(&merged), &digest, &log).unwrap().is_none());
         assert_eq!(tally_of(&mut repo, &merged, &log), Tally { listed: 300, own: 300, ..Tally::default() });
+        // an older copy of the directory `data/xx` holding object 42, beside the repository,
+        // which lacks that object (its leaves changed long before the notes, as below)
+        let (top_of_42, nested_42) = (format!("data/{:02x}", id(42)[0]), store::nest(&Repository::data_name(&id(42)).unwrap(), 2, None));
+        assert_ne!(id(42)[0], id(17)[0]);
+        let older = dir.path().join("older");
+        assert!(std::process::Command::new("cp").arg("-a").arg(path.join(&top_of_42)).arg(&older).status().unwrap().success());
+        std::fs::remove_file(older.join(&nested_42[top_of_42.len() + 1..])).unwrap();
         repo.close(&log).unwrap();
         // as if both had been checked well after this session's last change (the leaves' times
         // cannot be set back instead)
@@ -987,6 +1003,13 @@ mod tests {
         let not_merge = chunkindex::serialize((0..300).filter(|n| *n != 17 && *n != 250).map(id).chain([stranger]).collect::<Vec<_>>().iter());
         let tally = tally_of(&mut repo, &not_merge, &log);
         assert_eq!((tally.trusted, tally.missing, tally.example), (0, 1, Some(stranger)), "{tally:?}");
+        // object 42's `data/xx` replaced whole by the older copy: its leaves have the times they
+        // had there, before the notes, but it is another directory, so the merge is looked for
+        // everywhere, and 42 is missing too
+        std::fs::rename(path.join(&top_of_42), dir.path().join("was")).unwrap();
+        std::fs::rename(&older, path.join(&top_of_42)).unwrap();
+        let tally = tally_of(&mut repo, &merged, &log);
+        assert_eq!((tally.trusted, tally.missing), (0, 2), "{tally:?}");
         // a cached index rewritten without borgd (as Python does: a new file renamed over it),
         // or copied with its attributes: no note, and the merge is checked in full
         let b_path = path.join("cache").join(&chunkindex::cache_name(&b)["cache/".len()..]);

@@ -7,21 +7,23 @@
 //! index lists exists (see `Repository::store_store`), so a repository of millions of objects
 //! had all of `data/` walked every night: 0.9 s of a 1.3 s night at 500 000 objects.
 //!
-//! But the indexes merged were checked when they were uploaded. So each index that passes is
-//! noted, on its file (see `store::Backend::note_staged`), with a [`Note`]: how many ids it
-//! lists, an order-independent [`Digest`] of them, and a time after which each was known
-//! present: the check's start, or the session's if the check took objects the session put
-//! itself on trust (`Repository::written`, which only an index of at most 65 536 ids does: a
-//! night's new chunks). An upload whose
-//! digest is the sum of the cached indexes' notes (its own name's too, if it replaces itself)
-//! lists exactly their ids: the merge (a sum of 256-bit ids that differs in any id matches by
-//! chance with probability 2^-256; the check guards against accidents, not against a client
-//! with the key, who can reference missing chunks anyway). Then an id needs no look-up if its
-//! leaf directory (`data/xx/yy`) has not changed since the oldest of those times: an object
-//! cannot vanish from a directory without changing its time. That is its status-change time,
-//! which no program can set back, unlike its modification time, which `rsync -a`, `cp -a` and
-//! `tar` restore after changing what is in a directory (see `store::LeafTimes`). The rest —
-//! leaves that changed, new or missing — are listed, which is about a tenth of them a night.
+//! But the indexes merged were checked when they were uploaded. So each index that passes is noted,
+//! on its file (see `store::Backend::note_staged`), with a [`Note`]: how many ids it lists, an
+//! order-independent [`Digest`] of them, a time after which each was known present — the check's
+//! start, or the session's if the check took objects the session put itself on trust
+//! (`Repository::written`, which only an index of at most 65 536 ids does: a night's new chunks) —,
+//! and which directories were above `data/`'s leaves then (`store::LeafTimes::tree`: their inode
+//! numbers). An upload whose digest is the sum of the cached indexes' notes (its own name's too, if
+//! it replaces itself) lists exactly their ids: the merge (a sum of 256-bit ids that differs in any
+//! id matches by chance with probability 2^-256; the check guards against accidents, not against a
+//! client with the key, who can reference missing chunks anyway). Then, if `data/` and every
+//! `data/xx` are still the directories the notes saw (one moved in whole from an older copy brings
+//! its leaves with the times they had there), an id needs no look-up if its leaf directory
+//! (`data/xx/yy`) has not changed since the oldest of those times: an object cannot vanish from a
+//! directory without changing its time. That is its status-change time, which no program can set
+//! back, unlike its modification time, which `rsync -a`, `cp -a` and `tar` restore after changing
+//! what is in a directory (see `store::LeafTimes`). The rest — leaves that changed, new or missing
+//! — are listed, which is about a tenth of them a night.
 //!
 //! The shortcut is taken only where it pays: not for an index short enough to be looked up id by
 //! id (as many stats as the leaves' times), nor when more than half the leaves changed (one walk
@@ -72,22 +74,25 @@ impl Digest {
 }
 
 /// What borgd remembers about a chunk index it stored: every id in `digest` was known to be in
-/// `data/` at some moment after `since`.
+/// `data/` at some moment after `since`, when the directories above its leaves were `tree`
+/// (see `store::LeafTimes::tree`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Note {
     pub since: SystemTime,
     pub digest: Digest,
+    pub tree: u64,
 }
 
-/// The first word of a note: its format (a note of another format is no note).
-const TAG: &str = "borgd-checked-v1";
+/// The first word of a note: its format (a note of another format is no note; the first, v1,
+/// had no `tree`).
+const TAG: &str = "borgd-checked-v2";
 
 impl Note {
     /// One line of text (readable with `getfattr -n user.borgd.note`).
     pub fn encode(&self) -> Vec<u8> {
         let since = self.since.duration_since(UNIX_EPOCH).unwrap_or_default();
         let [hi, lo] = self.digest.sum;
-        format!("{TAG} {}.{:09} {} {hi:032x}{lo:032x}", since.as_secs(), since.subsec_nanos(), self.digest.count).into_bytes()
+        format!("{TAG} {}.{:09} {} {hi:032x}{lo:032x} {:016x}", since.as_secs(), since.subsec_nanos(), self.digest.count, self.tree).into_bytes()
     }
 
     /// A note [`Note::encode`] wrote; `None` for anything else.
@@ -101,11 +106,12 @@ impl Note {
         let since = UNIX_EPOCH.checked_add(Duration::new(secs.parse().ok()?, nanos.parse().ok().filter(|n| *n < 1_000_000_000)?))?;
         let count = words.next()?.parse().ok()?;
         let sum = words.next()?;
-        if sum.len() != 64 || words.next().is_some() {
+        let tree = words.next()?;
+        if sum.len() != 64 || tree.len() != 16 || words.next().is_some() {
             return None;
         }
         let half = |s: &str| u128::from_str_radix(s, 16).ok();
-        Some(Note { since, digest: Digest { count, sum: [half(&sum[..32])?, half(&sum[32..])?] } })
+        Some(Note { since, digest: Digest { count, sum: [half(&sum[..32])?, half(&sum[32..])?] }, tree: u64::from_str_radix(tree, 16).ok()? })
     }
 }
 
@@ -227,11 +233,16 @@ mod tests {
     fn notes_read_back_what_was_written_and_nothing_else() {
         let mut digest = Digest::default();
         (0..10).for_each(|n| digest.add(&id(n)));
-        let note = Note { since: UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789), digest };
+        let note = Note { since: UNIX_EPOCH + Duration::new(1_795_000_000, 123_456_789), digest, tree: 0x0123_4567_89ab_cdef };
         let text = note.encode();
-        assert!(text.starts_with(b"borgd-checked-v1 1795000000.123456789 10 "), "{}", String::from_utf8_lossy(&text));
+        assert!(text.starts_with(b"borgd-checked-v2 1795000000.123456789 10 "), "{}", String::from_utf8_lossy(&text));
+        assert!(text.ends_with(b" 0123456789abcdef"), "{}", String::from_utf8_lossy(&text));
         assert_eq!(Note::parse(&text), Some(note));
-        for bad in [&b""[..], b"borgd-checked-v2 1.0 1 00", b"borgd-checked-v1 1.0 1 00", b"borgd-checked-v1 x 1 00"] {
+        // a note of the first format (no tree) is no note: that index is checked in full once
+        let v1 = String::from_utf8(text.clone()).unwrap().replace("-v2 ", "-v1 ");
+        let v1 = &v1[..v1.rfind(' ').unwrap()];
+        assert_eq!(Note::parse(v1.as_bytes()), None);
+        for bad in [&b""[..], b"borgd-checked-v3 1.0 1 00", b"borgd-checked-v2 1.0 1 00 00", b"borgd-checked-v2 x 1 00"] {
             assert_eq!(Note::parse(bad), None, "{}", String::from_utf8_lossy(bad));
         }
         let mut trailing = text.clone();

@@ -166,11 +166,9 @@ pub trait Backend: Send + Sync {
     fn staged_time(&self, _body: &StagedBody) -> Option<std::time::SystemTime> {
         None
     }
-    /// When each of the subdirectories `names` of `dir` last changed (an entry made, removed or
-    /// renamed in it), by a time no program can set back (a status-change time, see
-    /// `beneath::Dir::subdirectory_times`), `None` for a name that is missing or not a
-    /// directory; `None` in all where the backend cannot tell.
-    fn subdirectory_times(&self, _dir: &str, _names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
+    /// Each of the subdirectories `names` of `dir` (see [`Subdirectory`]), `None` for a name
+    /// that is missing or not a directory; `None` in all where the backend cannot tell.
+    fn subdirectories(&self, _dir: &str, _names: &[&str]) -> Result<Option<Vec<Option<Subdirectory>>>, Error> {
         Ok(None)
     }
     /// Renames an item, replacing the target.
@@ -263,16 +261,31 @@ pub struct Staged {
     how: WriteOptions,
 }
 
+/// A directory as [`Backend::subdirectories`] finds it, for [`LeafTimes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subdirectory {
+    /// When an entry was last made, removed or renamed in it, by a time no program can set back
+    /// (a status-change time, see `beneath::Dir::subdirectories`).
+    pub changed: std::time::SystemTime,
+    /// Which directory it is (an inode number): one moved in whole from elsewhere is another,
+    /// though it changed nothing in itself or below.
+    pub id: u64,
+}
+
 /// When each leaf directory of a namespace last changed (see [`Store::leaf_times`]): indexed
 /// by the key prefix the leaf holds (its first `depth` bytes), `None` for a leaf that does not
 /// exist. An item cannot vanish from a leaf without changing its time, nor can the time be set
-/// back (see [`Backend::subdirectory_times`]), which is what lets a repository trust, without
-/// looking, what it saw in a leaf that has not changed since.
+/// back (see [`Subdirectory`]); and a leaf cannot be replaced by another without changing its
+/// time (a rename sets it) or, when a directory above it is replaced whole, `tree`. That is what
+/// lets a repository trust, without looking, what it saw in a leaf that has not changed since.
 #[derive(Debug, Clone)]
 pub struct LeafTimes {
     /// Bytes of key prefix per leaf (the namespace's nesting levels: 2 for `data/`).
     pub depth: usize,
     pub times: Vec<Option<std::time::SystemTime>>,
+    /// Which directories hold the leaves: a hash of the ids of the namespace's directory and of
+    /// every directory between it and the leaves (see [`Store::tree_identity`]).
+    pub tree: u64,
 }
 
 /// The leaf (of a namespace nested `depth` deep) holding `key`'s item, as [`LeafTimes`] and
@@ -550,44 +563,70 @@ impl Store {
     /// backend cannot tell, or the namespace is nested deeper than two levels (16 million
     /// leaves: not worth it).
     pub fn leaf_times(&self, namespace: &str) -> Result<Option<LeafTimes>, Error> {
+        self.nesting(namespace, true)
+    }
+
+    /// Which directories hold the leaves of `namespace` (see [`LeafTimes::tree`]), without
+    /// looking at the leaves (257 look-ups for `data/`): what a check of `data/` notes, so that
+    /// a directory above the leaves replaced whole since (moved in from an older copy, its
+    /// leaves' times as they were there) makes what the check saw untrusted.
+    pub fn tree_identity(&self, namespace: &str) -> Result<Option<u64>, Error> {
+        Ok(self.nesting(namespace, false)?.map(|t| t.tree))
+    }
+
+    /// [`Store::leaf_times`], the leaves' times only `with_leaves`.
+    fn nesting(&self, namespace: &str, with_leaves: bool) -> Result<Option<LeafTimes>, Error> {
+        use std::hash::Hasher;
         validate_name(namespace)?;
         self.check("list", namespace, "l")?;
         let depth = match self.levels_of(&format!("{namespace}/"))? {
             [depth] if *depth <= 2 => *depth,
             _ => return Ok(None),
         };
-        let mut times = LeafTimes { depth, times: vec![None; 1 << (8 * depth)] };
+        let mut times = LeafTimes { depth, times: vec![None; 1 << (8 * depth)], tree: 0 };
         // nesting directories are named by two lower-case hex digits, as the keys are: each is
         // looked up by name (a listing of the parent would cost more and tell nothing more)
         let hex: Vec<String> = (0..=255u8).map(|b| format!("{b:02x}")).collect();
         let hex: Vec<&str> = hex.iter().map(String::as_str).collect();
-        let subdirectories = |dir: &str, names: &[&str]| match self.backend.subdirectory_times(dir, names) {
+        let subdirectories = |dir: &str, names: &[&str]| match self.backend.subdirectories(dir, names) {
             Err(Error::ObjectNotFound(_)) => Ok(Some(vec![None; names.len()])), // gone: its leaves are missing
             other => other,
         };
+        // a stable hash (it is kept in notes), of each directory above the leaves by its key
+        // prefix and level; the namespace's own first
+        let mut tree = crate::fasthash::FastHasher::default();
+        let Some(top) = subdirectories("", &[namespace])? else { return Ok(None) };
+        let top = top.first().copied().flatten();
+        tree.write_u64(top.map_or(0, |t| t.id));
         if depth == 0 {
-            let Some(top) = subdirectories("", &[namespace])? else { return Ok(None) };
-            times.times[0] = top.first().copied().flatten();
+            times.times[0] = top.map(|t| t.changed);
+            times.tree = tree.finish();
             return Ok(Some(times));
         }
         // the directories of one level that exist, each with the key prefix its entries share
         let mut dirs = vec![(namespace.to_string(), 0usize)];
         for level in 1..=depth {
+            if level == depth && !with_leaves {
+                break;
+            }
             let mut next = Vec::new();
             for (dir, prefix) in &dirs {
                 let Some(found) = subdirectories(dir, &hex)? else { return Ok(None) };
-                for ((byte, name), time) in hex.iter().enumerate().zip(found) {
-                    let Some(time) = time else { continue };
+                for ((byte, name), sub) in hex.iter().enumerate().zip(found) {
+                    let Some(sub) = sub else { continue };
                     let prefix = prefix << 8 | byte;
                     if level == depth {
-                        times.times[prefix] = Some(time);
+                        times.times[prefix] = Some(sub.changed);
                     } else {
+                        tree.write_u64((level as u64) << 56 | prefix as u64);
+                        tree.write_u64(sub.id);
                         next.push((format!("{dir}/{name}"), prefix));
                     }
                 }
             }
             dirs = next;
         }
+        times.tree = tree.finish();
         Ok(Some(times))
     }
 
@@ -880,6 +919,27 @@ mod tests {
         std::thread::sleep(tick);
         std::fs::File::open(repo.join("data/aa/bb")).unwrap().set_modified(before - std::time::Duration::from_secs(60)).unwrap();
         assert!(time_of(&s) > removed, "a leaf's time is not set back with its modification time");
+        // which directories are above the leaves: not changed by a leaf made, nor by anything in
+        // a leaf; changed when one of them is replaced by a copy whose leaves keep their times
+        let tree = s.leaf_times("data").unwrap().unwrap().tree;
+        assert_eq!(s.tree_identity("data").unwrap(), Some(tree));
+        std::fs::create_dir_all(repo.join("data/aa/cd")).unwrap();
+        s.store("data/aacc02", b"x").unwrap();
+        assert_eq!(s.tree_identity("data").unwrap(), Some(tree), "a leaf made, an item stored");
+        let copy = std::process::Command::new("cp").arg("-a").arg(repo.join("data/aa")).arg(repo.join("aa-copy")).status().unwrap();
+        assert!(copy.success());
+        let copied = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(repo.join("aa-copy/bb")).unwrap();
+            std::time::UNIX_EPOCH + std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
+        };
+        std::thread::sleep(tick);
+        std::fs::rename(repo.join("data/aa"), repo.join("aa-was")).unwrap();
+        std::fs::rename(repo.join("aa-copy"), repo.join("data/aa")).unwrap();
+        let swapped = s.leaf_times("data").unwrap().unwrap();
+        assert_eq!(swapped.times[leaf("aabb01")], Some(copied), "the copy's leaves keep their times");
+        assert_ne!(swapped.tree, tree);
+        assert_eq!(s.tree_identity("data").unwrap(), Some(swapped.tree));
         std::fs::remove_dir_all(repo.join("data/aa")).unwrap();
         assert_eq!(s.leaf_times("data").unwrap().unwrap().times[leaf("aacc01")], None);
         let deep = Store::new(Box::new(PosixFs::new(repo.clone(), Durability::Barrier)), borg_levels(3), Permissions::for_mode(Mode::All), Durability::Barrier);

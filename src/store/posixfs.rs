@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::beneath::Dir;
 use super::direct::DirectWriter;
 use super::parents::Parents;
-use super::{name, Backend, Detail, Durability, Error, ItemInfo, Object, StagedBody, WriteOptions};
+use super::{name, Backend, Detail, Durability, Error, ItemInfo, Object, StagedBody, Subdirectory, WriteOptions};
 
 /// A store kept as files below `base`.
 pub struct PosixFs {
@@ -686,9 +686,10 @@ impl Backend for PosixFs {
         read_note(&file).map_err(|e| self.err("read the note of", name, e))
     }
 
-    fn subdirectory_times(&self, dir: &str, names: &[&str]) -> Result<Option<Vec<Option<std::time::SystemTime>>>, Error> {
+    fn subdirectories(&self, dir: &str, names: &[&str]) -> Result<Option<Vec<Option<Subdirectory>>>, Error> {
         let d = self.open_dir(dir, "list", dir)?;
-        d.subdirectory_times(names).map(Some).map_err(|e| self.err("list", dir, e))
+        let found = d.subdirectories(names).map_err(|e| self.err("list", dir, e))?;
+        Ok(Some(found.into_iter().map(|s| s.map(|(changed, id)| Subdirectory { changed, id })).collect()))
     }
 
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
