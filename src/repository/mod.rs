@@ -533,7 +533,8 @@ impl Repository {
 
     /// If the upload `name` is the merge of the cached chunk indexes, each noted when it
     /// was checked (see `trust`): the leaves of `data/` changed since, where its ids must still
-    /// be looked for. `None`: it is checked in full.
+    /// be looked for. `None`: it is checked in full (also when `data/` or one of its `data/xx`
+    /// is not the directory the notes saw).
     fn unsettled_leaves(&mut self, name: &str, digest: &trust::Digest, log: &Log) -> Result<Option<trust::Unsettled>, Error> {
         let now = SystemTime::now();
         let mut merged = trust::Digest::default();
@@ -935,9 +936,10 @@ mod tests {
     }
 
     /// The merge of checked indexes is trusted where `data/` did not change since they were
-    /// checked, and only there: an object removed behind borgd's back is still found missing,
-    /// and an index that is not exactly their merge, or merges one without a note, is checked
-    /// in full.
+    /// checked, and only there: an object removed behind borgd's back is still found missing
+    /// (also once its leaf's modification time is set back), and an index that is not exactly
+    /// their merge, or merges one without a note, or comes after a `data/xx` was replaced whole
+    /// by an older copy, is checked in full.
     #[test]
     fn a_merge_of_checked_indexes_is_looked_for_only_where_data_changed() {
         let dir = tempfile::tempdir().unwrap();
