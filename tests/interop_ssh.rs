@@ -481,9 +481,11 @@ fn a_cached_chunk_index_listing_a_lost_object_is_refused_until_check_writes_a_fr
 /// found missing and refused. The first backup's index is that long too, so it was noted as of
 /// its check, after the backup's puts: none of the directories they changed needs a look on the
 /// next night (here its note is dated 2.5 s later, borgd's clock slack being 2 s, as if the client
-/// had taken that long to upload its index after its last put). A directory's time cannot be set
-/// back: a chunk removed, its directory's modification time then restored (as `rsync -a`, `cp -a`
-/// and `tar` leave a directory), is still found missing.
+/// had taken that long to upload its index after its last put). A `data/xx` replaced whole by an
+/// older copy that lacks a chunk (its leaves keep the times they had, from before the notes) is
+/// looked for everywhere, and refused. A directory's time cannot be set back: a chunk removed,
+/// its directory's modification time then restored (as `rsync -a`, `cp -a` and `tar` leave a
+/// directory), is still found missing.
 #[test]
 fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let env = Env::new();
@@ -493,7 +495,18 @@ fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let src = src.to_str().unwrap();
     // one archive series: its files cache spares the client chunking the file again
     env.ok(&["-r", &url, "create", "--chunker-params", "fixed,128", "a", src]);
-    assert_eq!(borgd::repository::trust::date_notes_later(&repo, std::time::Duration::from_millis(2500)).unwrap(), 1);
+    // an older copy of one `data/xx`, beside the repository, lacking one of its chunks
+    let chunk_of_size = |size: u64, below: &std::path::Path| files_below(below).into_iter().find(|p| std::fs::metadata(p).unwrap().len() == size);
+    let objects = files_below(&repo.join("data"));
+    let mut sizes = std::collections::HashMap::new();
+    for p in &objects {
+        *sizes.entry(std::fs::metadata(p).unwrap().len()).or_insert(0) += 1;
+    }
+    let chunk_size = sizes.iter().max_by_key(|(_, n)| **n).map(|(size, _)| *size).unwrap();
+    let (top, older) = (repo.join("data/00"), env.path("older"));
+    assert!(std::process::Command::new("cp").arg("-a").arg(&top).arg(&older).status().unwrap().success());
+    std::fs::remove_file(chunk_of_size(chunk_size, &older).expect("a chunk in data/00")).unwrap();
+    assert_eq!(borgd::repository::trust::date_notes_later(&repo, Duration::from_millis(2500)).unwrap(), 1);
     let out = env.run(&["-r", &url, "--debug", "--debug-topic=repository", "create", "--chunker-params", "fixed,128", "a", src]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -505,17 +518,21 @@ fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let at = (1..words.len().saturating_sub(2)).find(|i| words[*i] == "of" && words[i + 2] == "objects").expect("N of M objects");
     let (trusted, listed): (u64, u64) = (words[at - 1].parse().unwrap(), words[at + 1].parse().unwrap());
     assert!(listed > 65_536 && trusted == listed, "{line}");
+    // data/00 replaced whole by the older copy, made before this backup's notes (dated later
+    // still, so that its leaves' times are well before them): another directory, so the merge
+    // is looked for everywhere
+    assert_eq!(borgd::repository::trust::date_notes_later(&repo, Duration::from_millis(2500)).unwrap(), 2);
+    std::fs::rename(&top, env.path("was")).unwrap();
+    std::fs::rename(&older, &top).unwrap();
+    let text = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,128", "a", src]);
+    assert!(text.contains("1 objects that are not in the repository"), "{text}");
+    std::fs::rename(&top, &older).unwrap();
+    std::fs::rename(env.path("was"), &top).unwrap();
     // a chunk (the most common stored size) removed: its directory changed, it is looked for
-    let objects = files_below(&repo.join("data"));
-    let mut sizes = std::collections::HashMap::new();
-    for p in &objects {
-        *sizes.entry(std::fs::metadata(p).unwrap().len()).or_insert(0) += 1;
-    }
-    let chunk_size = sizes.iter().max_by_key(|(_, n)| **n).map(|(size, _)| *size).unwrap();
-    let chunk = objects.iter().find(|p| std::fs::metadata(p).unwrap().len() == chunk_size).unwrap();
+    let chunk = chunk_of_size(chunk_size, &repo.join("data/ff")).expect("a chunk in data/ff");
     let leaf = std::fs::File::open(chunk.parent().unwrap()).unwrap();
     let was = leaf.metadata().unwrap().modified().unwrap();
-    std::fs::remove_file(chunk).unwrap();
+    std::fs::remove_file(&chunk).unwrap();
     leaf.set_modified(was).unwrap();
     let text = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,128", "a", src]);
     assert!(text.contains("1 objects that are not in the repository"), "{text}");
