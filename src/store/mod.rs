@@ -575,7 +575,7 @@ impl Store {
         Ok(self.nesting(namespace, false)?.map(|t| t.tree))
     }
 
-    /// [`Store::leaf_times`], the leaves' times only `with_leaves`.
+    /// [`Store::leaf_times`], the leaves' times only `with_leaves` (else `times` is empty).
     fn nesting(&self, namespace: &str, with_leaves: bool) -> Result<Option<LeafTimes>, Error> {
         use std::hash::Hasher;
         validate_name(namespace)?;
@@ -584,7 +584,8 @@ impl Store {
             [depth] if *depth <= 2 => *depth,
             _ => return Ok(None),
         };
-        let mut times = LeafTimes { depth, times: vec![None; 1 << (8 * depth)], tree: 0 };
+        // the times (16 bytes a leaf, 1 MiB for `data/`) only where they are asked for
+        let mut times = LeafTimes { depth, times: if with_leaves { vec![None; 1 << (8 * depth)] } else { Vec::new() }, tree: 0 };
         // nesting directories are named by two lower-case hex digits, as the keys are: each is
         // looked up by name (a listing of the parent would cost more and tell nothing more)
         let hex: Vec<String> = (0..=255u8).map(|b| format!("{b:02x}")).collect();
@@ -600,7 +601,9 @@ impl Store {
         let top = top.first().copied().flatten();
         tree.write_u64(top.map_or(0, |t| t.id));
         if depth == 0 {
-            times.times[0] = top.map(|t| t.changed);
+            if with_leaves {
+                times.times[0] = top.map(|t| t.changed);
+            }
             times.tree = tree.finish();
             return Ok(Some(times));
         }
