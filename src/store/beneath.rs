@@ -13,6 +13,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use super::Subdirectory;
+
 /// `struct open_how` of linux/openat2.h (libc's is non-exhaustive, so we declare the layout).
 #[repr(C)]
 struct OpenHow {
@@ -489,7 +491,7 @@ impl Dir {
     }
 
     /// When each of the subdirectories `names` last changed (an entry made, removed or renamed
-    /// in it) and its inode number, one `lstat` each, `None` for a name that is missing or not a
+    /// in it) and its inode number ([`Subdirectory`]), one `lstat` each, `None` for a name that is missing or not a
     /// directory: which leaf directories of `data/` changed since a chunk index was checked, and
     /// whether the directories above them are still the same (see `repository::trust`).
     /// The time is the later of the status-change and modification times: every change of an
@@ -497,7 +499,7 @@ impl Dir {
     /// `tar` restore a directory's after filling it, which would hide what they removed there),
     /// and the kernel sets the status-change time to now when it is; the modification time for
     /// a file system that keeps no status-change time of its own.
-    pub fn subdirectories(&self, names: &[&str]) -> io::Result<Vec<Option<(std::time::SystemTime, u64)>>> {
+    pub fn subdirectories(&self, names: &[&str]) -> io::Result<Vec<Option<Subdirectory>>> {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let c = cstr(name)?;
@@ -507,7 +509,7 @@ impl Dir {
             out.push(match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
                 Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                     let at = |secs: libc::time_t, nanos: i64| std::time::UNIX_EPOCH + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
-                    Some((at(st.st_ctime, st.st_ctime_nsec).max(at(st.st_mtime, st.st_mtime_nsec)), st.st_ino))
+                    Some(Subdirectory { changed: at(st.st_ctime, st.st_ctime_nsec).max(at(st.st_mtime, st.st_mtime_nsec)), id: st.st_ino })
                 }
                 Ok(_) => None,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,

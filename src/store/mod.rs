@@ -276,9 +276,9 @@ pub struct Subdirectory {
 /// by the key prefix the leaf holds (its first `depth` bytes), `None` for a leaf that does not
 /// exist. An item cannot vanish from a leaf without changing its time, nor can the time be set
 /// back (see [`Subdirectory`]); and a leaf cannot be replaced by another without changing its
-/// time (a rename sets it, on ext4, XFS and Btrfs) or, when a directory above it is
-/// replaced whole, `tree`. That is what
-/// lets a repository trust, without looking, what it saw in a leaf that has not changed since.
+/// time (a rename sets it, on ext4, XFS and Btrfs) or, when a directory above it is replaced
+/// whole, `tree`. That is what lets a repository trust, without looking, what it saw in a leaf
+/// that has not changed since.
 #[derive(Debug, Clone)]
 pub struct LeafTimes {
     /// Bytes of key prefix per leaf (the namespace's nesting levels: 2 for `data/`).

@@ -688,8 +688,7 @@ impl Backend for PosixFs {
 
     fn subdirectories(&self, dir: &str, names: &[&str]) -> Result<Option<Vec<Option<Subdirectory>>>, Error> {
         let d = self.open_dir(dir, "list", dir)?;
-        let found = d.subdirectories(names).map_err(|e| self.err("list", dir, e))?;
-        Ok(Some(found.into_iter().map(|s| s.map(|(changed, id)| Subdirectory { changed, id })).collect()))
+        d.subdirectories(names).map(Some).map_err(|e| self.err("list", dir, e))
     }
 
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
