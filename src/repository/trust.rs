@@ -120,7 +120,9 @@ impl Note {
 /// then on counts as made after them (their times less [`SLACK`], and a tick of the kernel's
 /// coarse clock). For tests: a leaf's time cannot be set back (see `store::LeafTimes`), so this
 /// is how a test puts the leaves' last changes long enough before a check. How many notes
-/// there were.
+/// there were. Public only because integration tests cannot reach `cfg(test)` items; kept out
+/// of the docs.
+#[doc(hidden)]
 pub fn date_notes_later(repo: &std::path::Path, by: Duration) -> std::io::Result<usize> {
     let mut latest: Option<SystemTime> = None;
     let mut dated = 0;

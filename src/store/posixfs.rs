@@ -363,7 +363,8 @@ fn read_note(file: &std::fs::File) -> io::Result<Option<Vec<u8>>> {
 /// Rewrites the note of the file at `path` (its attribute `user.borgd.note`) with `edit`, which
 /// is given the note and returns its new text, bound to the file as the old one was; `false` if
 /// the file has no note of its own. For tests: what a note would say had the check behind it
-/// run at another time (see `repository::trust::date_notes_later`).
+/// run at another time (see `repository::trust::date_notes_later`); kept out of the docs.
+#[doc(hidden)]
 pub fn rewrite_note(path: &Path, edit: impl FnOnce(&[u8]) -> Vec<u8>) -> io::Result<bool> {
     let file = std::fs::File::open(path)?;
     let Some(note) = read_note(&file)? else { return Ok(false) };
