@@ -1,7 +1,7 @@
 //! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, the
-//! same file system remounted read-only, and a `repo-create` on a tmpfs out of inodes. (EIO and
-//! EACCES — which root cannot be denied — are covered by the simulated disk in the unit tests:
-//! `repository::tests`.)
+//! same file system remounted read-only, a `repo-create` on a tmpfs out of inodes, and `data/`
+//! replaced by a copy of itself during a backup. (EIO and EACCES — which root cannot be denied
+//! — are covered by the simulated disk in the unit tests: `repository::tests`.)
 //!
 //! These tests mount tmpfs, so they need root (as CI has).
 
@@ -132,3 +132,54 @@ fn a_repo_create_that_fails_part_way_leaves_nothing_behind() {
     assert!(given.is_dir() && std::fs::read_dir(&given).unwrap().next().is_none(), "not kept empty: {:?}", files_below(&given));
 }
 
+
+/// `data/` moved away and replaced by a copy of itself while a backup is writing into it (an
+/// administrator restoring or reorganising the repository without taking borg's lock): borgd
+/// holds `data/` and its `data/xx` open to write, so the chunks sent after the move went with
+/// the old directory, not into the repository. Python's server opens every path anew and writes
+/// into the replacement; borgd finds the directories it holds are no longer at their names and
+/// refuses the archive, which would reference those chunks, naming the cause. Repeated, the
+/// backup uploads them into the repository, and Python borg checks it clean.
+#[test]
+fn data_moved_away_during_a_backup_is_found_before_the_archive_is_stored() {
+    use std::io::Write;
+    let env = Env::new();
+    let (repo, url) = env.new_repo("repo");
+    let before = files_below(&repo.join("data")).len();
+    let mut create = env.command(&["-r", &url, "create", "a", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdin = create.stdin.take().unwrap();
+    // chunks of the first half in the repository: the session is writing
+    for n in 0..32 {
+        stdin.write_all(&support::noise(n, 256 * 1024)).unwrap();
+    }
+    stdin.flush().unwrap();
+    let started = std::time::Instant::now();
+    while files_below(&repo.join("data")).len() <= before {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "no chunk was stored");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let moved = env.path("data-moved");
+    std::fs::rename(repo.join("data"), &moved).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(&moved).arg(repo.join("data")).status().unwrap().success());
+    for n in 32..64 {
+        stdin.write_all(&support::noise(n, 256 * 1024)).unwrap();
+    }
+    drop(stdin);
+    let out = create.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the archive was stored:\n{text}");
+    // the archive refused; the client then uploads its chunk index, refused for the same
+    // reason, and reports that last error
+    assert!(text.contains("refuses to store") && text.contains("data/ was moved away or replaced"), "{text}");
+    assert!(support::archive_names(&env, &["-r", &url]).is_empty(), "the archive was stored");
+    // repeated: every chunk uploaded into the repository as it is now
+    let mut again = env.command(&["-r", &url, "create", "a", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdin = again.stdin.take().unwrap();
+    for n in 0..64 {
+        stdin.write_all(&support::noise(n, 256 * 1024)).unwrap();
+    }
+    drop(stdin);
+    let out = again.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.ok(&["-r", repo.to_str().unwrap(), "check", "--verify-data"]);
+}

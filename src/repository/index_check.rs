@@ -65,7 +65,9 @@ impl Repository {
         // these directories (one that cannot be told is 0, which no merge will match)
         let started = SystemTime::now();
         let tree = self.store.tree_identity("data").ok().flatten().unwrap_or(0);
-        let invalid = |why: String| Error::InvalidChunkIndex { name: name.to_string(), why };
+        // this session's own objects are taken on trust only while they are where it put them
+        self.puts_moved_away(log)?;
+        let invalid = |why: String| Error::Refused { name: name.to_string(), why };
         let (layout, digest) = chunkindex::validate_upload(name, value).map_err(|e| match e {
             chunkindex::Invalid::Format(why) => invalid(format!("it is not a valid chunk index ({why})")),
             chunkindex::Invalid::Name { expected } => invalid(format!("its name does not match its contents (expected {expected})")),

@@ -48,9 +48,11 @@ pub enum Error {
     Integrity(String),
     #[error("Repository has no manifest.")]
     NoManifest,
-    /// A client tried to store a chunk-index cache that would make clients skip uploads.
+    /// A client tried to store what would reference objects that are not in the repository: a
+    /// chunk-index cache that would make clients skip uploads, or an archive whose objects went
+    /// with a directory moved away during the session.
     #[error("borgd refuses to store {name}: {why}")]
-    InvalidChunkIndex { name: String, why: String },
+    Refused { name: String, why: String },
     #[error(transparent)]
     Lock(#[from] lock::Error),
     #[error(transparent)]
@@ -96,6 +98,12 @@ pub struct Repository {
     /// this moment (the time noted on a chunk index whose check took some of its own objects on
     /// trust, see `trust`).
     opened: SystemTime,
+    /// This session put an object: before anything can reference its objects, whether they are
+    /// still where it put them is looked at (see [`Repository::puts_moved_away`]).
+    put_any: bool,
+    /// Why they are not: a directory they were written to was moved away during the session.
+    /// Kept for the rest of the session.
+    puts_lost: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -165,7 +173,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -315,6 +323,7 @@ impl Repository {
         let name = self.prepare_put(id, data.len() as u64, log)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         self.written.record(id);
+        self.put_any = true;
         Ok(())
     }
 
@@ -332,6 +341,7 @@ impl Repository {
     /// listing in an uploaded chunk index needs no look-up.
     pub fn note_written(&mut self, keys: &[WrittenKey]) {
         self.written.record_keys(keys);
+        self.put_any |= !keys.is_empty();
     }
 
     /// A write carried out for this repository elsewhere (a [`Repository::put_later`]) failed.
@@ -345,6 +355,7 @@ impl Repository {
         let name = self.prepare_put(id, len, log)?;
         self.store.store_from(&name, len, src).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
         self.written.record(id);
+        self.put_any = true;
         Ok(())
     }
 
@@ -421,6 +432,7 @@ impl Repository {
     pub fn store_store(&mut self, name: &str, value: &[u8], log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
         if !name.starts_with("cache/chunks.") {
+            self.refuse_archive_of_lost_puts(name, log)?;
             return Ok(self.store.store(name, value)?);
         }
         let note = self.check_chunk_index(name, &value, log)?;
@@ -434,11 +446,54 @@ impl Repository {
     pub fn store_store_from(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, log: &Log) -> Result<(), Error> {
         self.refresh_lock(log)?;
         if !name.starts_with("cache/chunks.") {
+            self.refuse_archive_of_lost_puts(name, log)?;
             return Ok(self.store.store_from(name, len, src)?);
         }
         let staged = self.store.stage(name, len, src)?;
         let note = self.check_chunk_index(name, &staged, log)?;
         self.place_noted(staged, note, log)
+    }
+
+    /// Why the objects this session put are not all where it put them, if they are not: a
+    /// directory it holds open to write into (`data/xx`, `data`, the repository's own) was moved
+    /// away or replaced since it was opened, and what the session wrote through it went along
+    /// (see `store::Backend::held_directories_moved`; Python's server, which opens every path
+    /// anew, writes into the replacement). Looked at only once the session has put something,
+    /// and remembered: its own objects are no longer taken on trust, and the reason is what a
+    /// refused chunk index or archive names.
+    fn puts_moved_away(&mut self, log: &Log) -> Result<Option<String>, Error> {
+        if self.puts_lost.is_none() && self.put_any {
+            let moved = self.store.held_directories_moved()?;
+            if !moved.is_empty() {
+                let which: Vec<String> =
+                    moved.iter().map(|m| if m.is_empty() { "the repository's directory".to_string() } else { format!("{m}/") }).collect();
+                let why = format!(
+                    "{} was moved away or replaced while this session was writing objects into it; \
+                     the objects it wrote there went with it and are not in the repository",
+                    which.join(", ")
+                );
+                log.warning(LOGGER, &format!("{}: {why}", self.location));
+                self.written.forget_all();
+                self.last_write_error = Some(why.clone());
+                self.puts_lost = Some(why);
+            }
+        }
+        Ok(self.puts_lost.clone())
+    }
+
+    /// Refuses to store an archive (`archives/*`) when objects this session put went with a
+    /// directory moved away: it would reference them ([`Repository::puts_moved_away`]).
+    fn refuse_archive_of_lost_puts(&mut self, name: &str, log: &Log) -> Result<(), Error> {
+        if !name.starts_with("archives/") {
+            return Ok(());
+        }
+        match self.puts_moved_away(log)? {
+            Some(why) => Err(Error::Refused {
+                name: name.to_string(),
+                why: format!("{why}. Repeat the backup"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// `store_delete(name, deleted)`.
@@ -556,6 +611,40 @@ mod tests {
             let repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &opts(true), Owner::current(0), &log).unwrap();
             repo.close(&log).unwrap();
         }
+    }
+
+    /// Objects put through a directory moved away during the session are not in the
+    /// repository: the session's own objects are then looked up, not taken on trust, and an
+    /// archive is refused with the reason — also when the repository's whole directory was
+    /// replaced.
+    #[test]
+    fn puts_that_went_with_a_directory_moved_away_are_not_referenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        let log = Log::silent();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
+        repo.store_store("archives/00", b"", &log).unwrap();
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        std::fs::rename(path.join("data"), dir.path().join("data-moved")).unwrap();
+        std::fs::create_dir(path.join("data")).unwrap();
+        repo.put(&[2; 32], &obj, &log).unwrap();
+        let index = chunkindex::serialize([[1u8; 32], [2u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&index), &index, &log).unwrap_err().to_string();
+        assert!(e.contains("2 objects that are not in the repository") && e.contains("data/ was moved away"), "{e}");
+        let e = repo.store_store("archives/01", b"", &log).unwrap_err().to_string();
+        assert!(e.contains("refuses to store archives/01: data/ was moved away"), "{e}");
+        assert!(repo.store_store("archives/02", b"", &log).is_err(), "for the rest of the session");
+        repo.close(&log).unwrap();
+        // the repository's own directory replaced by a copy of itself
+        let mut repo = Repository::open(&path, &opts(false), Owner::current(5), &log).unwrap();
+        repo.put(&[3; 32], &obj, &log).unwrap();
+        std::fs::rename(&path, dir.path().join("repo-moved")).unwrap();
+        assert!(std::process::Command::new("cp").arg("-a").arg(dir.path().join("repo-moved")).arg(&path).status().unwrap().success());
+        repo.put(&[4; 32], &obj, &log).unwrap();
+        let e = repo.store_store("archives/03", b"", &log).unwrap_err().to_string();
+        assert!(e.contains("the repository's directory was moved away"), "{e}");
+        repo.close(&log).unwrap();
     }
 
     #[test]

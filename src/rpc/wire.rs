@@ -57,7 +57,7 @@ impl From<&CallError> for Exception {
                 RepoError::ObjectNotFound(id, repo) => exc("ObjectNotFound", vec![id.clone(), repo.clone()], msg, true),
                 RepoError::Integrity(m) => exc("IntegrityError", vec![m.clone()], msg, true),
                 RepoError::NoManifest => exc("NoManifestError", vec![], msg, false),
-                RepoError::InvalidChunkIndex { .. } => exc("Error", vec![msg.clone()], msg, false),
+                RepoError::Refused { .. } => exc("Error", vec![msg.clone()], msg, false),
                 RepoError::Lock(lock::Error::Timeout(s)) => exc("LockTimeout", vec![s.clone()], msg, false),
                 // the client words it "Failed to create/acquire the lock NAME (WHY)."; WHY says what to do
                 RepoError::Lock(lock::Error::Corrupt { name, why }) => {

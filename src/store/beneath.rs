@@ -62,6 +62,13 @@ fn symlink_refused(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, format!("{what}: refusing to follow a symlink inside the repository"))
 }
 
+/// When a directory's entries last changed, by a time no program can set back: the later of its
+/// status-change and modification times (see [`Subdirectory::changed`]).
+fn changed(st: &libc::stat) -> std::time::SystemTime {
+    let at = |secs: libc::time_t, nanos: i64| std::time::UNIX_EPOCH + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+    at(st.st_ctime, st.st_ctime_nsec).max(at(st.st_mtime, st.st_mtime_nsec))
+}
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -507,16 +514,45 @@ impl Dir {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: valid fd, C string and stat buffer.
             out.push(match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
-                Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                    let at = |secs: libc::time_t, nanos: i64| std::time::UNIX_EPOCH + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
-                    Some(Subdirectory { changed: at(st.st_ctime, st.st_ctime_nsec).max(at(st.st_mtime, st.st_mtime_nsec)), id: st.st_ino })
-                }
+                Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Some(Subdirectory { changed: changed(&st), id: st.st_ino }),
                 Ok(_) => None,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
                 Err(e) => return Err(e),
             });
         }
         Ok(out)
+    }
+
+    /// Which directory this descriptor is (device, inode): a held descriptor keeps naming the
+    /// directory it was opened on, wherever that is moved, so this tells whether it is still
+    /// the one at its name (see [`Dir::child_identity`]).
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        // SAFETY: st is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd and stat buffer.
+        cvt(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// Which directory the entry `name` is (device, inode), never following a symlink; `None`
+    /// if it is missing or not a directory.
+    pub fn child_identity(&self, name: &str) -> io::Result<Option<(u64, u64)>> {
+        Ok(self.child_status(name)?.map(|(identity, _)| identity))
+    }
+
+    /// [`Dir::child_identity`], and when an entry was last made, removed or renamed in it (as
+    /// [`Dir::subdirectories`] tells it).
+    pub fn child_status(&self, name: &str) -> io::Result<Option<((u64, u64), std::time::SystemTime)>> {
+        let c = cstr(name)?;
+        // SAFETY: st is plain data filled by the kernel.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd, C string and stat buffer.
+        match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
+            Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(Some(((st.st_dev, st.st_ino), changed(&st)))),
+            Ok(_) => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// fsync of the directory (makes entry changes durable).

@@ -191,6 +191,13 @@ pub trait Backend: Send + Sync {
     /// writes), so that a session ending short of descriptors has them for what follows; the
     /// directory of lock records stays open (the lock's release needs it, see `posixfs`).
     fn close_held_directories(&mut self) {}
+    /// The directories this backend holds open that are no longer at their names (moved
+    /// away or replaced since they were opened; `""` for the store's own directory): what was
+    /// written through them since is not in the store. They are let go, so later writes go
+    /// where the names lead now. A backend that holds none: nothing.
+    fn held_directories_moved(&mut self) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
     /// Human-readable location, used in lock and error messages.
     fn describe(&self) -> String;
     /// How long a new item may take to show up in other clients' listings. A locker waits this
@@ -463,6 +470,12 @@ impl Store {
     /// See [`Backend::close_held_directories`].
     pub fn close_held_directories(&mut self) {
         self.backend.close_held_directories();
+    }
+
+    /// See [`Backend::held_directories_moved`]: whether what this store wrote can still be found
+    /// where it wrote it.
+    pub fn held_directories_moved(&mut self) -> Result<Vec<String>, Error> {
+        self.backend.held_directories_moved()
     }
 
     /// Removes the store entirely (needs `D` on the root).

@@ -14,8 +14,13 @@
 //!
 //! What a held descriptor does not follow: a directory renamed away while the store is open
 //! keeps receiving this store's objects (as the root itself does). Only someone who can already
-//! write to both places can move it, so that reaches nothing new. One deleted meanwhile is
-//! noticed (creating in it fails with `ENOENT`), forgotten and opened afresh.
+//! write to both places can move it, so that reaches nothing new — but the objects are not in
+//! the repository, where Python's server, which opens every path anew, would have put them
+//! into the replacement. So before anything can reference a session's objects (an archive, a
+//! chunk index taking them on trust) the repository asks whether each held directory is still
+//! the one at its name ([`Parents::moved_away`], ~257 `fstat` and `fstatat` calls), and refuses
+//! what would reference them if one is not. One deleted meanwhile is noticed (creating in it
+//! fails with `ENOENT`), forgotten and opened afresh.
 //!
 //! In a young repository most objects need a new leaf directory (the first ~65 000 objects
 //! spread over 65 536 of them), so there the leaf is made first and opened after — an `EEXIST`
@@ -29,11 +34,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::beneath::Dir;
 use crate::fasthash::FastBuild;
+use crate::repository::trust::SLACK;
 
 /// Descriptors held by all [`Parents`] of this process.
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -62,6 +68,10 @@ pub struct Parents {
     /// Recent leaves made minus recent leaves found, within ±[`YOUTH_RANGE`]: above zero,
     /// leaves are made before they are opened.
     youth: AtomicI32,
+    /// When the oldest descriptor held now was opened (nanoseconds since the epoch, taken before
+    /// the open; 0 when none is held): a directory whose entries have not changed since holds
+    /// every held child at its name (see [`Parents::moved_away`]).
+    oldest_hold: AtomicU64,
 }
 
 /// How far [`Parents::youth`] counts either way (how many puts it takes to change course).
@@ -124,6 +134,7 @@ impl Parents {
         }
         // opened without the lock (it may take the lock again for `rel`'s own parent); a
         // writer thread that held it meanwhile wins, ours is closed
+        let opening = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos().max(1) as u64);
         let d = match self.open_for_holding(root, rel, created) {
             Ok(d) => Arc::new(d),
             Err(e) => {
@@ -137,6 +148,10 @@ impl Parents {
             return Ok(Some(Arc::clone(held)));
         }
         open.insert(rel.into(), Arc::clone(&d));
+        // the first held since none was: under the lock, as `moved_away` resets it
+        if self.oldest_hold.load(Ordering::Relaxed) == 0 {
+            self.oldest_hold.store(opening, Ordering::Relaxed);
+        }
         Ok(Some(d))
     }
 
@@ -155,10 +170,91 @@ impl Parents {
         root.open_or_make_dir(rel, created)
     }
 
+    /// The held directories no longer at their names (moved away, or replaced by another,
+    /// since they were opened), shallowest first, one beneath another left out; all are
+    /// forgotten, so that the next put opens what is there now. What this store wrote through
+    /// them since is in the directory moved away, not here.
+    pub fn moved_away(&self, root: &Dir) -> io::Result<Vec<String>> {
+        // held throughout (a few hundred look-ups): no writer thread is writing when it is asked
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if self.unchanged_since_held(&open, root)? {
+            return Ok(Vec::new());
+        }
+        let mut order: Vec<&str> = open.keys().map(|k| &**k).collect();
+        order.sort_unstable_by_key(|rel| (rel.matches('/').count(), *rel));
+        let (mut moved, mut reported): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for rel in order {
+            let beneath_moved = moved.iter().any(|m| rel.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('/')));
+            let now = if beneath_moved {
+                None
+            } else {
+                match rel.rsplit_once('/') {
+                    None => root.child_identity(rel)?,
+                    // its parent was looked at before it (shallower), and is where it was
+                    Some((up, name)) => match open.get(up) {
+                        Some(parent) => parent.child_identity(name)?,
+                        None => match root.dir(up) {
+                            Ok(parent) => parent.child_identity(name)?,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                            Err(e) => return Err(e),
+                        },
+                    },
+                }
+            };
+            let Some(dir) = open.get(rel) else { continue };
+            if now != Some(dir.identity()?) {
+                if !beneath_moved {
+                    reported.push(rel.to_string());
+                }
+                moved.push(rel.to_string());
+            }
+        }
+        for rel in &moved {
+            if open.remove(rel.as_str()).is_some() {
+                HELD.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if open.is_empty() {
+            self.oldest_hold.store(0, Ordering::Relaxed);
+        }
+        Ok(reported)
+    }
+
+    /// The cheap answer of [`Parents::moved_away`], ~4 calls instead of one per held
+    /// directory: every held directory is a top one (`data`) or a child of a held top one, each
+    /// top one is still at its name, and its entries last changed well before the oldest held
+    /// descriptor was opened (its status-change time, which a rename in it sets and no program
+    /// can set back; [`SLACK`] spared for coarse or lagging file-system clocks). Then no held
+    /// child can have been moved. Established repositories take it; one whose `data/xx` this
+    /// session made looks at each.
+    fn unchanged_since_held(&self, open: &HashMap<Box<str>, Arc<Dir>, FastBuild>, root: &Dir) -> io::Result<bool> {
+        let oldest = self.oldest_hold.load(Ordering::Relaxed);
+        if oldest == 0 {
+            return Ok(true); // nothing held
+        }
+        let Some(before) = (std::time::UNIX_EPOCH + std::time::Duration::from_nanos(oldest)).checked_sub(SLACK) else { return Ok(false) };
+        for rel in open.keys() {
+            let top = rel.split_once('/').map_or(&**rel, |(top, _)| top);
+            if rel.matches('/').count() > 1 || !open.contains_key(top) {
+                return Ok(false);
+            }
+        }
+        for (rel, dir) in open.iter().filter(|(rel, _)| !rel.contains('/')) {
+            match root.child_status(rel)? {
+                Some((identity, changed)) if identity == dir.identity()? && changed < before => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     fn forget(&self, rel: &str) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.remove(rel).is_some() {
             HELD.fetch_sub(1, Ordering::Relaxed);
+        }
+        if open.is_empty() {
+            self.oldest_hold.store(0, Ordering::Relaxed);
         }
     }
 
@@ -167,6 +263,7 @@ impl Parents {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         HELD.fetch_sub(open.len(), Ordering::Relaxed);
         open.clear();
+        self.oldest_hold.store(0, Ordering::Relaxed);
     }
 }
 
@@ -273,5 +370,57 @@ mod tests {
         assert_eq!(created, ["", "data", "data/ab"]);
         parents.clear();
         assert!(parents.open.lock().unwrap().is_empty());
+    }
+
+    /// A held directory moved away or replaced is found and let go, and the next put opens
+    /// what is at the name now; a change below it (a new leaf) is no move, and a directory
+    /// beneath a moved one is not reported again.
+    #[test]
+    fn held_directories_moved_away_are_found_and_let_go() {
+        let (dir, root, parents) = fresh();
+        let mut created = Vec::new();
+        for leaf in ["data/ab/cd", "data/ef/01"] {
+            parents.open_or_make_dir(&root, leaf, &mut created).unwrap();
+        }
+        parents.open_or_make_dir(&root, "data/ab/ce", &mut created).unwrap();
+        assert!(parents.moved_away(&root).unwrap().is_empty());
+        // data/ab replaced by a copy of itself: the held one is the copy's original
+        let p = |rel: &str| dir.path().join(rel);
+        std::fs::rename(p("data/ab"), p("ab-moved")).unwrap();
+        std::fs::create_dir_all(p("data/ab/cd")).unwrap();
+        assert_eq!(parents.moved_away(&root).unwrap(), ["data/ab"]);
+        assert_eq!(parents.open.lock().unwrap().len(), 2, "held: data and data/ef");
+        parents.open_or_make_dir(&root, "data/ab/99", &mut created).unwrap();
+        assert!(p("data/ab/99").is_dir() && !p("ab-moved/99").exists(), "opened where the name leads now");
+        assert!(parents.moved_away(&root).unwrap().is_empty());
+        // data/ itself moved away, then gone: data/ reported, everything held let go
+        std::fs::rename(p("data"), p("data-moved")).unwrap();
+        assert_eq!(parents.moved_away(&root).unwrap(), ["data"]);
+        assert!(parents.open.lock().unwrap().is_empty());
+        parents.open_or_make_dir(&root, "data/ef/02", &mut created).unwrap();
+        assert!(p("data/ef/02").is_dir() && !p("data-moved/ef/02").exists());
+    }
+
+    /// In a repository whose `data/` last changed before its directories were held, the cheap
+    /// answer is taken — and a `data/xx` replaced afterwards still changes `data/`, so it is
+    /// found all the same.
+    #[test]
+    fn an_established_tree_is_answered_cheaply_and_a_move_still_found() {
+        let (dir, root, _) = fresh();
+        let mut created = Vec::new();
+        for b in 0..=255u8 {
+            root.open_or_make_dir(&format!("data/{b:02x}/00"), &mut created).unwrap();
+        }
+        std::thread::sleep(SLACK + std::time::Duration::from_millis(100));
+        let parents = Parents::default();
+        for b in 0..=255u8 {
+            parents.open_or_make_dir(&root, &format!("data/{b:02x}/01"), &mut created).unwrap();
+        }
+        assert!(parents.unchanged_since_held(&parents.open.lock().unwrap(), &root).unwrap());
+        assert!(parents.moved_away(&root).unwrap().is_empty());
+        std::fs::rename(dir.path().join("data/7f"), dir.path().join("7f-moved")).unwrap();
+        std::fs::create_dir(dir.path().join("data/7f")).unwrap();
+        assert!(!parents.unchanged_since_held(&parents.open.lock().unwrap(), &root).unwrap());
+        assert_eq!(parents.moved_away(&root).unwrap(), ["data/7f"]);
     }
 }

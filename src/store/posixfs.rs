@@ -549,6 +549,24 @@ impl Backend for PosixFs {
         self.parents.clear();
     }
 
+    fn held_directories_moved(&mut self) -> Result<Vec<String>, Error> {
+        let Some(root) = self.root.clone() else { return Ok(Vec::new()) };
+        use std::os::unix::fs::MetadataExt;
+        let identity = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let here = match std::fs::symlink_metadata(&self.base) {
+            Ok(m) if m.is_dir() => Some(identity(m)),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.err("look at", "", e)),
+        };
+        if here != Some(root.identity().map_err(|e| self.err("look at", "", e))?) {
+            // the whole repository moved: every descriptor of this store follows the old one
+            self.parents.clear();
+            return Ok(vec![String::new()]);
+        }
+        self.parents.moved_away(&root).map_err(|e| self.err("look at", "data", e))
+    }
+
     fn remove_empty(&mut self) -> Result<(), Error> {
         self.open_root()?;
         self.drop_all_held();
