@@ -18,9 +18,10 @@
 //! the repository, where Python's server, which opens every path anew, would have put them
 //! into the replacement. So before anything can reference a session's objects (an archive, a
 //! chunk index taking them on trust) the repository asks whether each held directory is still
-//! the one at its name ([`Parents::moved_away`], ~257 `fstat` and `fstatat` calls), and refuses
-//! what would reference them if one is not. One deleted meanwhile is noticed (creating in it
-//! fails with `ENOENT`), forgotten and opened afresh.
+//! the one at its name ([`Parents::moved_away`]: two calls when `data/` has not changed since
+//! before they were opened, else a `fstat` and a `fstatat` for each, ~0.5 ms for 257), and
+//! refuses what would reference them if one is not. One deleted meanwhile is noticed (creating
+//! in it fails with `ENOENT`), forgotten and opened afresh.
 //!
 //! In a young repository most objects need a new leaf directory (the first ~65 000 objects
 //! spread over 65 536 of them), so there the leaf is made first and opened after — an `EEXIST`
@@ -39,7 +40,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::beneath::Dir;
 use crate::fasthash::FastBuild;
-use crate::repository::trust::SLACK;
 
 /// Descriptors held by all [`Parents`] of this process.
 static HELD: AtomicUsize = AtomicUsize::new(0);
@@ -76,6 +76,12 @@ pub struct Parents {
 
 /// How far [`Parents::youth`] counts either way (how many puts it takes to change course).
 const YOUTH_RANGE: i32 = 32;
+
+/// How long before the oldest held descriptor was opened a directory must have last changed for
+/// [`Parents::moved_away`] to trust its time: file times come from the kernel's coarse clock,
+/// a tick behind, or from a network file system's server, whose clock may lag ours (2 s, as
+/// the notes of checked chunk indexes spare).
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Parents {
     /// Opens directory `rel` beneath `root` (see [`Dir::open_or_make_dir`], whose contract this
@@ -224,7 +230,7 @@ impl Parents {
     /// directory: every held directory is a top one (`data`) or a child of a held top one, each
     /// top one is still at its name, and its entries last changed well before the oldest held
     /// descriptor was opened (its status-change time, which a rename in it sets and no program
-    /// can set back; [`SLACK`] spared for coarse or lagging file-system clocks). Then no held
+    /// can set back; [`SETTLED`] spared for coarse or lagging file-system clocks). Then no held
     /// child can have been moved. Established repositories take it; one whose `data/xx` this
     /// session made looks at each.
     fn unchanged_since_held(&self, open: &HashMap<Box<str>, Arc<Dir>, FastBuild>, root: &Dir) -> io::Result<bool> {
@@ -232,7 +238,7 @@ impl Parents {
         if oldest == 0 {
             return Ok(true); // nothing held
         }
-        let Some(before) = (std::time::UNIX_EPOCH + std::time::Duration::from_nanos(oldest)).checked_sub(SLACK) else { return Ok(false) };
+        let Some(before) = (std::time::UNIX_EPOCH + std::time::Duration::from_nanos(oldest)).checked_sub(SETTLED) else { return Ok(false) };
         for rel in open.keys() {
             let top = rel.split_once('/').map_or(&**rel, |(top, _)| top);
             if rel.matches('/').count() > 1 || !open.contains_key(top) {
@@ -411,7 +417,7 @@ mod tests {
         for b in 0..=255u8 {
             root.open_or_make_dir(&format!("data/{b:02x}/00"), &mut created).unwrap();
         }
-        std::thread::sleep(SLACK + std::time::Duration::from_millis(100));
+        std::thread::sleep(SETTLED + std::time::Duration::from_millis(100));
         let parents = Parents::default();
         for b in 0..=255u8 {
             parents.open_or_make_dir(&root, &format!("data/{b:02x}/01"), &mut created).unwrap();
