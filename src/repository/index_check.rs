@@ -292,7 +292,7 @@ impl Repository {
 mod tests {
     use super::*;
     use crate::repository::repoobj;
-    use crate::repository::tests::{opts, sim_repo};
+    use crate::repository::tests::{on_disk, opts, sim_repo};
     use crate::lock::Owner;
     use std::time::Duration;
 
@@ -415,9 +415,7 @@ mod tests {
     /// by an older copy, is checked in full.
     #[test]
     fn a_merge_of_checked_indexes_is_looked_for_only_where_data_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("repo");
-        let log = Log::silent();
+        let (dir, path, log) = on_disk();
         let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
         let id = |n: u32| -> [u8; 32] { std::array::from_fn(|k| (n.wrapping_mul(0x9e37_79b9) >> (8 * (k % 4))) as u8 ^ k as u8) };
         let obj = repoobj::Header::wrap(b"m", b"d");
@@ -503,9 +501,7 @@ mod tests {
     /// session's objects on trust, is still dated from the session's start.
     #[test]
     fn a_long_index_is_noted_as_of_its_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("repo");
-        let log = Log::silent();
+        let (_dir, path, log) = on_disk();
         let id = |n: u32| -> [u8; 32] { std::array::from_fn(|k| (n.wrapping_mul(0x9e37_79b9) >> (8 * (k % 4))) as u8 ^ k as u8) };
         let obj = repoobj::Header::wrap(b"m", b"d");
         let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();

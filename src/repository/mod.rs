@@ -545,6 +545,14 @@ mod tests {
         (repo, h, log)
     }
 
+    /// A directory for a repository on the real file system (`repo` in it, not made yet), and a
+    /// silent log.
+    pub(super) fn on_disk() -> (tempfile::TempDir, std::path::PathBuf, Log) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo");
+        (dir, path, Log::silent())
+    }
+
     pub(super) fn opts(create: bool) -> OpenOptions {
         OpenOptions {
             create,
@@ -583,9 +591,7 @@ mod tests {
     #[test]
     fn a_session_out_of_descriptors_still_releases_its_lock() {
         for exclusive in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("repo");
-            let log = Log::silent();
+            let (_dir, path, log) = on_disk();
             let mut repo = Repository::open(&path, &OpenOptions { exclusive, ..opts(true) }, Owner::current(5), &log).unwrap();
             repo.put(&[7; 32], &repoobj::Header::wrap(b"m", b"d"), &log).unwrap();
             store::OPENS_FAIL_WITH.with(|c| c.set(Some(libc::EMFILE)));
@@ -619,9 +625,7 @@ mod tests {
     /// replaced.
     #[test]
     fn puts_that_went_with_a_directory_moved_away_are_not_referenced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("repo");
-        let log = Log::silent();
+        let (dir, path, log) = on_disk();
         let obj = repoobj::Header::wrap(b"m", b"d");
         let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
         repo.store_store("archives/00", b"", &log).unwrap();
