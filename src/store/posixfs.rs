@@ -550,11 +550,12 @@ impl Backend for PosixFs {
     }
 
     fn held_directories_moved(&mut self) -> Result<Vec<String>, Error> {
-        let Some(root) = self.root.clone() else { return Ok(Vec::new()) };
         use std::os::unix::fs::MetadataExt;
-        let identity = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let Some(root) = self.root.clone() else { return Ok(Vec::new()) };
+        // the directory at the repository's path now (never through a symlink in its last
+        // component, as the root was opened)
         let here = match std::fs::symlink_metadata(&self.base) {
-            Ok(m) if m.is_dir() => Some(identity(m)),
+            Ok(m) if m.is_dir() => Some((m.dev(), m.ino())),
             Ok(_) => None,
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(self.err("look at", "", e)),
