@@ -31,6 +31,7 @@ pub struct Cli {
 
 /// borg's common options (`define_common_options`), usable before or after the subcommand.
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Common options")]
 pub struct Common {
     /// work on log level CRITICAL
     #[arg(long, global = true, action = ArgAction::SetTrue, overrides_with_all = ["error", "warning", "info", "debug"])]
@@ -309,5 +310,23 @@ mod tests {
         assert!(parse(["borgd", "serve"], None, Some("bogus"), None).is_err());
         assert!(parse(["borgd", "serve"], None, None, Some("x")).is_err());
         assert!(parse(["borgd", "serve", "--permissions", "bogus"], None, None, None).is_err());
+    }
+
+    /// `borgd serve --help` lists serve's own options, then borg's common options under their
+    /// own heading (as `borg serve --help` does), not the two interleaved.
+    #[test]
+    fn help_keeps_the_common_options_apart() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build(); // global options reach the subcommand here, as when parsing
+        let help = cli.find_subcommand_mut("serve").expect("serve").render_long_help().to_string();
+        let at = |s: &str| help.find(s).unwrap_or_else(|| panic!("{s} missing from:\n{help}"));
+        let common = at("Common options:");
+        for own in ["--restrict-to-path", "--permissions", "--fsync", "--max-connections"] {
+            assert!(at(own) < common, "{own} among the common options:\n{help}");
+        }
+        for shared in ["--critical", "--debug-topic", "--lock-wait", "--umask", "--socket"] {
+            assert!(at(shared) > common, "{shared} among serve's own options:\n{help}");
+        }
     }
 }
