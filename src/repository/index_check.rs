@@ -18,7 +18,7 @@ use crate::store::{self, ItemInfo};
 
 /// What checking an uploaded chunk index against `data/` found.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Tally {
+struct Tally {
     /// Distinct ids listed (an index whose ids were checked in batches may count one twice).
     listed: usize,
     /// Ids not looked for: listed in the indexes merged, in leaves unchanged since (see `trust`).
