@@ -507,20 +507,7 @@ impl Dir {
     /// and the kernel sets the status-change time to now when it is; the modification time for
     /// a file system that keeps no status-change time of its own.
     pub fn subdirectories(&self, names: &[&str]) -> io::Result<Vec<Option<Subdirectory>>> {
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let c = cstr(name)?;
-            // SAFETY: st is plain data filled by the kernel.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: valid fd, C string and stat buffer.
-            out.push(match cvt(unsafe { libc::fstatat(self.fd.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
-                Ok(_) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Some(Subdirectory { changed: changed(&st), id: st.st_ino }),
-                Ok(_) => None,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-                Err(e) => return Err(e),
-            });
-        }
-        Ok(out)
+        names.iter().map(|name| Ok(self.child_status(name)?.map(|((_, ino), changed)| Subdirectory { changed, id: ino }))).collect()
     }
 
     /// Which directory this descriptor is (device, inode): a held descriptor keeps naming the
