@@ -126,14 +126,22 @@ impl DirectWriter {
 
 /// `write_all` that falls back to ordinary writes if the kernel refuses a direct one (`EINVAL`:
 /// alignment this device does not accept, or a file system that only checks at write time).
-/// Returns whether it had to.
+/// Returns whether it had to. A direct write takes its blocks at once, as a create does, so on
+/// XFS it can find no space while space is only promised to data not yet written back: after
+/// `ENOSPC` it writes that back (`syncfs`) and tries once more (see `Dir::flushed_if_full`).
 fn write_all(f: &mut File, mut data: &[u8], direct: &mut bool) -> io::Result<bool> {
     let mut refused = false;
+    let mut flushed = false;
     while !data.is_empty() {
         match f.write(data) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if !flushed && e.raw_os_error() == Some(libc::ENOSPC) => {
+                flushed = true;
+                // SAFETY: syncfs on a descriptor we own; the retry's answer is the one that counts.
+                unsafe { libc::syncfs(f.as_raw_fd()) };
+            }
             Err(e) if *direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 clear_direct(f)?;
                 *direct = false;
@@ -199,6 +207,16 @@ mod tests {
             assert!(back == data, "length {len}: content differs");
         }
         assert_eq!(w.support, Support::Works, "this file system took O_DIRECT at open but refused the writes");
+    }
+
+    /// A device that is always full (`/dev/full`) gets one more try after a write-back, then
+    /// its `ENOSPC` is the answer (no endless retrying).
+    #[test]
+    fn a_write_that_finds_no_space_is_tried_once_more_then_fails() {
+        let mut full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        let mut direct = false;
+        let e = write_all(&mut full, &[7u8; 4096], &mut direct).expect_err("no space on /dev/full");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     }
 
     #[test]
