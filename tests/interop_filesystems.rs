@@ -67,8 +67,7 @@ fn backups_on(kind: &str, mib: u64) {
     std::fs::create_dir_all(&many).unwrap();
     std::fs::write(many.join("f"), support::noise(12, 9_000_000)).unwrap();
     let many = many.to_str().unwrap();
-    let series = ["create", "--chunker-params", "fixed,128", "a", many];
-    r(&series);
+    r(&["create", "--chunker-params", "fixed,128", "a", many]);
 
     // The index the client uploaded after the backup (it lists the backup's ~70 000 chunks)
     // carries borgd's note: the file system keeps user extended attributes. Dated 2.5 s later
@@ -79,14 +78,8 @@ fn backups_on(kind: &str, mib: u64) {
     let out = env.run(&["-r", &url, "--debug", "--debug-topic=repository", "create", "--chunker-params", "fixed,128", "a", many]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let line = log.lines().find(|l| l.contains("the merge of the cached indexes")).unwrap_or_else(|| {
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("chunk index")).collect();
-        panic!("no merge taken on trust on {kind}:\n{}", lines.join("\n"))
-    });
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = (1..words.len().saturating_sub(2)).find(|i| words[*i] == "of" && words[i + 2] == "objects").expect("N of M objects");
-    let (trusted, listed): (u64, u64) = (words[at - 1].parse().unwrap(), words[at + 1].parse().unwrap());
-    assert!(listed > 65_536 && trusted == listed, "{line}");
+    let (trusted, listed) = support::merge_taken_on_trust(&log);
+    assert!(listed > 65_536 && trusted == listed, "on {kind}: {trusted} of {listed} objects trusted");
 
     // One of the small chunks lost (its directory's time changes): the next backup's merge is
     // looked for there, and refused until `check` writes a fresh index.
@@ -97,8 +90,8 @@ fn backups_on(kind: &str, mib: u64) {
     assert!(text.contains("1 objects that are not in the repository") && text.contains("borg check --repository-only"), "{text}");
     r(&["check", "--repository-only"]);
     r(&["create", "--chunker-params", "fixed,128", "b", many]);
-    // (after the merge above: a first backup this small makes only some of the `data/xx`, and
-    // a merge of indexes noted while fewer of them existed is looked for everywhere)
+    // The large file last: a backup of it alone, first, would make only some of the `data/xx`,
+    // and the merge of an index noted while fewer of them existed is looked for everywhere.
     let large = env.path("large");
     std::fs::create_dir_all(&large).unwrap();
     std::fs::write(large.join("big.bin"), support::noise(11, 21 * 1024 * 1024 + 777)).unwrap();

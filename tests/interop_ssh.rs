@@ -510,14 +510,8 @@ fn a_merge_of_checked_chunk_indexes_is_looked_for_only_where_data_changed() {
     let out = env.run(&["-r", &url, "--debug", "--debug-topic=repository", "create", "--chunker-params", "fixed,128", "a", src]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let line = log.lines().find(|l| l.contains("the merge of the cached indexes")).unwrap_or_else(|| {
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("chunk index")).collect();
-        panic!("no merge taken on trust:\n{}", lines.join("\n"))
-    });
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let at = (1..words.len().saturating_sub(2)).find(|i| words[*i] == "of" && words[i + 2] == "objects").expect("N of M objects");
-    let (trusted, listed): (u64, u64) = (words[at - 1].parse().unwrap(), words[at + 1].parse().unwrap());
-    assert!(listed > 65_536 && trusted == listed, "{line}");
+    let (trusted, listed) = support::merge_taken_on_trust(&log);
+    assert!(listed > 65_536 && trusted == listed, "{trusted} of {listed} objects trusted");
     // data/00 replaced whole by the older copy, made before this backup's notes (dated later
     // still, so that its leaves' times are well before them): another directory, so the merge
     // is looked for everywhere

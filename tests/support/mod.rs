@@ -331,3 +331,16 @@ pub fn archive_names(env: &Env, repo_args: &[&str]) -> Vec<String> {
     let stdout = out.split("\n--- stderr").next().unwrap_or("");
     stdout.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
 }
+
+/// From a `--debug --debug-topic=repository` log, the line saying the merge of the cached chunk
+/// indexes was taken on trust, as (objects trusted, objects listed); panics, with the log's
+/// chunk-index lines, if there is none.
+pub fn merge_taken_on_trust(log: &str) -> (u64, u64) {
+    let line = log.lines().find(|l| l.contains("the merge of the cached indexes")).unwrap_or_else(|| {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("chunk index")).collect();
+        panic!("no merge taken on trust:\n{}", lines.join("\n"))
+    });
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = (1..words.len().saturating_sub(2)).find(|i| words[*i] == "of" && words[i + 2] == "objects").expect("N of M objects");
+    (words[at - 1].parse().unwrap(), words[at + 1].parse().unwrap())
+}
