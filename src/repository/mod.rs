@@ -437,7 +437,8 @@ impl Repository {
         }
         let note = self.check_chunk_index(name, &value, log)?;
         let staged = self.store.stage(name, value.len() as u64, &mut &value[..])?;
-        self.place_noted(staged, note, log)
+        let lag = self.store.clock_lag(&staged);
+        self.place_noted(staged, note, lag, log)
     }
 
     /// [`Repository::store_store`] with the `len` bytes of the value read from `src` as they
@@ -450,8 +451,12 @@ impl Repository {
             return Ok(self.store.store_from(name, len, src)?);
         }
         let staged = self.store.stage(name, len, src)?;
+        // before the check: measured after it, the lag would include the check's duration and
+        // date the note back by as much (on a busy host, seconds of the backup's last puts then
+        // looked for again the next night)
+        let lag = self.store.clock_lag(&staged);
         let note = self.check_chunk_index(name, &staged, log)?;
-        self.place_noted(staged, note, log)
+        self.place_noted(staged, note, lag, log)
     }
 
     /// Why the objects this session put are not all where it put them, if they are not: a
