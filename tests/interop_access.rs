@@ -1,6 +1,7 @@
 //! Access control with the real borg 2.0.0b21 client: `--permissions` modes as a user sees them,
 //! `--restrict-to-path` and `--restrict-to-repository`, and the environment variable that sets the
 //! mode. The server options are added on the server side (a wrapper, as a forced command would).
+//! And the server run as an unprivileged user, as backup hosts run it.
 
 mod support;
 
@@ -190,4 +191,75 @@ fn borgd_allows_and_denies_what_python_borg_serve_does() {
         }
         assert!(borgd.contains(&true) && borgd.contains(&false), "{mode} allowed all or nothing:\n{}", table());
     }
+}
+
+/// Backup hosts run the server as an unprivileged user (the account in `authorized_keys`, or a
+/// service's `User=`), where every permission check applies that root passes: here `nobody`,
+/// over ssh (a wrapper drops to it, with an empty environment as sshd gives a forced command)
+/// and as a socket server. The repository's files are that user's and no one else's (umask
+/// 0077: files 0600, directories 0700), the notes on chunk indexes are kept (user extended
+/// attributes need only the file's owner), and the backups are whole.
+#[test]
+fn an_unprivileged_server_serves_over_ssh_and_a_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
+    const NOBODY: u32 = 65_534;
+    let mut env = Env::new();
+    // the test's directory must be passable for nobody; the server a copy nobody can run
+    std::fs::set_permissions(env.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let borgd = env.path("borgd");
+    std::fs::copy(&env.borgd, &borgd).unwrap();
+    std::fs::set_permissions(&borgd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let drop_to_nobody = format!("setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- env -i PATH=/usr/bin:/bin HOME=/nonexistent");
+    let wrapper = env.path("as-nobody");
+    support::write_script(&wrapper, &format!("#!/bin/sh\nexec {drop_to_nobody} '{}' \"$@\"\n", borgd.display()));
+    env.remote_path = wrapper.display().to_string();
+    let srv = env.path("srv");
+    std::fs::create_dir(&srv).unwrap();
+    std::os::unix::fs::chown(&srv, Some(NOBODY), Some(NOBODY)).unwrap();
+    let src = env.path("src");
+    make_source(&src);
+    let src = src.to_str().unwrap();
+
+    let repo = srv.join("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "repokey-aes-ocb"]);
+    env.ok(&["-r", &url, "create", "a1", src]);
+    env.ok(&["-r", &url, "create", "a2", src]);
+    let noted = borgd::repository::trust::date_notes_later(&repo, std::time::Duration::ZERO).unwrap();
+    assert!(noted >= 1, "no chunk index of nobody's has a note");
+    let out = env.path("out");
+    std::fs::create_dir(&out).unwrap();
+    assert!(env.command(&["-r", &url, "extract", "a1"]).current_dir(&out).status().unwrap().success());
+    support::assert_same_tree(std::path::Path::new(src), &out.join(src.trim_start_matches('/')));
+    env.ok(&["-r", &url, "delete", "a1"]);
+    env.ok(&["-r", &url, "compact"]);
+    env.ok(&["-r", &url, "check"]);
+
+    // a socket server as nobody, its socket in a directory of nobody's
+    let socket = srv.join("borgd.sock");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()]);
+    let mut server = cmd.arg(&borgd).arg("serve").arg(format!("--socket={}", socket.display())).arg(format!("--restrict-to-path={}", srv.display())).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd as nobody did not start listening");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sock = format!("--socket={}", socket.display());
+    let socket_url = format!("socket://{}", repo.display());
+    env.ok(&[&sock, "-r", &socket_url, "create", "a3", src]);
+    assert_eq!(support::archive_names(&env, &[&sock, "-r", &socket_url]), ["a2", "a3"]);
+    // SAFETY: kill with our child's pid and a valid signal.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = support::wait_at_most(&mut server, std::time::Duration::from_secs(20)).expect("borgd as nobody stops on SIGTERM");
+    assert!(status.success(), "{status}");
+
+    for path in std::iter::once(repo.clone()).chain(files_below(&repo)) {
+        let md = std::fs::metadata(&path).unwrap();
+        assert_eq!((md.uid(), md.gid()), (NOBODY, NOBODY), "{} is not nobody's", path.display());
+        assert_eq!(md.mode() & 0o077, 0, "{} is open to others: {:o}", path.display(), md.mode());
+    }
+    // last: Python borg, run here as root, leaves files of root's
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
