@@ -241,11 +241,7 @@ fn an_unprivileged_server_serves_over_ssh_and_a_socket() {
     let mut cmd = Command::new("setpriv");
     cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into(), "--".into()]);
     let mut server = cmd.arg(&borgd).arg("serve").arg(format!("--socket={}", socket.display())).arg(format!("--restrict-to-path={}", srv.display())).spawn().unwrap();
-    let started = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd as nobody did not start listening");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until_listening(&socket);
     let sock = format!("--socket={}", socket.display());
     let socket_url = format!("socket://{}", repo.display());
     env.ok(&[&sock, "-r", &socket_url, "create", "a3", src]);

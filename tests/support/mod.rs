@@ -189,11 +189,7 @@ impl SocketServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start borgd");
-        let started = std::time::Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd did not start listening");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_until_listening(&socket);
         SocketServer { child, socket }
     }
 
@@ -227,6 +223,15 @@ impl Drop for SocketServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most 10 s) until a server accepts connections on `socket`.
+pub fn wait_until_listening(socket: &Path) {
+    let started = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd did not start listening on {}", socket.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
