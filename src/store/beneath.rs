@@ -527,10 +527,10 @@ impl Dir {
     }
 
     /// When each of the subdirectories `names` last changed (an entry made, removed or renamed
-    /// in it) and its inode number ([`Subdirectory`]), one `lstat` each, `None` for a name that is missing or not a
-    /// directory: which leaf directories of `data/` changed since a chunk index was checked, and
-    /// whether the directories above them are still the same (see `repository::trust`).
-    /// The time is the later of the status-change and modification times: every change of an
+    /// in it) and its inode number ([`Subdirectory`]), one `lstat` each, `None` for a name that
+    /// is missing or not a directory: which leaf directories of `data/` changed since a chunk
+    /// index was checked, and whether the directories above them are still the same (see
+    /// `repository::trust`). The time is the later of the status-change and modification times: every change of an
     /// entry sets both, but only the modification time can be set back (`rsync -a`, `cp -a` and
     /// `tar` restore a directory's after filling it, which would hide what they removed there),
     /// and the kernel sets the status-change time to now when it is; the modification time for

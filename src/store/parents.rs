@@ -190,28 +190,25 @@ impl Parents {
         order.sort_unstable_by_key(|rel| (rel.matches('/').count(), *rel));
         let (mut moved, mut reported): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         for rel in order {
-            let beneath_moved = moved.iter().any(|m| rel.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('/')));
-            let now = if beneath_moved {
-                None
-            } else {
-                match rel.rsplit_once('/') {
-                    None => root.child_identity(rel)?,
-                    // its parent was looked at before it (shallower), and is where it was
-                    Some((up, name)) => match open.get(up) {
-                        Some(parent) => parent.child_identity(name)?,
-                        None => match root.dir(up) {
-                            Ok(parent) => parent.child_identity(name)?,
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                            Err(e) => return Err(e),
-                        },
+            // beneath one moved: gone with it, not reported again
+            if moved.iter().any(|m| rel.strip_prefix(m.as_str()).is_some_and(|rest| rest.starts_with('/'))) {
+                moved.push(rel.to_string());
+                continue;
+            }
+            let now = match rel.rsplit_once('/') {
+                None => root.child_identity(rel)?,
+                // its parent was looked at before it (shallower), and is where it was
+                Some((up, name)) => match open.get(up) {
+                    Some(parent) => parent.child_identity(name)?,
+                    None => match root.dir(up) {
+                        Ok(parent) => parent.child_identity(name)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(e),
                     },
-                }
+                },
             };
-            let Some(dir) = open.get(rel) else { continue };
-            if now != Some(dir.identity()?) {
-                if !beneath_moved {
-                    reported.push(rel.to_string());
-                }
+            if now != Some(open[rel].identity()?) {
+                reported.push(rel.to_string());
                 moved.push(rel.to_string());
             }
         }
