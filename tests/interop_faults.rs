@@ -7,33 +7,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::{files_below, Env};
+use support::{files_below, Env, Mounted};
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// A tmpfs of `size` at `at`; more mount options may follow the size after commas
-    /// (`8m,nr_inodes=5`).
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"]).arg(at).status().unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root (CI runs as root)");
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn remount(&self, opts: &str) {
-        let ok = Command::new("mount").args(["-o", &format!("remount,{opts}")]).arg(&self.0).status().unwrap();
-        assert!(ok.success(), "remount {opts}");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
+/// A tmpfs of `size` at `at`; more mount options may follow the size after commas
+/// (`8m,nr_inodes=5`).
+fn tmpfs(at: &Path, size: &str) -> Mounted {
+    Mounted::mount("tmpfs", &format!("size={size},mode=0755"), Path::new("tmpfs"), at)
 }
 
 /// Inodes in use on the file system at `path`.
@@ -53,7 +35,7 @@ fn no_temp_files(repo: &Path) {
 #[test]
 fn disk_full_then_space_freed_then_read_only() {
     let env = Env::new();
-    let fs = Tmpfs::mount(&env.path("small"), "24m");
+    let fs = tmpfs(&env.path("small"), "24m");
     let repo = fs.0.join("repo");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "repo-create", "-e", "none"]);
@@ -111,7 +93,7 @@ fn check_repair_cleans_up_a_crashed_writers_temp_files() {
 #[test]
 fn a_repo_create_that_fails_part_way_leaves_nothing_behind() {
     let env = Env::new();
-    let fs = Tmpfs::mount(&env.path("few-inodes"), "8m,nr_inodes=5");
+    let fs = tmpfs(&env.path("few-inodes"), "8m,nr_inodes=5");
     let repo = fs.0.join("repo");
     let url = env.ssh_url(&repo);
     let text = env.fails(&["-r", &url, "repo-create", "-e", "none"]);

@@ -14,36 +14,20 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{assert_same_tree, files_below, Env};
+use support::{assert_same_tree, files_below, Env, Mounted};
 
-/// A file system of `kind` made in an image file and loop-mounted; unmounted when dropped.
-struct LoopFs(PathBuf);
-
-impl LoopFs {
-    /// A fresh file system of `kind` (`xfs`, `btrfs`) and `mib` MiB in `image` (sparse), mounted
-    /// at `at`.
-    fn make(kind: &str, mib: u64, image: &Path, at: &Path) -> LoopFs {
-        std::fs::File::create(image).and_then(|f| f.set_len(mib << 20)).expect("image file");
-        let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").arg(image).output();
-        let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs and btrfs-progs"));
-        assert!(mkfs.status.success(), "mkfs.{kind}: {}", String::from_utf8_lossy(&mkfs.stderr));
-        std::fs::create_dir_all(at).unwrap();
-        let mount = Command::new("mount").args(["-t", kind, "-o", "loop"]).arg(image).arg(at).output().unwrap();
-        assert!(mount.status.success(), "mounting {kind} needs root and the kernel's {kind}: {}", String::from_utf8_lossy(&mount.stderr));
-        LoopFs(at.to_path_buf())
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
+/// A fresh file system of `kind` (`xfs`, `btrfs`) and `mib` MiB made in `image` (sparse) and
+/// loop-mounted at `at`.
+fn loop_fs(kind: &str, mib: u64, image: &Path, at: &Path) -> Mounted {
+    std::fs::File::create(image).and_then(|f| f.set_len(mib << 20)).expect("image file");
+    let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").arg(image).output();
+    let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs and btrfs-progs"));
+    assert!(mkfs.status.success(), "mkfs.{kind}: {}", String::from_utf8_lossy(&mkfs.stderr));
+    Mounted::mount(kind, "loop", image, at)
 }
 
 /// A backup's life on a file system of `kind` and `mib` MiB: ~70 000 chunks of 128 bytes (more
@@ -53,7 +37,7 @@ impl Drop for LoopFs {
 /// extracted as it was.
 fn backups_on(kind: &str, mib: u64) {
     let env = Env::new();
-    let fs = LoopFs::make(kind, mib, &env.path(&format!("{kind}.img")), &env.path(kind));
+    let fs = loop_fs(kind, mib, &env.path(&format!("{kind}.img")), &env.path(kind));
     let repo = fs.0.join("repo");
     let url = env.ssh_url(&repo);
     let r = |args: &[&str]| {

@@ -235,6 +235,34 @@ pub fn wait_until_listening(socket: &Path) {
     }
 }
 
+/// A file system mounted for a test at `.0`; unmounted when dropped (lazily if still busy).
+pub struct Mounted(pub PathBuf);
+
+impl Mounted {
+    /// `mount -t KIND -o OPTIONS SOURCE AT` (creating `AT`), which must succeed: tests that mount
+    /// need root, as CI has, and the kernel's `KIND`.
+    pub fn mount(kind: &str, options: &str, source: &Path, at: &Path) -> Mounted {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount").args(["-t", kind, "-o", options]).arg(source).arg(at).output().expect("run mount");
+        assert!(out.status.success(), "mounting {kind} needs root and the kernel's {kind}: {}", String::from_utf8_lossy(&out.stderr));
+        Mounted(at.to_path_buf())
+    }
+
+    /// Changes its mount options (`mount -o remount,OPTIONS`).
+    pub fn remount(&self, options: &str) {
+        let ok = Command::new("mount").args(["-o", &format!("remount,{options}")]).arg(&self.0).status().expect("run mount");
+        assert!(ok.success(), "remount {options}");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 /// Writes an executable script at `path` (a server wrapper, a stand-in server).
 pub fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
