@@ -1,9 +1,11 @@
 //! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, the
-//! same file system remounted read-only, a `repo-create` on a tmpfs out of inodes, and `data/`
-//! replaced by a copy of itself during a backup. (EIO and EACCES — which root cannot be denied
-//! — are covered by the simulated disk in the unit tests: `repository::tests`.)
+//! same file system remounted read-only, a repository at its quota (a Btrfs quota group), a
+//! `repo-create` on a tmpfs out of inodes, and `data/` replaced by a copy of itself during a
+//! backup. (EIO and EACCES — which root cannot be denied — are covered by the simulated disk in
+//! the unit tests: `repository::tests`.)
 //!
-//! These tests mount tmpfs, so they need root (as CI has).
+//! These tests mount tmpfs and a loop-mounted Btrfs, so they need root (as CI has; root is
+//! subject to Btrfs quota groups).
 
 mod support;
 
@@ -114,6 +116,86 @@ fn a_repo_create_that_fails_part_way_leaves_nothing_behind() {
     assert!(given.is_dir() && std::fs::read_dir(&given).unwrap().next().is_none(), "not kept empty: {:?}", files_below(&given));
 }
 
+/// Runs `cmd` with `args`, which must succeed.
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Fills what is left of the quota of `dir` with files of shrinking sizes (another repository
+/// of the same owner, say), until not even an empty file can be made there.
+fn fill_quota(dir: &Path) {
+    let mut n = 0;
+    for size in [1 << 20, 64 << 10, 4 << 10, 1] {
+        loop {
+            n += 1;
+            match std::fs::write(dir.join(format!("filler.{n}")), support::noise(n, size)) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EDQUOT) => break,
+                Err(e) => panic!("filling the quota: {e}"),
+            }
+        }
+        run("sync", &[]);
+    }
+    let probe = std::fs::File::create(dir.join("probe"));
+    assert!(probe.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EDQUOT)), "not full: {probe:?}");
+}
+
+/// The room borgd keeps in a repository: its pieces and their sizes.
+fn room(repo: &Path) -> Vec<(String, u64)> {
+    let mut pieces: Vec<_> = std::fs::read_dir(repo).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).filter(|(n, _)| n.ends_with(".hid")).collect();
+    pieces.sort();
+    pieces
+}
+
+/// A repository at its owner's quota (a Btrfs quota group here, full to the last byte with
+/// other files of the owner's): every borg command needs a lock, a new file, so Python's server
+/// fails them all, `borg list` as much as the `borg delete` and `borg compact` that would free
+/// space. borgd opens it with room it keeps in reserve (`store::room`), says so, refuses new
+/// data (which would take that room), deletes and compacts; then the room is whole again, the
+/// next backup goes through, and Python borg checks the repository clean and serves it.
+#[test]
+fn a_repository_at_its_quota_still_opens_and_frees_space() {
+    let mut env = Env::new();
+    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
+    let home = fs.0.join("home");
+    let home_arg = home.to_str().unwrap();
+    run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
+    run("btrfs", &["subvolume", "create", home_arg]);
+    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    let repo = home.join("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    let whole: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
+    assert_eq!(room(&repo), whole, "a new repository has its room");
+    let src = support::one_file_source(&env, support::noise(3, 5 << 20));
+    env.ok(&["-r", &url, "create", "first", src.to_str().unwrap()]);
+    let small = env.path("small");
+    std::fs::create_dir(&small).unwrap();
+    std::fs::write(small.join("f"), support::noise(4, 1 << 20)).unwrap();
+    let small = small.to_str().unwrap();
+    fill_quota(&home);
+
+    let borgd = std::mem::replace(&mut env.remote_path, support::borg_binary().display().to_string());
+    let text = env.fails(&["-r", &url, "repo-list"]);
+    assert!(text.contains("Disk quota exceeded") && text.contains("locks/"), "Python's server: {text}");
+    env.remote_path = borgd;
+
+    let text = env.ok(&["-r", &url, "repo-list"]);
+    assert!(text.contains("first") && text.contains("is full") && text.contains("Disk quota exceeded"), "{text}");
+    let text = env.fails(&["-r", &url, "create", "refused", small]);
+    assert!(text.contains("borgd refuses new data") && text.contains("borg compact"), "{text}");
+    env.ok(&["-r", &url, "delete", "first"]);
+    env.ok(&["-r", &url, "compact"]);
+    assert_eq!(room(&repo), whole, "the room is whole again once space was freed");
+    assert!(files_below(&repo.join("locks")).is_empty(), "lock released");
+
+    env.ok(&["-r", &url, "create", "second", small]);
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["second"]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+    env.remote_path = support::borg_binary().display().to_string();
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["second"], "Python's server serves it");
+}
 
 /// `data/` moved away and replaced by a copy of itself while a backup is writing into it (an
 /// administrator restoring or reorganising the repository without taking borg's lock): borgd

@@ -14,21 +14,9 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::{assert_same_tree, files_below, Env, Mounted};
-
-/// A fresh file system of `kind` (`xfs`, `btrfs`) and `mib` MiB made in `image` (sparse) and
-/// loop-mounted at `at`.
-fn loop_fs(kind: &str, mib: u64, image: &Path, at: &Path) -> Mounted {
-    std::fs::File::create(image).and_then(|f| f.set_len(mib << 20)).expect("image file");
-    let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").arg(image).output();
-    let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs and btrfs-progs"));
-    assert!(mkfs.status.success(), "mkfs.{kind}: {}", String::from_utf8_lossy(&mkfs.stderr));
-    Mounted::mount(kind, "loop", image, at)
-}
+use support::{assert_same_tree, files_below, loop_fs, Env};
 
 /// A backup's life on a file system of `kind` and `mib` MiB: ~70 000 chunks of 128 bytes (more
 /// than borgd looks up one by one in a chunk index) backed up, the next backup's merged index

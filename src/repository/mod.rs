@@ -104,6 +104,12 @@ pub struct Repository {
     /// Why they are not: a directory they were written to was moved away during the session.
     /// Kept for the rest of the session.
     puts_lost: Option<String>,
+    /// This session makes the room kept in reserve (see `store::room`): it holds a lock and may
+    /// write.
+    keeps_room: bool,
+    /// The room was short when this session opened (no space to make it): its close makes it
+    /// from whatever the session freed, as the close of one that gave room up does.
+    room_short: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -168,12 +174,31 @@ impl Repository {
         let id = std::str::from_utf8(&id_raw).ok().and_then(unhex32).ok_or_else(|| invalid_config("config/id is not 64 hex digits".into()))?;
         // lock only after making sure there is a supported repository here.
         let lock = if opts.lock { Some(Lock::acquire(&mut store, opts.exclusive, opts.lock_wait, owner, log)?) } else { None };
+        // a repository has its room before it fills up (see `store::room`); a read-only session
+        // uses it, but writes none
+        let keeps_room = lock.is_some() && opts.permissions.mode() != store::Mode::ReadOnly;
+        let mut room_short = false;
+        if let Some(why) = store.room_given() {
+            log.warning(LOGGER, &format!(
+                "borgd: the repository {location} is full ({why}); it was opened with room borgd keeps in reserve. \
+                 New data is refused until space is freed: borg delete or borg prune, then borg compact."
+            ));
+        } else if keeps_room {
+            match store.keep_room(false) {
+                Ok(0) => {}
+                Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
+                Err(e) => {
+                    log.debug(LOGGER, &format!("could not make room kept in reserve: {e}"));
+                    room_short = true;
+                }
+            }
+        }
         log.debug(LOGGER, &format!("opened repository {location} (id {}), lock: {}", hex(&id), match &lock {
             Some(l) if l.is_exclusive() => "exclusive",
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None, keeps_room, room_short })
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -217,6 +242,13 @@ impl Repository {
     /// Releases the lock after making all writes durable; the repository is closed either way.
     pub fn close(mut self, log: &Log) -> Result<(), Error> {
         let synced = self.store.barrier();
+        if self.keeps_room && (self.room_short || self.store.room_given().is_some()) {
+            // what this session freed makes the room again, as far as it goes
+            match self.store.keep_room(true) {
+                Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
+                Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve again: {e}")),
+            }
+        }
         // nothing more is written: what the store holds open goes before the lock is released
         self.store.close_held_directories();
         let released = match self.lock.take() {
@@ -587,6 +619,48 @@ mod tests {
         repo.put(&[7; 32], &obj, &log).unwrap(); // space freed: the same put succeeds
         repo.close(&log).unwrap();
         assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "lock released");
+    }
+
+    /// A repository at its quota (every byte used) still opens — its lock takes room borgd
+    /// keeps in reserve — reads and deletes, and refuses new data with a message that says what
+    /// to do; its close makes the room again from what the session freed, and the next session
+    /// puts as before. A read-only session makes no room.
+    #[test]
+    fn a_full_repository_opens_reads_and_frees_space_but_takes_no_new_data() {
+        let (mut repo, h, log) = sim_repo();
+        let pieces = |h: &crate::store::sim::SimHandle| h.live().keys().filter(|k| k.ends_with(".hid")).count();
+        assert_eq!(pieces(&h), 4, "a new repository has its room");
+        let big = repoobj::Header::wrap(b"m", &vec![5u8; 300 * 1024]);
+        repo.put(&[1; 32], &big, &log).unwrap();
+        repo.close(&log).unwrap();
+        h.limit_space(Some(h.used()));
+
+        let again = || Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &opts(false), Owner::current(0), &log);
+        let mut repo = again().expect("a full repository opens");
+        assert_eq!(pieces(&h), 3);
+        let e = CallError::from(repo.put(&[2; 32], &repoobj::Header::wrap(b"m", b"d"), &log).unwrap_err());
+        let x = Exception::from(&e);
+        assert_eq!(x.class, "Error");
+        assert!(x.message.contains("repository is full") && x.message.contains("borg compact"), "{}", x.message);
+        assert!(repo.get(&[1; 32], true, true, &log).unwrap().is_some());
+        repo.delete(&[1; 32], &log).unwrap();
+        repo.close(&log).unwrap();
+        assert_eq!(pieces(&h), 4, "the room made again from the space freed");
+        assert!(!h.live().keys().any(|k| k.starts_with("locks/")), "lock released");
+
+        let mut repo = again().unwrap();
+        repo.put(&[2; 32], &repoobj::Header::wrap(b"m", b"d"), &log).unwrap();
+        repo.close(&log).unwrap();
+
+        // a read-only session takes room when it must, but never makes it
+        h.limit_space(None);
+        for i in 0..4 {
+            Backend::delete(&mut SimDisk::again(&h), &format!("borgd-room.{i}.hid"), false).unwrap();
+        }
+        let ro = OpenOptions { permissions: Permissions::for_mode(Mode::ReadOnly), exclusive: false, ..opts(false) };
+        let repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &ro, Owner::current(0), &log).unwrap();
+        repo.close(&log).unwrap();
+        assert_eq!(pieces(&h), 0);
     }
 
     /// A session out of file descriptors (every open fails with `EMFILE`) still makes its

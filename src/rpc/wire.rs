@@ -41,6 +41,8 @@ fn store_exception(e: &StoreError) -> Exception {
         StoreError::ItemExists(name) => exc("Error", vec![msg.clone()], format!("borgd: {name}: {msg}"), false),
         StoreError::DoesNotExist(p) => exc("DoesNotExist", vec![p.display().to_string()], msg, false),
         StoreError::Io { .. } => exc("OSError", vec![msg.clone()], format!("borgd: {msg}"), false),
+        // the client prints "Error: " and the text, which says what to do
+        StoreError::Full(_) => exc("Error", vec![msg.clone()], msg, false),
     }
 }
 

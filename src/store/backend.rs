@@ -79,11 +79,13 @@ pub trait Backend: Send + Sync {
         let _ = how;
         receive(name, len, src).map(StagedBody::Memory)
     }
-    /// Puts a value [`Backend::stage`] received in place under `name`, as `how` says.
-    fn place(&mut self, name: &str, body: StagedBody, how: WriteOptions) -> Result<(), Error> {
+    /// Puts a value [`Backend::stage`] received in place under `name`, as `how` says. A body
+    /// that failed to be placed can be placed again (the store tries again once it has made
+    /// room, see `store::room`); dropped, it leaves nothing.
+    fn place(&mut self, name: &str, body: &mut StagedBody, how: WriteOptions) -> Result<(), Error> {
         match body {
-            StagedBody::Memory(value) => self.store(name, &value, how),
-            StagedBody::File(mut file) => {
+            StagedBody::Memory(value) => self.store(name, value, how),
+            StagedBody::File(file) => {
                 let len = file.size();
                 let mut value = file.reader().map_err(|e| Error::Io { op: "read back", path: name.into(), source: e })?;
                 self.store_from(name, len, &mut value, how)
@@ -92,6 +94,12 @@ pub trait Backend: Send + Sync {
     }
     /// Deletes an item.
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error>;
+    /// Makes the space of what was just deleted count as free, where the file system counts it
+    /// later: a Btrfs quota group counts a deleted file as used until its transaction commits.
+    /// What giving up room needs (see `store::room`).
+    fn free_deleted_space(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
     /// Attaches `note` to a staged value (see [`Backend::stage`]) so that it stays with the item
     /// it becomes, and with nothing else: a rewrite, a replacement or a copy of the item has no
     /// note. What a repository remembers about contents it checked (see `repository::trust`);

@@ -16,6 +16,7 @@ mod parents;
 #[cfg(test)]
 mod crash_tests;
 mod posixfs;
+mod room;
 #[cfg(test)]
 pub mod sim;
 
@@ -55,6 +56,12 @@ pub enum Error {
     /// The file system said no.
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
+    /// A new data object refused: this session found the repository full and gave up room kept
+    /// for locks and bookkeeping, which new data must not take back (see `room`).
+    #[error("borgd refuses new data: the repository is full ({0}). It could be opened only with \
+             room borgd keeps in reserve, which new data must not take. Free space first: borg \
+             delete or borg prune, then borg compact (or borg repo-space --free)")]
+    Full(String),
 }
 
 /// When written data is forced to stable storage (`borgd serve --fsync`).
@@ -175,6 +182,11 @@ impl ReadAt for Staged {
 
 /// A store without `W` found the item there (the backend refused to replace it): that is
 /// overwriting, which needs `W` — the permission error the client gets.
+/// Whether `name` is a data object's: what a backup adds, and never takes room kept in reserve.
+fn is_data(name: &str) -> bool {
+    name.starts_with("data/")
+}
+
 fn overwrite_denied(stored: Result<(), Error>, mode: Mode, name: &str) -> Result<(), Error> {
     match stored {
         Err(Error::ItemExists(_)) => Err(Error::PermissionDenied { mode, op: "store", name: name.to_string(), required: "W" }),
@@ -200,6 +212,7 @@ pub struct Store {
     levels: Vec<(String, Vec<usize>)>,
     permissions: Permissions,
     durability: Durability,
+    room: room::Room,
 }
 
 impl Store {
@@ -211,7 +224,7 @@ impl Store {
         durability: Durability,
     ) -> Store {
         levels.sort_by_key(|(ns, _)| std::cmp::Reverse(ns.len()));
-        Store { backend, levels, permissions, durability }
+        Store { backend, levels, permissions, durability, room: room::Room::default() }
     }
 
     /// Where the store lives, for messages.
@@ -330,7 +343,38 @@ impl Store {
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
-        overwrite_denied(self.backend.store(&nested, value, how), self.permissions.mode(), name)
+        let stored = if is_data(name) {
+            self.backend.store(&nested, value, how)
+        } else {
+            self.with_room(|b| b.store(&nested, value, how))
+        };
+        overwrite_denied(stored, self.permissions.mode(), name)
+    }
+
+    /// Runs `op`, a write outside `data/` or a delete, giving up a piece of the room kept in
+    /// reserve each time it finds no space (see `room`), while pieces are left.
+    fn with_room<T>(&mut self, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        loop {
+            match op(self.backend.as_mut()) {
+                Err(e) if room::no_space(&e) => match self.room.give(self.backend.as_mut(), &e) {
+                    Ok(true) => continue,
+                    _ => return Err(e),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes the room kept in reserve whole again, as far as space allows, `partly` with pieces
+    /// smaller than whole where those no longer fit (see `room`); how many pieces it made. Needs
+    /// no permission: the pieces are no client's to see.
+    pub fn keep_room(&mut self, partly: bool) -> Result<usize, Error> {
+        self.room.keep(self.backend.as_mut(), partly)
+    }
+
+    /// Why this store gave up room kept in reserve, if it did (then it refuses new data).
+    pub fn room_given(&self) -> Option<&str> {
+        self.room.given()
     }
 
     /// [`Store::store`], decided now and written later by whoever calls [`LaterWrite::write`]
@@ -364,7 +408,8 @@ impl Store {
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { body, name, nested, how } = staged;
-        overwrite_denied(self.backend.place(&nested, body, how), self.permissions.mode(), &name)
+        let mut body = body;
+        overwrite_denied(self.with_room(|b| b.place(&nested, &mut body, how)), self.permissions.mode(), &name)
     }
 
     /// Attaches `note` to a staged value (see [`Backend::note_staged`]); `false` where the
@@ -486,6 +531,9 @@ impl Store {
     /// (making earlier data durable first, if it can reference data) and whether it may replace
     /// an existing item (`W`; with only `w` it may not).
     fn prepare_store(&mut self, name: &str) -> Result<(String, WriteOptions), Error> {
+        if let Some(why) = self.room.given().filter(|_| is_data(name)) {
+            return Err(Error::Full(why.to_string()));
+        }
         let nested = self.find(name, false)?;
         let replace = if self.permissions.allows(name, "W") {
             true
@@ -506,7 +554,7 @@ impl Store {
         self.check("delete", name, "D")?;
         let nested = self.find(name, deleted)?;
         let durable = self.durability != Durability::Never && Self::references_data(name);
-        self.backend.delete(&nested, durable)
+        self.with_room(|b| b.delete(&nested, durable))
     }
 
     /// borgstore's `move`: soft delete, undelete, or a generic rename.
@@ -540,7 +588,7 @@ impl Store {
         }
         // a rename of a referencing item makes (or unmakes) references: order it like a write.
         let durable = self.ordered_write(&target_name)? || self.ordered_write(name)?;
-        self.backend.rename(&from, &to, durable)
+        self.with_room(|b| b.rename(&from, &to, durable))
     }
 
     /// Lists all items below `name`, recursing into nesting directories, sorted by name;

@@ -665,19 +665,22 @@ impl Backend for PosixFs {
         Ok(StagedBody::File(staged))
     }
 
-    fn place(&mut self, name: &str, body: StagedBody, how: WriteOptions) -> Result<(), Error> {
-        let mut staged = match body {
-            StagedBody::Memory(value) => return self.store(name, &value, how),
+    fn place(&mut self, name: &str, body: &mut StagedBody, how: WriteOptions) -> Result<(), Error> {
+        let staged = match body {
+            StagedBody::Memory(value) => return self.store(name, value, how),
             StagedBody::File(staged) => staged,
         };
         let (dir_name, file) = split(name);
         if how.durable {
             staged.file.sync_all().map_err(|e| self.err("fsync", name, e))?;
         }
-        match rename_into_place(&staged.dir, &staged.tmp, file, how.replace) {
-            Err(e) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
-            Err(e) => return Err(self.err("rename", name, e)),
-            Ok(()) => staged.placed = true,
+        // (placed already when only the directory's fsync failed, and this is a second try)
+        if !staged.placed {
+            match rename_into_place(&staged.dir, &staged.tmp, file, how.replace) {
+                Err(e) if !how.replace && e.raw_os_error() == Some(libc::EEXIST) => return Err(Error::ItemExists(name.to_string())),
+                Err(e) => return Err(self.err("rename", name, e)),
+                Ok(()) => staged.placed = true,
+            }
         }
         if how.durable {
             staged.dir.sync().map_err(|e| self.err("fsync directory", dir_name, e))?;
@@ -768,6 +771,11 @@ impl Backend for PosixFs {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn free_deleted_space(&mut self) -> Result<(), Error> {
+        let root = self.root()?;
+        root.sync_filesystem().map_err(|e| self.err("syncfs", "", e))
     }
 
     fn barrier(&mut self) -> Result<(), Error> {

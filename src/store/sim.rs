@@ -61,6 +61,8 @@ struct Inner {
     history: Vec<(Op, bool)>,
     faults: Vec<Fault>,
     exists: bool,
+    /// Bytes the files may take in all (a full disk, a quota); `None`: unlimited.
+    space: Option<usize>,
 }
 
 impl SimHandle {
@@ -86,6 +88,19 @@ impl SimHandle {
         if let Ok(mut i) = self.0.lock() {
             i.live.insert(name.to_string(), value.to_vec());
         }
+    }
+
+    /// Limits the bytes all files may take to `space` (a full disk, an owner's quota): a store
+    /// that would take more fails with `EDQUOT`. `None` lifts the limit.
+    pub fn limit_space(&self, space: Option<usize>) {
+        if let Ok(mut i) = self.0.lock() {
+            i.space = space;
+        }
+    }
+
+    /// The bytes all files take now.
+    pub fn used(&self) -> usize {
+        self.0.lock().map(|i| i.live.values().map(Vec::len).sum()).unwrap_or(0)
     }
 
     /// Makes the next matching operation fail with `errno`.
@@ -185,6 +200,10 @@ impl Backend for SimDisk {
             Self::fault(i, "store", name)?;
             if !how.replace && i.live.contains_key(name) {
                 return Err(Error::ItemExists(name.to_string()));
+            }
+            let used: usize = i.live.iter().filter(|(k, _)| k.as_str() != name).map(|(_, v)| v.len()).sum();
+            if i.space.is_some_and(|space| used + value.len() > space) {
+                return Err(Error::Io { op: "write", path: name.into(), source: io::Error::from_raw_os_error(libc::EDQUOT) });
             }
             Self::record(i, Op::Store(name.to_string(), value.to_vec()), durable);
             Ok(())

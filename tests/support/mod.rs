@@ -263,6 +263,16 @@ impl Drop for Mounted {
     }
 }
 
+/// A fresh file system of `kind` (`xfs`, `btrfs`) and `mib` MiB made in `image` (sparse) and
+/// loop-mounted at `at`.
+pub fn loop_fs(kind: &str, mib: u64, image: &Path, at: &Path) -> Mounted {
+    std::fs::File::create(image).and_then(|f| f.set_len(mib << 20)).expect("image file");
+    let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").arg(image).output();
+    let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs and btrfs-progs"));
+    assert!(mkfs.status.success(), "mkfs.{kind}: {}", String::from_utf8_lossy(&mkfs.stderr));
+    Mounted::mount(kind, "loop", image, at)
+}
+
 /// Writes an executable script at `path` (a server wrapper, a stand-in server).
 pub fn write_script(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));

@@ -1,0 +1,241 @@
+//! Room kept in reserve: a few small files at the store's root, given up one at a time when a
+//! write that keeps the repository going finds no space, so that a full repository can still be
+//! locked, read, and have space freed in it.
+//!
+//! Why: every borg command takes a lock, and a lock is a new file. On a full file system, or at
+//! its owner's quota, Python's server then fails every command — `borg list` as much as `borg
+//! delete` and `borg compact`, the ones that would free space — with "Disk quota exceeded" or "No
+//! space left on device", and only more space from the host's administrator helps (borg's own
+//! `repo-space --free` needs the lock too). A backup that fills the quota to the last few
+//! kilobytes gets a repository there.
+//!
+//! The rules:
+//! - A write outside `data/` (a lock, the manifest, an archive entry, a key, a chunk index) or a
+//!   delete that fails for lack of space (`ENOSPC`, `EDQUOT`) gives up one piece of the room and
+//!   is tried again, while pieces are left.
+//! - A store that gave up room refuses new data objects for the rest of its session: a backup
+//!   would otherwise take the room it freed, and the next command would be stuck again. Reading,
+//!   deleting and the bookkeeping of deletes (`borg delete`, `prune`, `compact`) go on.
+//! - The room is made again as far as space allows: when a session opens (so a repository has
+//!   it before it fills up), and when a session that gave some up closes (after `compact`, say).
+//!
+//! The pieces follow borgstore's convention for hidden internal files (the `.hid` suffix, as its
+//! `quota.hid`): no client can name or list them, Python borg does not look at them, and
+//! destroying the repository removes them with everything else. They hold random bytes, so that a
+//! compressing or deduplicating file system stores them whole.
+
+use super::{Backend, Error, WriteOptions};
+
+/// How many pieces the room is given up in: one is enough for a lock on ext4 and XFS (an inode
+/// and a block); a Btrfs quota group wanted 16–64 KiB to create a 300-byte file in a full quota.
+pub const PIECES: usize = 4;
+/// Bytes per piece: 512 KiB of room per repository in all.
+pub const PIECE_SIZE: usize = 128 * 1024;
+/// The smallest piece made of what space is left (see [`Room::keep`]): a file system block.
+pub const SMALLEST_PIECE: usize = 4096;
+
+/// The name of piece `i` at the store's root.
+pub fn piece_name(i: usize) -> String {
+    format!("borgd-room.{i}.hid")
+}
+
+/// Whether `e` says the file system (or the owner's quota) has no space left.
+pub fn no_space(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+}
+
+/// What one store (one session) did with the room.
+#[derive(Debug, Default)]
+pub struct Room {
+    /// Why room was given up (the error that found no space), once it was.
+    given: Option<String>,
+}
+
+impl Room {
+    /// Why this store gave up room, if it did: then it refuses new data objects.
+    pub fn given(&self) -> Option<&str> {
+        self.given.as_deref()
+    }
+
+    /// Gives up one piece, after `why` found no space: `false` if none is left. The space is
+    /// made to count as free before this returns (see [`Backend::free_deleted_space`]).
+    pub fn give(&mut self, backend: &mut dyn Backend, why: &Error) -> Result<bool, Error> {
+        for i in (0..PIECES).rev() {
+            match backend.delete(&piece_name(i), false) {
+                Ok(()) => {
+                    self.given.get_or_insert_with(|| why.to_string());
+                    backend.free_deleted_space()?;
+                    return Ok(true);
+                }
+                Err(Error::ObjectNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Makes the pieces that are missing or smaller than whole, until one cannot be written;
+    /// how many it made. With `partly`, where a whole piece no longer fits, the largest that
+    /// does (halving down to [`SMALLEST_PIECE`]) is made instead: what a full session freed (its
+    /// lock, say) goes back into the room, where nothing else can take it.
+    pub fn keep(&mut self, backend: &mut dyn Backend, partly: bool) -> Result<usize, Error> {
+        let mut made = 0;
+        for i in 0..PIECES {
+            let name = piece_name(i);
+            let info = backend.info(&name)?;
+            let had = if info.exists { info.size as usize } else { 0 };
+            if had >= PIECE_SIZE {
+                continue;
+            }
+            let mut size = PIECE_SIZE;
+            loop {
+                // replacing: a piece another session made meanwhile is as good
+                match backend.store(&name, &filler(size)?, WriteOptions { durable: false, replace: true }) {
+                    Ok(()) => break,
+                    Err(e) if partly && no_space(&e) && size / 2 >= SMALLEST_PIECE.max(had + 1) => size /= 2,
+                    Err(e) => return Err(e),
+                }
+            }
+            made += 1;
+            if size < PIECE_SIZE {
+                break; // space ran out
+            }
+        }
+        Ok(made)
+    }
+}
+
+/// `len` bytes no file system can compress or share with another piece: xorshift64* from a
+/// random seed.
+fn filler(len: usize) -> Result<Vec<u8>, Error> {
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| Error::Io { op: "getrandom", path: "".into(), source: std::io::Error::other(e.to_string()) })?;
+    let mut x = u64::from_le_bytes(seed) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{borg_levels, sim, Durability, Error, Mode, Permissions, Store};
+    use super::*;
+
+    /// A created store on a simulated disk, with its room made, and the disk's handle.
+    fn store_with_room() -> (Store, sim::SimHandle) {
+        let (disk, h) = sim::SimDisk::new();
+        let mut s = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Barrier);
+        s.create().unwrap();
+        s.store("config/readme", b"borg").unwrap();
+        assert_eq!(s.keep_room(false).unwrap(), PIECES);
+        assert_eq!(s.keep_room(false).unwrap(), 0, "made twice");
+        (s, h)
+    }
+
+    fn pieces(h: &sim::SimHandle) -> usize {
+        h.live().keys().filter(|k| k.starts_with("borgd-room.") && k.ends_with(".hid")).count()
+    }
+
+    fn edquot(e: &Error) -> bool {
+        matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EDQUOT))
+    }
+
+    /// The room is no client's: its pieces can be neither named nor listed.
+    #[test]
+    fn the_room_is_hidden_from_clients() {
+        let (mut s, h) = store_with_room();
+        assert!(h.live().get(&piece_name(0)).is_some_and(|v| v.len() == PIECE_SIZE));
+        let listed: Vec<String> = s.list("", false).unwrap().into_iter().map(|i| i.name).collect();
+        assert!(!listed.iter().any(|n| n.contains("room")), "{listed:?}");
+        for name in [piece_name(0), format!("config/{}", piece_name(0))] {
+            assert!(matches!(s.load(&name, 0, None, false), Err(Error::InvalidName { .. })));
+            assert!(matches!(s.store(&name, b"x"), Err(Error::InvalidName { .. })));
+            assert!(matches!(s.delete(&name, false), Err(Error::InvalidName { .. })));
+        }
+        assert_eq!(pieces(&h), PIECES);
+    }
+
+    /// Full (every byte of the quota used): a lock takes one piece of the room, and from then on
+    /// new data is refused while deleting and bookkeeping go on; once space is freed, the room
+    /// is made whole again.
+    #[test]
+    fn a_full_store_gives_up_room_for_bookkeeping_and_refuses_new_data() {
+        let (mut s, h) = store_with_room();
+        s.store("data/aabbcc", &[1u8; 1000]).unwrap();
+        h.limit_space(Some(h.used()));
+        s.store("locks/0123", &[b'{'; 300]).unwrap();
+        assert_eq!(pieces(&h), PIECES - 1);
+        let why = s.room_given().expect("room was given").to_string();
+        assert!(why.contains("locks/0123") && why.contains("quota"), "{why}");
+        // new data may not take the room back, whatever its size
+        let e = s.store("data/ddeeff", b"x").unwrap_err();
+        assert!(matches!(&e, Error::Full(w) if *w == why), "{e:?}");
+        assert!(e.to_string().contains("borg compact"), "{e}");
+        assert!(matches!(s.store_from("data/ddeeff", 1, &mut &b"x"[..]), Err(Error::Full(_))));
+        // bookkeeping larger than what is left of the piece takes as many more as it needs
+        s.store("config/manifest", &vec![7u8; PIECE_SIZE + 1]).unwrap();
+        assert_eq!(pieces(&h), PIECES - 2);
+        s.move_item("config/manifest", None, true, false, false).unwrap();
+        s.delete("data/aabbcc", false).unwrap();
+        // more than the room holds: the file system's own error
+        let e = s.store("config/big", &vec![0u8; PIECES * PIECE_SIZE]).unwrap_err();
+        assert!(edquot(&e), "{e:?}");
+        assert_eq!(pieces(&h), 0);
+        // space freed (the quota raised): the room is made again as far as it fits, whole
+        // pieces only, or `partly` of what is left; whole once there is space again
+        h.limit_space(Some(h.used() + PIECE_SIZE + PIECE_SIZE / 2 + 100));
+        assert!(s.keep_room(false).is_err());
+        assert_eq!(pieces(&h), 1);
+        assert_eq!(s.keep_room(true).unwrap(), 1);
+        let size = |i| h.live().get(&piece_name(i)).map(Vec::len);
+        assert_eq!((size(0), size(1), size(2)), (Some(PIECE_SIZE), Some(PIECE_SIZE / 2), None));
+        h.limit_space(None);
+        assert_eq!(s.keep_room(false).unwrap(), PIECES - 1);
+        assert!((0..PIECES).all(|i| size(i) == Some(PIECE_SIZE)));
+    }
+
+    /// A store that found space refuses nothing and keeps its room; one without room (a
+    /// repository never opened by borgd, say) fails as the file system does.
+    #[test]
+    fn room_is_given_only_when_space_runs_out_and_only_if_there_is_some() {
+        let (mut s, h) = store_with_room();
+        h.limit_space(Some(h.used() + 2000));
+        s.store("locks/0123", &[b'{'; 300]).unwrap();
+        s.store("data/aabbcc", &[1u8; 1000]).unwrap();
+        assert_eq!((pieces(&h), s.room_given()), (PIECES, None));
+        let e = s.store("data/ddeeff", &[1u8; 1000]).unwrap_err();
+        assert!(edquot(&e), "data never takes room: {e:?}");
+        assert_eq!((pieces(&h), s.room_given()), (PIECES, None));
+
+        let (disk, h) = sim::SimDisk::new();
+        let mut bare = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Barrier);
+        bare.create().unwrap();
+        h.limit_space(Some(0));
+        let e = bare.store("locks/0123", b"{}").unwrap_err();
+        assert!(edquot(&e), "{e:?}");
+        assert_eq!(bare.room_given(), None);
+    }
+
+    /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
+    /// room is given, and a rename that finds no space (a soft delete on a full Btrfs) likewise.
+    #[test]
+    fn placing_and_renaming_are_tried_again_after_room_is_given() {
+        let (mut s, h) = store_with_room();
+        s.store("archives/aa", b"").unwrap();
+        let staged = s.stage("cache/chunks.0001", 5000, &mut &[3u8; 5000][..]).unwrap();
+        h.limit_space(Some(h.used()));
+        s.place(staged).unwrap();
+        assert_eq!(h.live().get("cache/chunks.0001").map(Vec::len), Some(5000));
+        assert_eq!(pieces(&h), PIECES - 1);
+        h.inject("rename", "archives/aa", libc::EDQUOT);
+        s.move_item("archives/aa", None, true, false, false).unwrap();
+        assert!(h.live().contains_key("archives/aa.del"));
+        assert_eq!(pieces(&h), PIECES - 2);
+    }
+}
