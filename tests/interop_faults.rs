@@ -36,7 +36,7 @@ fn no_temp_files(repo: &Path) {
 
 #[test]
 fn disk_full_then_space_freed_then_read_only() {
-    let env = Env::new();
+    let mut env = Env::new();
     let fs = tmpfs(&env.path("small"), "24m");
     let repo = fs.0.join("repo");
     let url = env.ssh_url(&repo);
@@ -52,6 +52,24 @@ fn disk_full_then_space_freed_then_read_only() {
     no_temp_files(&repo);
     assert!(files_below(&repo.join("locks")).is_empty(), "lock released");
     assert!(!files_below(&repo.join("archives")).iter().any(|_| true), "no archive from the failed backup");
+
+    // full to the last byte (other files): Python's server cannot take a lock; borgd lists the
+    // repository with the room it keeps in reserve (see `a_repository_at_its_quota_...`)
+    let others = fs.0.join("others");
+    std::fs::create_dir(&others).unwrap();
+    fill(&others, libc::ENOSPC);
+    let borgd = std::mem::replace(&mut env.remote_path, support::borg_binary().display().to_string());
+    let text = env.fails(&["-r", &url, "repo-list"]);
+    assert!(text.contains("No space left on device"), "Python's server: {text}");
+    // its borgstore leaves the temp file of the lock it could not write (written with
+    // `NamedTemporaryFile(delete=False)`, not removed when the write fails)
+    for tmp in files_below(&repo.join("locks")).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")) {
+        std::fs::remove_file(tmp).unwrap();
+    }
+    env.remote_path = borgd;
+    let text = env.ok(&["-r", &url, "repo-list"]);
+    assert!(text.contains("is full") && text.contains("No space left on device"), "{text}");
+    std::fs::remove_dir_all(&others).unwrap();
 
     // space freed: the same backup succeeds, and Python borg's own check agrees
     fs.remount("size=200m");
@@ -122,23 +140,24 @@ fn run(cmd: &str, args: &[&str]) {
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Fills what is left of the quota of `dir` with files of shrinking sizes (another repository
-/// of the same owner, say), until not even an empty file can be made there.
-fn fill_quota(dir: &Path) {
+/// Fills what is left of the file system or quota of `dir` (whichever `full`, `ENOSPC` or
+/// `EDQUOT`, says is used up) with files of shrinking sizes — another repository of the same
+/// owner, say — until not even one byte can be written there.
+fn fill(dir: &Path, full: i32) {
     let mut n = 0;
     for size in [1 << 20, 64 << 10, 4 << 10, 1] {
         loop {
             n += 1;
             match std::fs::write(dir.join(format!("filler.{n}")), support::noise(n, size)) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EDQUOT) => break,
-                Err(e) => panic!("filling the quota: {e}"),
+                Err(e) if e.raw_os_error() == Some(full) => break,
+                Err(e) => panic!("filling {}: {e}", dir.display()),
             }
         }
         run("sync", &[]);
     }
-    let probe = std::fs::File::create(dir.join("probe"));
-    assert!(probe.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EDQUOT)), "not full: {probe:?}");
+    let probe = std::fs::write(dir.join("probe"), b"x");
+    assert!(probe.as_ref().is_err_and(|e| e.raw_os_error() == Some(full)), "not full: {probe:?}");
 }
 
 /// The room borgd keeps in a repository: its pieces and their sizes.
@@ -174,7 +193,7 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
     std::fs::create_dir(&small).unwrap();
     std::fs::write(small.join("f"), support::noise(4, 1 << 20)).unwrap();
     let small = small.to_str().unwrap();
-    fill_quota(&home);
+    fill(&home, libc::EDQUOT);
 
     let borgd = std::mem::replace(&mut env.remote_path, support::borg_binary().display().to_string());
     let text = env.fails(&["-r", &url, "repo-list"]);
