@@ -128,7 +128,8 @@ impl DirectWriter {
 /// alignment this device does not accept, or a file system that only checks at write time).
 /// Returns whether it had to. A direct write takes its blocks at once, as a create does, so on
 /// XFS it can find no space while space is only promised to data not yet written back: after
-/// `ENOSPC` it writes that back (`syncfs`) and tries once more (see `Dir::flushed_if_full`).
+/// `ENOSPC` (or `EDQUOT`) it writes that back (`syncfs`) and tries once more (see
+/// `Dir::flushed_if_full`).
 fn write_all(f: &mut File, mut data: &[u8], direct: &mut bool) -> io::Result<bool> {
     let mut refused = false;
     let mut flushed = false;
@@ -137,7 +138,7 @@ fn write_all(f: &mut File, mut data: &[u8], direct: &mut bool) -> io::Result<boo
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if !flushed && e.raw_os_error() == Some(libc::ENOSPC) => {
+            Err(e) if !flushed && super::beneath::no_space(&e) => {
                 flushed = true;
                 // SAFETY: syncfs on a descriptor we own; the retry's answer is the one that counts.
                 unsafe { libc::syncfs(f.as_raw_fd()) };

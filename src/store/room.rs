@@ -41,7 +41,7 @@ pub fn piece_name(i: usize) -> String {
 
 /// Whether `e` says the file system (or the owner's quota) has no space left.
 pub fn no_space(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    matches!(e, Error::Io { source, .. } if super::beneath::no_space(source))
 }
 
 /// What one store (one session) did with the room.
