@@ -468,7 +468,7 @@ impl Repository {
             return Ok(self.store.store(name, value)?);
         }
         let note = self.check_chunk_index(name, &value, log)?;
-        let staged = self.store.stage(name, value.len() as u64, &mut &value[..])?;
+        let staged = self.store.stage_value(name, value)?;
         let lag = self.store.clock_lag(&staged);
         self.place_noted(staged, note, lag, log)
     }

@@ -171,7 +171,7 @@ pub trait Backend: Send + Sync {
 
 /// The `len` bytes of a value arriving on `src`, in memory (for backends without files); a
 /// value that ends early is an error, as a backend with files finds it.
-fn receive(name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<Vec<u8>, Error> {
+pub(super) fn receive(name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<Vec<u8>, Error> {
     let mut value = Vec::with_capacity(len.min(1 << 20) as usize);
     io::Read::read_to_end(&mut io::Read::take(src, len), &mut value).map_err(|e| Error::Io { op: "receive", path: name.into(), source: e })?;
     if (value.len() as u64) < len {

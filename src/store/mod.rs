@@ -405,6 +405,20 @@ impl Store {
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 
+    /// [`Store::stage`] of a value held whole: outside `data/` it can be tried again, so it
+    /// takes room kept in reserve when it finds no space (see `room`), as a store does. (A value
+    /// streamed in cannot be read twice; and it is 512 KiB or more, as much as the room holds.)
+    pub fn stage_value(&mut self, name: &str, value: &[u8]) -> Result<Staged, Error> {
+        let (nested, how) = self.prepare_store(name)?;
+        let len = value.len() as u64;
+        let body = if is_data(name) {
+            self.backend.stage(&nested, len, &mut &value[..], how)?
+        } else {
+            self.with_room(|b| b.stage(&nested, len, &mut &value[..], how))?
+        };
+        Ok(Staged { body, name: name.to_string(), nested, how })
+    }
+
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { body, name, nested, how } = staged;

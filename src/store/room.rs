@@ -223,7 +223,8 @@ mod tests {
     }
 
     /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
-    /// room is given, and a rename that finds no space (a soft delete on a full Btrfs) likewise.
+    /// room is given, and a rename that finds no space (a soft delete on a full Btrfs) likewise;
+    /// so is a value held whole that finds no space to be staged (on tmpfs, say).
     #[test]
     fn placing_and_renaming_are_tried_again_after_room_is_given() {
         let (mut s, h) = store_with_room();
@@ -233,9 +234,13 @@ mod tests {
         s.place(staged).unwrap();
         assert_eq!(h.live().get("cache/chunks.0001").map(Vec::len), Some(5000));
         assert_eq!(pieces(&h), PIECES - 1);
+        h.inject("stage", "cache/chunks.0002", libc::ENOSPC);
+        let staged = s.stage_value("cache/chunks.0002", &[4u8; 100]).unwrap();
+        s.place(staged).unwrap();
+        assert_eq!(pieces(&h), PIECES - 2);
         h.inject("rename", "archives/aa", libc::EDQUOT);
         s.move_item("archives/aa", None, true, false, false).unwrap();
         assert!(h.live().contains_key("archives/aa.del"));
-        assert_eq!(pieces(&h), PIECES - 2);
+        assert_eq!(pieces(&h), PIECES - 3);
     }
 }

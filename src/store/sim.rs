@@ -210,6 +210,19 @@ impl Backend for SimDisk {
         })
     }
 
+    fn stage(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read, _how: WriteOptions) -> Result<super::StagedBody, Error> {
+        // staged in memory, but failing as a disk would: by fault, or for want of space
+        self.with(|i| {
+            Self::fault(i, "stage", name)?;
+            let used: usize = i.live.values().map(Vec::len).sum();
+            match i.space {
+                Some(space) if used as u64 + len > space as u64 => Err(Error::Io { op: "write", path: name.into(), source: io::Error::from_raw_os_error(libc::EDQUOT) }),
+                _ => Ok(()),
+            }
+        })?;
+        super::backend::receive(name, len, src).map(super::StagedBody::Memory)
+    }
+
     fn delete(&mut self, name: &str, durable: bool) -> Result<(), Error> {
         self.with(|i| {
             Self::fault(i, "delete", name)?;
