@@ -180,13 +180,13 @@ impl ReadAt for Staged {
     }
 }
 
-/// A store without `W` found the item there (the backend refused to replace it): that is
-/// overwriting, which needs `W` — the permission error the client gets.
 /// Whether `name` is a data object's: what a backup adds, and never takes room kept in reserve.
 fn is_data(name: &str) -> bool {
     name.starts_with("data/")
 }
 
+/// A store without `W` found the item there (the backend refused to replace it): that is
+/// overwriting, which needs `W` — the permission error the client gets.
 fn overwrite_denied(stored: Result<(), Error>, mode: Mode, name: &str) -> Result<(), Error> {
     match stored {
         Err(Error::ItemExists(_)) => Err(Error::PermissionDenied { mode, op: "store", name: name.to_string(), required: "W" }),
@@ -421,9 +421,13 @@ impl Store {
 
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
-        let Staged { body, name, nested, how } = staged;
-        let mut body = body;
-        overwrite_denied(self.with_room(|b| b.place(&nested, &mut body, how)), self.permissions.mode(), &name)
+        let Staged { mut body, name, nested, how } = staged;
+        let placed = if is_data(&name) {
+            self.backend.place(&nested, &mut body, how)
+        } else {
+            self.with_room(|b| b.place(&nested, &mut body, how))
+        };
+        overwrite_denied(placed, self.permissions.mode(), &name)
     }
 
     /// Attaches `note` to a staged value (see [`Backend::note_staged`]); `false` where the

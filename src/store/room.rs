@@ -6,8 +6,8 @@
 //! its owner's quota, Python's server then fails every command — `borg list` as much as `borg
 //! delete` and `borg compact`, the ones that would free space — with "Disk quota exceeded" or "No
 //! space left on device", and only more space from the host's administrator helps (borg's own
-//! `repo-space --free` needs the lock too). A backup that fills the quota to the last few
-//! kilobytes gets a repository there.
+//! `repo-space --free` needs the lock too). A backup that fills the quota to its last few
+//! kilobytes leaves a repository in that state.
 //!
 //! The rules:
 //! - A write outside `data/` (a lock, the manifest, an archive entry, a key, a chunk index) or a
@@ -21,13 +21,14 @@
 //!
 //! The pieces follow borgstore's convention for hidden internal files (the `.hid` suffix, as its
 //! `quota.hid`): no client can name or list them, Python borg does not look at them, and
-//! destroying the repository removes them with everything else. They hold random bytes, so that a
-//! compressing or deduplicating file system stores them whole.
+//! destroying the repository removes them with everything else. They hold pseudo-random bytes,
+//! so that a compressing or deduplicating file system stores them whole.
 
 use super::{Backend, Error, WriteOptions};
 
-/// How many pieces the room is given up in: one is enough for a lock on ext4 and XFS (an inode
-/// and a block); a Btrfs quota group wanted 16–64 KiB to create a 300-byte file in a full quota.
+/// How many pieces the room is given up in: a lock needs an inode and a block on ext4 or XFS;
+/// in a full Btrfs quota group a 300-byte file could not be made with 16 KiB freed, and could
+/// with 64 KiB.
 pub const PIECES: usize = 4;
 /// Bytes per piece: 512 KiB of room per repository in all.
 pub const PIECE_SIZE: usize = 128 * 1024;
