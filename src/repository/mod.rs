@@ -107,8 +107,8 @@ pub struct Repository {
     /// This session makes the room kept in reserve (see `store::room`): it holds a lock and may
     /// write.
     keeps_room: bool,
-    /// The room was short when this session opened (no space to make it): its close makes it
-    /// from whatever the session freed, as the close of one that gave room up does.
+    /// The room was short (or missing) when this session opened: its close makes it, from
+    /// whatever space there is, as the close of one that gave room up does.
     room_short: bool,
 }
 
@@ -174,8 +174,8 @@ impl Repository {
         let id = std::str::from_utf8(&id_raw).ok().and_then(unhex32).ok_or_else(|| invalid_config("config/id is not 64 hex digits".into()))?;
         // lock only after making sure there is a supported repository here.
         let lock = if opts.lock { Some(Lock::acquire(&mut store, opts.exclusive, opts.lock_wait, owner, log)?) } else { None };
-        // a repository has its room before it fills up (see `store::room`); a read-only session
-        // uses it, but writes none
+        // the room kept in reserve (see `store::room`), if short, is made at close; a read-only
+        // session uses it, but writes none
         let keeps_room = lock.is_some() && opts.permissions.mode() != store::Mode::ReadOnly;
         let mut room_short = false;
         if let Some(why) = store.room_given() {
@@ -184,14 +184,13 @@ impl Repository {
                  New data is refused until space is freed: borg delete or borg prune, then borg compact."
             ));
         } else if keeps_room {
-            match store.keep_room(false) {
-                Ok(0) => {}
-                Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
+            room_short = match store.room_whole() {
+                Ok(whole) => !whole,
                 Err(e) => {
-                    log.debug(LOGGER, &format!("could not make room kept in reserve: {e}"));
-                    room_short = true;
+                    log.debug(LOGGER, &format!("could not look at the room kept in reserve: {e}"));
+                    true // close tries to make it
                 }
-            }
+            };
         }
         log.debug(LOGGER, &format!("opened repository {location} (id {}), lock: {}", hex(&id), match &lock {
             Some(l) if l.is_exclusive() => "exclusive",
@@ -243,8 +242,9 @@ impl Repository {
     pub fn close(mut self, log: &Log) -> Result<(), Error> {
         let synced = self.store.barrier();
         if self.keeps_room && (self.room_short || self.store.room_given().is_some()) {
-            // what this session freed makes the room again, as far as it goes
-            match self.store.keep_room(true) {
+            // after the barrier: the room need not be durable, and this session's data did not
+            // wait for it; what the session freed makes the room again, as far as it goes
+            match self.store.keep_room() {
                 Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
                 Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve again: {e}")),
             }
@@ -629,10 +629,10 @@ mod tests {
     fn a_full_repository_opens_reads_and_frees_space_but_takes_no_new_data() {
         let (mut repo, h, log) = sim_repo();
         let pieces = |h: &crate::store::sim::SimHandle| h.live().keys().filter(|k| k.ends_with(".hid")).count();
-        assert_eq!(pieces(&h), 4, "a new repository has its room");
         let big = repoobj::Header::wrap(b"m", &vec![5u8; 300 * 1024]);
         repo.put(&[1; 32], &big, &log).unwrap();
         repo.close(&log).unwrap();
+        assert_eq!(pieces(&h), 4, "a new repository has its room once its first session closes");
         h.limit_space(Some(h.used()));
 
         let again = || Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &opts(false), Owner::current(0), &log);

@@ -365,11 +365,15 @@ impl Store {
         }
     }
 
-    /// Makes the room kept in reserve whole again, as far as space allows, `partly` with pieces
-    /// smaller than whole where those no longer fit (see `room`); how many pieces it made. Needs
-    /// no permission: the pieces are no client's to see.
-    pub fn keep_room(&mut self, partly: bool) -> Result<usize, Error> {
-        self.room.keep(self.backend.as_mut(), partly)
+    /// Makes the room kept in reserve whole again, as far as space allows (see `room`); how many
+    /// pieces it made. Needs no permission: the pieces are no client's to see.
+    pub fn keep_room(&mut self) -> Result<usize, Error> {
+        self.room.keep(self.backend.as_mut())
+    }
+
+    /// Whether the room kept in reserve is whole (see `room`).
+    pub fn room_whole(&self) -> Result<bool, Error> {
+        self.room.whole(self.backend.as_ref())
     }
 
     /// Why this store gave up room kept in reserve, if it did (then it refuses new data).

@@ -16,8 +16,10 @@
 //! - A store that gave up room refuses new data objects for the rest of its session: a backup
 //!   would otherwise take the room it freed, and the next command would be stuck again. Reading,
 //!   deleting and the bookkeeping of deletes (`borg delete`, `prune`, `compact`) go on.
-//! - The room is made again as far as space allows: when a session opens (so a repository has
-//!   it before it fills up), and when a session that gave some up closes (after `compact`, say).
+//! - The room is made as far as space allows when a session closes that found it short when it
+//!   opened (a new repository's first, normally `repo-create`, so it has its room before it can
+//!   fill up) or gave some up (after `compact` has freed space, say): after the close's barrier,
+//!   as the room need not be durable (a piece a crash loses or cuts short is made again).
 //!
 //! The pieces follow borgstore's convention for hidden internal files (the `.hid` suffix, as its
 //! `quota.hid`): no client can name or list them, Python borg does not look at them, and
@@ -75,11 +77,22 @@ impl Room {
         Ok(false)
     }
 
+    /// Whether every piece is there, whole.
+    pub fn whole(&self, backend: &dyn Backend) -> Result<bool, Error> {
+        for i in 0..PIECES {
+            let info = backend.info(&piece_name(i))?;
+            if !info.exists || (info.size as usize) < PIECE_SIZE {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Makes the pieces that are missing or smaller than whole, until one cannot be written;
-    /// how many it made. With `partly`, where a whole piece no longer fits, the largest that
-    /// does (halving down to [`SMALLEST_PIECE`]) is made instead: what a full session freed (its
-    /// lock, say) goes back into the room, where nothing else can take it.
-    pub fn keep(&mut self, backend: &mut dyn Backend, partly: bool) -> Result<usize, Error> {
+    /// how many it made. Where a whole piece no longer fits, the largest that does (halving
+    /// down to [`SMALLEST_PIECE`]) is made instead: what a full session freed (its lock, say)
+    /// goes back into the room, where nothing else can take it.
+    pub fn keep(&mut self, backend: &mut dyn Backend) -> Result<usize, Error> {
         let mut made = 0;
         for i in 0..PIECES {
             let name = piece_name(i);
@@ -93,7 +106,7 @@ impl Room {
                 // replacing: a piece another session made meanwhile is as good
                 match backend.store(&name, &filler(size)?, WriteOptions { durable: false, replace: true }) {
                     Ok(()) => break,
-                    Err(e) if partly && no_space(&e) && size / 2 >= SMALLEST_PIECE.max(had + 1) => size /= 2,
+                    Err(e) if no_space(&e) && size / 2 >= SMALLEST_PIECE.max(had + 1) => size /= 2,
                     Err(e) => return Err(e),
                 }
             }
@@ -134,8 +147,10 @@ mod tests {
         let mut s = Store::new(Box::new(disk), borg_levels(2), Permissions::for_mode(Mode::All), Durability::Barrier);
         s.create().unwrap();
         s.store("config/readme", b"borg").unwrap();
-        assert_eq!(s.keep_room(false).unwrap(), PIECES);
-        assert_eq!(s.keep_room(false).unwrap(), 0, "made twice");
+        assert!(!s.room_whole().unwrap());
+        assert_eq!(s.keep_room().unwrap(), PIECES);
+        assert!(s.room_whole().unwrap());
+        assert_eq!(s.keep_room().unwrap(), 0, "made twice");
         (s, h)
     }
 
@@ -188,17 +203,17 @@ mod tests {
         let e = s.store("config/big", &vec![0u8; PIECES * PIECE_SIZE]).unwrap_err();
         assert!(edquot(&e), "{e:?}");
         assert_eq!(pieces(&h), 0);
-        // space freed (the quota raised): the room is made again as far as it fits, whole
-        // pieces only, or `partly` of what is left; whole once there is space again
+        // space freed (the quota raised): the room is made again as far as it fits, a piece of
+        // what is left where a whole one does not; whole once there is space again
         h.limit_space(Some(h.used() + PIECE_SIZE + PIECE_SIZE / 2 + 100));
-        assert!(s.keep_room(false).is_err());
-        assert_eq!(pieces(&h), 1);
-        assert_eq!(s.keep_room(true).unwrap(), 1);
+        assert_eq!(s.keep_room().unwrap(), 2);
         let size = |i| h.live().get(&piece_name(i)).map(Vec::len);
         assert_eq!((size(0), size(1), size(2)), (Some(PIECE_SIZE), Some(PIECE_SIZE / 2), None));
+        assert!(!s.room_whole().unwrap());
         h.limit_space(None);
-        assert_eq!(s.keep_room(false).unwrap(), PIECES - 1);
+        assert_eq!(s.keep_room().unwrap(), PIECES - 1);
         assert!((0..PIECES).all(|i| size(i) == Some(PIECE_SIZE)));
+        assert!(s.room_whole().unwrap());
     }
 
     /// A store that found space refuses nothing and keeps its room; one without room (a
