@@ -1,5 +1,6 @@
-//! Deterministic, incompressible test data: bytes that neither compress nor deduplicate away,
-//! for the test suite and the benchmark (so both measure real storage work).
+//! Deterministic, incompressible data: bytes that neither compress nor deduplicate away, for
+//! the test suite and the benchmark (so both measure real storage work), and for the room a
+//! store keeps in reserve (`store::room`, which must take real space).
 
 /// `len` pseudo-random bytes (xorshift64) determined by `seed`.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {

@@ -343,12 +343,18 @@ impl Store {
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
-        let stored = if is_data(name) {
-            self.backend.store(&nested, value, how)
-        } else {
-            self.with_room(|b| b.store(&nested, value, how))
-        };
+        let stored = self.write(name, |b| b.store(&nested, value, how));
         overwrite_denied(stored, self.permissions.mode(), name)
+    }
+
+    /// Runs `op`, a write of `name`: once for a data object, which never takes room kept in
+    /// reserve; for anything else [`Store::with_room`].
+    fn write<T>(&mut self, name: &str, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        if is_data(name) {
+            op(self.backend.as_mut())
+        } else {
+            self.with_room(op)
+        }
     }
 
     /// Runs `op`, a write outside `data/` or a delete, giving up a piece of the room kept in
@@ -385,7 +391,7 @@ impl Store {
     /// (another thread, say) — `None` if the backend cannot write from other threads. Only for
     /// data objects: nothing needs a barrier before them.
     pub fn store_later(&mut self, name: &str) -> Result<Option<LaterWrite>, Error> {
-        if !name.starts_with("data/") {
+        if !is_data(name) {
             return Ok(None);
         }
         let Some(writer) = self.backend.shared_writer() else { return Ok(None) };
@@ -415,22 +421,14 @@ impl Store {
     pub fn stage_value(&mut self, name: &str, value: &[u8]) -> Result<Staged, Error> {
         let (nested, how) = self.prepare_store(name)?;
         let len = value.len() as u64;
-        let body = if is_data(name) {
-            self.backend.stage(&nested, len, &mut &value[..], how)?
-        } else {
-            self.with_room(|b| b.stage(&nested, len, &mut &value[..], how))?
-        };
+        let body = self.write(name, |b| b.stage(&nested, len, &mut &value[..], how))?;
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { mut body, name, nested, how } = staged;
-        let placed = if is_data(&name) {
-            self.backend.place(&nested, &mut body, how)
-        } else {
-            self.with_room(|b| b.place(&nested, &mut body, how))
-        };
+        let placed = self.write(&name, |b| b.place(&nested, &mut body, how));
         overwrite_denied(placed, self.permissions.mode(), &name)
     }
 

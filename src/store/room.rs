@@ -27,6 +27,7 @@
 //! so that a compressing or deduplicating file system stores them whole.
 
 use super::{Backend, Error, WriteOptions};
+use crate::testdata::noise;
 
 /// How many pieces the room is given up in: a lock needs an inode and a block on ext4 or XFS;
 /// in a full Btrfs quota group a 300-byte file could not be made with 16 KiB freed, and could
@@ -119,21 +120,12 @@ impl Room {
     }
 }
 
-/// `len` bytes no file system can compress or share with another piece: xorshift64* from a
+/// `len` bytes no file system can compress or share with another piece: [`noise`] from a
 /// random seed.
 fn filler(len: usize) -> Result<Vec<u8>, Error> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| Error::Io { op: "getrandom", path: "".into(), source: std::io::Error::other(e.to_string()) })?;
-    let mut x = u64::from_le_bytes(seed) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    Ok(out)
+    Ok(noise(u64::from_le_bytes(seed), len))
 }
 
 #[cfg(test)]

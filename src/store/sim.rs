@@ -141,6 +141,16 @@ impl SimDisk {
         Ok(())
     }
 
+    /// `EDQUOT` if `len` more bytes under `name` would not fit in the disk's space (see
+    /// [`SimHandle::limit_space`]); `replacing`: they take the place of what `name` holds.
+    fn room_for(inner: &Inner, name: &str, len: u64, replacing: bool) -> Result<(), Error> {
+        let used: usize = inner.live.iter().filter(|(k, _)| !replacing || k.as_str() != name).map(|(_, v)| v.len()).sum();
+        match inner.space {
+            Some(space) if used as u64 + len > space as u64 => Err(Error::Io { op: "write", path: name.into(), source: io::Error::from_raw_os_error(libc::EDQUOT) }),
+            _ => Ok(()),
+        }
+    }
+
     fn record(inner: &mut Inner, op: Op, durable: bool) {
         apply(&mut inner.live, &op);
         inner.history.push((op, durable));
@@ -201,10 +211,7 @@ impl Backend for SimDisk {
             if !how.replace && i.live.contains_key(name) {
                 return Err(Error::ItemExists(name.to_string()));
             }
-            let used: usize = i.live.iter().filter(|(k, _)| k.as_str() != name).map(|(_, v)| v.len()).sum();
-            if i.space.is_some_and(|space| used + value.len() > space) {
-                return Err(Error::Io { op: "write", path: name.into(), source: io::Error::from_raw_os_error(libc::EDQUOT) });
-            }
+            Self::room_for(i, name, value.len() as u64, true)?;
             Self::record(i, Op::Store(name.to_string(), value.to_vec()), durable);
             Ok(())
         })
@@ -214,11 +221,8 @@ impl Backend for SimDisk {
         // staged in memory, but failing as a disk would: by fault, or for want of space
         self.with(|i| {
             Self::fault(i, "stage", name)?;
-            let used: usize = i.live.values().map(Vec::len).sum();
-            match i.space {
-                Some(space) if used as u64 + len > space as u64 => Err(Error::Io { op: "write", path: name.into(), source: io::Error::from_raw_os_error(libc::EDQUOT) }),
-                _ => Ok(()),
-            }
+            // staged beside its target, not over it
+            Self::room_for(i, name, len, false)
         })?;
         super::backend::receive(name, len, src).map(super::StagedBody::Memory)
     }
