@@ -216,6 +216,48 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
     assert_eq!(support::archive_names(&env, &["-r", &url]), ["second"], "Python's server serves it");
 }
 
+/// A repository Python borg made holds no room. borgd's first session on it makes the room as
+/// it opens, so a first backup through borgd that runs into the quota still leaves a repository
+/// borgd opens (the quota then filled to the last byte), compacts, and backs up into again.
+/// Made only at that session's close, the room would find less space left than one chunk.
+#[test]
+fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
+    let env = Env::new();
+    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
+    let home = fs.0.join("home");
+    let home_arg = home.to_str().unwrap();
+    run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
+    run("btrfs", &["subvolume", "create", home_arg]);
+    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    let repo = home.join("repo");
+    let (local, url) = (repo.to_str().unwrap(), env.ssh_url(&repo));
+    env.ok(&["-r", local, "repo-create", "-e", "none"]);
+    assert!(room(&repo).is_empty(), "Python borg made room");
+
+    let big = support::one_file_source(&env, support::noise(5, 48 << 20));
+    // 64 KiB chunks: the put the quota cuts off leaves less than that free, too little to make
+    // the room at the session's close
+    let text = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,65536", "big", big.to_str().unwrap()]);
+    assert!(text.contains("Disk quota exceeded"), "{text}");
+    let kept: u64 = room(&repo).iter().map(|(_, size)| size).sum();
+    assert!(kept >= 3 * (128 << 10), "room left after the backup: {:?}", room(&repo));
+    fill(&home, libc::EDQUOT);
+
+    let text = env.ok(&["-r", &url, "repo-list"]);
+    assert!(text.contains("is full"), "{text}");
+    // the backup's chunks are in no cached index (borgd refused the one listing the chunks
+    // the quota cut off): `--stats` lists the repository to find them
+    env.ok(&["-r", &url, "compact", "--stats"]);
+    let whole: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
+    assert_eq!(room(&repo), whole, "the room is whole again once compact freed the backup's chunks");
+    let small = env.path("small");
+    std::fs::create_dir(&small).unwrap();
+    std::fs::write(small.join("f"), support::noise(6, 1 << 20)).unwrap();
+    env.ok(&["-r", &url, "create", "small", small.to_str().unwrap()]);
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["small"]);
+    env.ok(&["-r", local, "check"]);
+}
+
 /// `data/` moved away and replaced by a copy of itself while a backup is writing into it (an
 /// administrator restoring or reorganising the repository without taking borg's lock): borgd
 /// holds `data/` and its `data/xx` open to write, so the chunks sent after the move went with

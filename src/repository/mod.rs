@@ -107,8 +107,9 @@ pub struct Repository {
     /// This session makes the room kept in reserve (see `store::room`): it holds a lock and may
     /// write.
     keeps_room: bool,
-    /// The room was short (or missing) when this session opened: its close makes it, from
-    /// whatever space there is, as the close of one that gave room up does.
+    /// The room is short (or missing) after this session opened (a new repository's, or one
+    /// space did not allow): its close makes it, from whatever space there is, as the close of
+    /// one that gave room up does.
     room_short: bool,
 }
 
@@ -174,8 +175,8 @@ impl Repository {
         let id = std::str::from_utf8(&id_raw).ok().and_then(unhex32).ok_or_else(|| invalid_config("config/id is not 64 hex digits".into()))?;
         // lock only after making sure there is a supported repository here.
         let lock = if opts.lock { Some(Lock::acquire(&mut store, opts.exclusive, opts.lock_wait, owner, log)?) } else { None };
-        // the room kept in reserve (see `store::room`), if short, is made at close; a read-only
-        // session uses it, but writes none
+        // the room kept in reserve (see `store::room`), if short: a read-only session uses it,
+        // but writes none
         let keeps_room = lock.is_some() && opts.permissions.mode() != store::Mode::ReadOnly;
         let mut room_short = false;
         if let Some(why) = store.room_given() {
@@ -184,13 +185,19 @@ impl Repository {
                  New data is refused until space is freed: borg delete or borg prune, then borg compact."
             ));
         } else if keeps_room {
-            room_short = match store.room_whole() {
-                Ok(whole) => !whole,
-                Err(e) => {
-                    log.debug(LOGGER, &format!("could not look at the room kept in reserve: {e}"));
-                    true // close tries to make it
+            room_short = Self::room_short(&store, log);
+            if room_short && !opts.create {
+                // a repository borgd did not make (Python borg's), or one whose room was lost:
+                // made now, before this session (a backup, say) can fill the disk, and so once
+                // per repository; its close tries again what space did not allow. A new
+                // repository's is made at its close, after the barrier, so that creating one
+                // never waits for the room to be durable.
+                match store.keep_room() {
+                    Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
+                    Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve: {e}")),
                 }
-            };
+                room_short = Self::room_short(&store, log);
+            }
         }
         log.debug(LOGGER, &format!("opened repository {location} (id {}), lock: {}", hex(&id), match &lock {
             Some(l) if l.is_exclusive() => "exclusive",
@@ -198,6 +205,17 @@ impl Repository {
             None => "none",
         }));
         Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None, keeps_room, room_short })
+    }
+
+    /// Whether the room kept in reserve is short (a session then makes it; see `store::room`).
+    fn room_short(store: &Store, log: &Log) -> bool {
+        match store.room_whole() {
+            Ok(whole) => !whole,
+            Err(e) => {
+                log.debug(LOGGER, &format!("could not look at the room kept in reserve: {e}"));
+                true // close tries to make it
+            }
+        }
     }
 
     fn create(store: &mut Store, location: &str, log: &Log) -> Result<(), Error> {
@@ -661,6 +679,38 @@ mod tests {
         let repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &ro, Owner::current(0), &log).unwrap();
         repo.close(&log).unwrap();
         assert_eq!(pieces(&h), 0);
+    }
+
+    /// A repository borgd did not make (Python borg's) has no room: the first session that
+    /// opens it makes the room at once, before a backup can fill the disk. One opened with too
+    /// little space for all of it makes what fits, and at its close the rest, from what the
+    /// session freed.
+    #[test]
+    fn a_repository_without_room_gets_it_as_its_first_session_opens() {
+        let (mut repo, h, log) = sim_repo();
+        let pieces = |h: &crate::store::sim::SimHandle| h.live().iter().filter(|(k, _)| k.ends_with(".hid")).map(|(_, v)| v.len()).collect::<Vec<_>>();
+        repo.put(&[1; 32], &repoobj::Header::wrap(b"m", &vec![5u8; 600 * 1024]), &log).unwrap();
+        repo.close(&log).unwrap();
+        let remove_room = |h: &crate::store::sim::SimHandle| {
+            for i in 0..4 {
+                Backend::delete(&mut SimDisk::again(h), &format!("borgd-room.{i}.hid"), false).unwrap();
+            }
+        };
+        let again = || Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &opts(false), Owner::current(0), &log);
+
+        remove_room(&h);
+        let repo = again().unwrap();
+        assert_eq!(pieces(&h), [128 << 10; 4], "made as the session opened");
+        repo.close(&log).unwrap();
+
+        remove_room(&h);
+        h.limit_space(Some(h.used() + (200 << 10)));
+        let mut repo = again().unwrap();
+        let made = pieces(&h);
+        assert!(made.len() < 4 && made.iter().sum::<usize>() > 128 << 10, "what fits: {made:?}");
+        repo.delete(&[1; 32], &log).unwrap();
+        repo.close(&log).unwrap();
+        assert_eq!(pieces(&h), [128 << 10; 4], "the rest made at close from what was freed");
     }
 
     /// A session out of file descriptors (every open fails with `EMFILE`) still makes its

@@ -16,10 +16,13 @@
 //! - A store that gave up room refuses new data objects for the rest of its session: a backup
 //!   would otherwise take the room it freed, and the next command would be stuck again. Reading,
 //!   deleting and the bookkeeping of deletes (`borg delete`, `prune`, `compact`) go on.
-//! - The room is made as far as space allows when a session closes that found it short when it
-//!   opened (a new repository's first, normally `repo-create`, so it has its room before it can
-//!   fill up) or gave some up (after `compact` has freed space, say): after the close's barrier,
-//!   as the room need not be durable (a piece a crash loses or cuts short is made again).
+//! - The room is made, as far as space allows, when a session that writes opens a repository
+//!   whose room is short (one Python borg made, or one that lost its room): before that session
+//!   (a backup, say) can fill the disk. A new repository's is made when its first session
+//!   (normally `repo-create`) closes, and so is what a session gave up or could not make, from
+//!   what it freed (after `compact`, say): after the close's barrier, as the room need not be
+//!   durable (a piece a crash loses or cuts short is made again). What a session deleted is made
+//!   to count as free first, if space runs out (see [`Backend::free_deleted_space`]).
 //!
 //! The pieces follow borgstore's convention for hidden internal files (the `.hid` suffix, as its
 //! `quota.hid`): no client can name or list them, Python borg does not look at them, and
@@ -95,6 +98,9 @@ impl Room {
     /// goes back into the room, where nothing else can take it.
     pub fn keep(&mut self, backend: &mut dyn Backend) -> Result<usize, Error> {
         let mut made = 0;
+        // what the session deleted may not count as free yet (a Btrfs quota group frees it at
+        // the next commit): made to count once, the first time space runs out
+        let mut freed = false;
         for i in 0..PIECES {
             let name = piece_name(i);
             let info = backend.info(&name)?;
@@ -107,6 +113,10 @@ impl Room {
                 // replacing: a piece another session made meanwhile is as good
                 match backend.store(&name, &filler(size)?, WriteOptions { durable: false, replace: true }) {
                     Ok(()) => break,
+                    Err(e) if no_space(&e) && !freed => {
+                        backend.free_deleted_space()?;
+                        freed = true;
+                    }
                     Err(e) if no_space(&e) && size / 2 >= SMALLEST_PIECE.max(had + 1) => size /= 2,
                     Err(e) => return Err(e),
                 }
@@ -228,6 +238,18 @@ mod tests {
         let e = bare.store("locks/0123", b"{}").unwrap_err();
         assert!(edquot(&e), "{e:?}");
         assert_eq!(bare.room_given(), None);
+    }
+
+    /// Making the room finds no space once (what the session deleted not yet counted free, as in
+    /// a Btrfs quota group until its commit): the deleted space is made to count and the piece
+    /// made whole, not halved.
+    #[test]
+    fn making_the_room_first_counts_what_was_deleted() {
+        let (mut s, h) = store_with_room();
+        Backend::delete(&mut sim::SimDisk::again(&h), &piece_name(3), false).unwrap();
+        h.inject("store", &piece_name(3), libc::EDQUOT);
+        assert_eq!(s.keep_room().unwrap(), 1);
+        assert!(s.room_whole().unwrap(), "{:?}", h.live().get(&piece_name(3)).map(Vec::len));
     }
 
     /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
