@@ -8,7 +8,8 @@
 //! How it is checked without reading all of `data/` each night: a look-up per id for a short
 //! index, the objects this session put itself taken on trust (`written`), one sorted walk of
 //! `data/` for a long one, and for the merge of indexes checked before only the leaves that
-//! changed since (`trust`).
+//! changed since (`trust`). Of an index refused after this session failed to write, the part
+//! that is true is kept under its own name ([`Repository::salvage_chunk_index`]).
 
 use std::time::SystemTime;
 
@@ -28,7 +29,26 @@ struct Tally {
     missing: usize,
     /// The first missing id met.
     example: Option<[u8; 32]>,
+    /// The missing ids, while there are at most [`SALVAGE_AT_MOST`].
+    missing_ids: Vec<[u8; 32]>,
 }
+
+/// What became of the part of a refused chunk index that is true (see
+/// [`Repository::salvage_chunk_index`]).
+enum Salvage {
+    /// Stored as `name`, listing `count` objects.
+    Kept { name: String, count: usize },
+    /// None of the objects it lists is in the repository.
+    NothingTrue,
+    /// Too long to be kept, or it could not be stored.
+    NotKept,
+}
+
+/// A refused chunk index of at most this many ids, uploaded after this session failed to write
+/// (32 bytes each, held whole: 1 MiB, and as much again for the index kept), has the part of it
+/// that is true stored under its own name (see [`Repository::salvage_chunk_index`]). A larger
+/// one would rarely find the space on the full disk that is the usual cause.
+pub(super) const SALVAGE_AT_MOST: usize = 1 << 15;
 
 /// Above this many ids an uploaded chunk index is checked against one sorted walk of `data/`
 /// (directory blocks only) instead of a look-up per id (each an inode read when not cached: a
@@ -97,8 +117,19 @@ impl Repository {
             // this session's failed write, or (a client uploads the merge of the cached indexes
             // at the start of a backup) a cached index listing objects that are gone: then every
             // backup would be refused the same way until a fresh index replaces it
-            let what_to_do = match &self.last_write_error {
-                Some(e) => format!("The backup failed writing to the repository: {e}. Once that is fixed, the next backup uploads them"),
+            let what_to_do = match self.last_write_error.clone() {
+                Some(e) => {
+                    let kept = match self.salvage_chunk_index(value, layout, &tally, started, tree, log) {
+                        Salvage::Kept { name, count } => format!(
+                            " borgd kept the {count} listed objects the repository has as {name}, so that borg compact can free them and the next backup need not upload them again."
+                        ),
+                        Salvage::NothingTrue => String::new(),
+                        Salvage::NotKept => " Until then, the objects the backup did store are in no cached chunk index: \
+                                             borg compact --stats finds them, plain borg compact does not."
+                            .to_string(),
+                    };
+                    format!("The backup failed writing to the repository: {e}. Once that is fixed, the next backup uploads them.{kept}")
+                }
                 None => "A cached chunk index (cache/chunks.*) lists objects that are gone (deleted, or never written by a failed backup). \
                          Run borg check --repository-only, which writes a fresh one; the next backup then uploads them"
                     .to_string(),
@@ -117,6 +148,61 @@ impl Repository {
         // the check started: one taken on trust dates the whole index from the session's start
         let since = if tally.own > 0 { self.opened } else { started };
         Ok(trust::Note { since, digest, tree })
+    }
+
+    /// Stores, under its own name, the part of a refused chunk index that is true: its ids less
+    /// the missing ones in `tally` (all of them known, the index of at most
+    /// [`SALVAGE_AT_MOST`] ids), noted as checked at `started` (see `check_chunk_index`). Why:
+    /// after a backup that failed writing (a full disk, say) the client uploads the index of
+    /// what it sent; refused whole, the objects the backup did store would be in no cached
+    /// index, and `borg compact` (which frees only what a cached index lists, unless run with
+    /// `--stats`) could not free them, on the disk that needs it. Best effort: a failure is
+    /// logged.
+    fn salvage_chunk_index(&mut self, value: &dyn store::ReadAt, layout: chunkindex::Layout, tally: &Tally, started: SystemTime, tree: u64, log: &Log) -> Salvage {
+        if layout.count as usize > SALVAGE_AT_MOST || tally.missing_ids.len() != tally.missing {
+            return Salvage::NotKept;
+        }
+        let mut missing = tally.missing_ids.clone();
+        missing.sort_unstable();
+        let mut kept: Vec<[u8; 32]> = Vec::new();
+        let mut entries = chunkindex::Entries::new(value, layout);
+        loop {
+            match entries.next_piece() {
+                Ok(Some(piece)) => kept.extend(piece.filter(|id| missing.binary_search(id).is_err())),
+                Ok(None) => break,
+                Err(e) => {
+                    log.warning(LOGGER, &format!("could not keep what a refused chunk index lists rightly: {e}"));
+                    return Salvage::NotKept;
+                }
+            }
+        }
+        kept.sort_unstable();
+        kept.dedup();
+        if kept.is_empty() {
+            return Salvage::NothingTrue;
+        }
+        let mut digest = trust::Digest::default();
+        kept.iter().for_each(|id| digest.add(id));
+        let index = chunkindex::serialize(kept.iter());
+        let name = chunkindex::cache_name(&index);
+        let since = if tally.own > 0 { self.opened } else { started };
+        let stored = match self.store.info(&name, false) {
+            Ok(info) if info.exists => Ok(()),
+            _ => self.store.stage_value(&name, &index).map_err(Error::from).and_then(|staged| {
+                let lag = self.store.clock_lag(&staged);
+                self.place_noted(staged, trust::Note { since, digest, tree }, lag, log)
+            }),
+        };
+        match stored {
+            Ok(()) => {
+                log.info(LOGGER, &format!("kept the {} objects a refused chunk index lists rightly as {name}", kept.len()));
+                Salvage::Kept { name, count: kept.len() }
+            }
+            Err(e) => {
+                log.warning(LOGGER, &format!("could not keep what a refused chunk index lists rightly as {name}: {e}"));
+                Salvage::NotKept
+            }
+        }
     }
 
     /// If the upload `name` is the merge of the cached chunk indexes, each noted when it
@@ -232,6 +318,9 @@ impl Repository {
         let missing = |id: &[u8; 32], tally: &mut Tally| {
             tally.missing += 1;
             tally.example.get_or_insert(*id);
+            if tally.missing_ids.len() < SALVAGE_AT_MOST {
+                tally.missing_ids.push(*id);
+            }
         };
         if let Some(unsettled) = unsettled {
             // ids in the leaves that changed: a look-up for a lone one, else the leaf listed
@@ -334,6 +423,51 @@ mod tests {
         let other = chunkindex::serialize([[1u8; 32], [1u8; 32]].iter());
         repo.store_store_from(&chunkindex::cache_name(&other), other.len() as u64, &mut &other[..], &log).unwrap();
         assert_eq!(h.live().get(&chunkindex::cache_name(&other)), Some(&other));
+    }
+
+    /// A chunk index refused after this session failed to write (the index of a backup the disk
+    /// filled up) has the part of it that is true kept under its own name, noted as checked, so
+    /// `borg compact` can free what the backup stored; refused for any other cause, or listing
+    /// nothing that is there, it keeps nothing.
+    #[test]
+    fn what_a_refused_index_lists_rightly_is_kept_after_a_failed_write() {
+        let (_dir, path, log) = on_disk();
+        let mut repo = Repository::open(&path, &opts(true), Owner::current(5), &log).unwrap();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        let cached = |repo: &Repository| -> Vec<String> { repo.store.list("cache", false).unwrap().into_iter().map(|i| i.name).collect() };
+        let before = cached(&repo);
+        // a cached index listing an object that is gone, no write failed: nothing kept
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        let lost = chunkindex::serialize([[1u8; 32], [9u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&lost), &lost, &log).unwrap_err().to_string();
+        assert!(e.contains("borg check --repository-only") && !e.contains("kept"), "{e}");
+        assert_eq!(cached(&repo), before);
+
+        repo.put(&[3; 32], &obj, &log).unwrap();
+        repo.note_write_error("write data/02/02/0202…: No space left on device".into());
+        let nothing = chunkindex::serialize([[2u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&nothing), &nothing, &log).unwrap_err().to_string();
+        assert!(!e.contains("kept") && !e.contains("compact"), "{e}");
+        assert_eq!(cached(&repo), before, "nothing listed is there: nothing kept");
+        // too long to be held: kept nowhere, and said how compact finds the backup's objects
+        let long = chunkindex::serialize((0..=SALVAGE_AT_MOST as u32).map(|n| std::array::from_fn(|k| (n >> (8 * (k % 4))) as u8 ^ 0x55)).collect::<Vec<[u8; 32]>>().iter());
+        let e = repo.store_store(&chunkindex::cache_name(&long), &long, &log).unwrap_err().to_string();
+        assert!(e.contains("borg compact --stats finds them"), "{e}");
+        assert_eq!(cached(&repo), before);
+        let bad = chunkindex::serialize([[3u8; 32], [2u8; 32], [1u8; 32], [3u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
+        let right = chunkindex::serialize([[1u8; 32], [3u8; 32]].iter());
+        let name = chunkindex::cache_name(&right);
+        assert!(e.contains("No space left on device") && e.contains(&format!("kept the 2 listed objects the repository has as {name}")), "{e}");
+        assert_eq!(repo.store.load(&name, 0, None, false).unwrap(), right);
+        assert!(!repo.store.info(&chunkindex::cache_name(&bad), false).unwrap().exists);
+        assert_eq!(cached(&repo).len(), before.len() + 1);
+        let note = trust::Note::parse(&repo.store.note(&name).unwrap().expect("a note")).unwrap();
+        assert_eq!(note.digest, chunkindex::validate_upload(&name, &right).unwrap().1);
+        // kept once: the same refusal again finds it there
+        let again = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
+        assert!(again.contains(&name), "{again}");
+        repo.close(&log).unwrap();
     }
 
     /// A chunk index listing only objects this session put needs no look-up (a look-up here would
