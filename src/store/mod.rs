@@ -574,7 +574,9 @@ impl Store {
         self.check("delete", name, "D")?;
         let nested = self.find(name, deleted)?;
         let durable = self.durability != Durability::Never && Self::references_data(name);
-        self.with_room(|b| b.delete(&nested, durable))
+        self.with_room(|b| b.delete(&nested, durable))?;
+        self.room.note_deleted();
+        Ok(())
     }
 
     /// borgstore's `move`: soft delete, undelete, or a generic rename.

@@ -56,6 +56,9 @@ pub fn no_space(e: &Error) -> bool {
 pub struct Room {
     /// Why room was given up (the error that found no space), once it was.
     given: Option<String>,
+    /// This store deleted an item since the room was last made: its space may not count as
+    /// free yet (see [`Room::keep`]).
+    deleted: bool,
 }
 
 impl Room {
@@ -81,6 +84,11 @@ impl Room {
         Ok(false)
     }
 
+    /// Notes that the store deleted an item (see [`Room::keep`]).
+    pub fn note_deleted(&mut self) {
+        self.deleted = true;
+    }
+
     /// Whether every piece is there, whole.
     pub fn whole(&self, backend: &dyn Backend) -> Result<bool, Error> {
         for i in 0..PIECES {
@@ -99,8 +107,10 @@ impl Room {
     pub fn keep(&mut self, backend: &mut dyn Backend) -> Result<usize, Error> {
         let mut made = 0;
         // what the session deleted may not count as free yet (a Btrfs quota group frees it at
-        // the next commit): made to count once, the first time space runs out
-        let mut freed = false;
+        // the next commit): made to count once, the first time space runs out. Only then: a
+        // `syncfs` flushes every other writer's data on the file system too, and a session on a
+        // nearly full disk that deleted nothing would pay for it at every open.
+        let mut freed = !std::mem::take(&mut self.deleted);
         for i in 0..PIECES {
             let name = piece_name(i);
             let info = backend.info(&name)?;
@@ -242,14 +252,23 @@ mod tests {
 
     /// Making the room finds no space once (what the session deleted not yet counted free, as in
     /// a Btrfs quota group until its commit): the deleted space is made to count and the piece
-    /// made whole, not halved.
+    /// made whole, not halved; a session that deleted nothing does not try.
     #[test]
     fn making_the_room_first_counts_what_was_deleted() {
         let (mut s, h) = store_with_room();
-        Backend::delete(&mut sim::SimDisk::again(&h), &piece_name(3), false).unwrap();
-        h.inject("store", &piece_name(3), libc::EDQUOT);
-        assert_eq!(s.keep_room().unwrap(), 1);
-        assert!(s.room_whole().unwrap(), "{:?}", h.live().get(&piece_name(3)).map(Vec::len));
+        s.store("archives/aa", b"x").unwrap();
+        let piece = |h: &sim::SimHandle| h.live().get(&piece_name(3)).map(Vec::len);
+        for deleted in [false, true] {
+            Backend::delete(&mut sim::SimDisk::again(&h), &piece_name(3), false).unwrap();
+            if deleted {
+                s.delete("archives/aa", false).unwrap();
+            }
+            h.inject("store", &piece_name(3), libc::EDQUOT);
+            assert_eq!(s.keep_room().unwrap(), 1);
+            // having deleted nothing, no retry: the piece halved
+            let expected = if deleted { PIECE_SIZE } else { PIECE_SIZE / 2 };
+            assert_eq!(piece(&h), Some(expected), "deleted {deleted}");
+        }
     }
 
     /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
