@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{files_below, Env, Mounted};
@@ -160,6 +160,18 @@ fn fill(dir: &Path, full: i32) {
     assert!(probe.as_ref().is_err_and(|e| e.raw_os_error() == Some(full)), "not full: {probe:?}");
 }
 
+/// An owner's home with a quota of 40 MiB (a Btrfs subvolume with a quota group, on a
+/// loop-mounted image unmounted when the first value is dropped).
+fn quota_home(env: &Env) -> (Mounted, PathBuf) {
+    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
+    let home = fs.0.join("home");
+    let home_arg = home.to_str().unwrap();
+    run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
+    run("btrfs", &["subvolume", "create", home_arg]);
+    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    (fs, home)
+}
+
 /// The room borgd keeps in a repository: its pieces and their sizes.
 fn room(repo: &Path) -> Vec<(String, u64)> {
     let mut pieces: Vec<_> = std::fs::read_dir(repo).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())).filter(|(n, _)| n.ends_with(".hid")).collect();
@@ -176,12 +188,7 @@ fn room(repo: &Path) -> Vec<(String, u64)> {
 #[test]
 fn a_repository_at_its_quota_still_opens_and_frees_space() {
     let mut env = Env::new();
-    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
-    let home = fs.0.join("home");
-    let home_arg = home.to_str().unwrap();
-    run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
-    run("btrfs", &["subvolume", "create", home_arg]);
-    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    let (_fs, home) = quota_home(&env);
     let repo = home.join("repo");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "repo-create", "-e", "none"]);
@@ -225,12 +232,7 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
 #[test]
 fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     let env = Env::new();
-    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
-    let home = fs.0.join("home");
-    let home_arg = home.to_str().unwrap();
-    run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
-    run("btrfs", &["subvolume", "create", home_arg]);
-    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    let (_fs, home) = quota_home(&env);
     let repo = home.join("repo");
     let (local, url) = (repo.to_str().unwrap(), env.ssh_url(&repo));
     env.ok(&["-r", local, "repo-create", "-e", "none"]);
