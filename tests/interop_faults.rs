@@ -227,8 +227,8 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
 /// it opens, so a first backup through borgd that runs into the quota still leaves a repository
 /// borgd opens (the quota then filled to the last byte), compacts, and backs up into again.
 /// Made only at that session's close, the room would find less space left than one chunk. And
-/// `borg compact` frees the chunks the failed backup stored: borgd refused the chunk index the
-/// client uploaded (it lists the chunks the quota cut off) but kept the part of it that is true.
+/// `borg compact` frees the chunks the failed backup stored, as the refusal of that backup's
+/// chunk index says.
 #[test]
 fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     let env = Env::new();
@@ -241,18 +241,25 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     let big = support::one_file_source(&env, support::noise(5, 48 << 20));
     // 64 KiB chunks: the put the quota cuts off leaves less than that free, too little to make
     // the room at the session's close
-    let text = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,65536", "big", big.to_str().unwrap()]);
-    assert!(text.contains("Disk quota exceeded") && text.contains("so that borg compact can free them"), "{text}");
+    let refusal = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,65536", "big", big.to_str().unwrap()]);
+    assert!(refusal.contains("Disk quota exceeded"), "{refusal}");
     let kept: u64 = room(&repo).iter().map(|(_, size)| size).sum();
     assert!(kept >= 3 * (128 << 10), "room left after the backup: {:?}", room(&repo));
     fill(&home, libc::EDQUOT);
 
     let text = env.ok(&["-r", &url, "repo-list"]);
     assert!(text.contains("is full"), "{text}");
-    // borgd refused the backup's chunk index, which lists the chunks the quota cut off, and
-    // kept the part of it that is true: plain `compact` (which frees only what a cached index
-    // lists) finds the chunks the backup stored
-    env.ok(&["-r", &url, "compact"]);
+    // borgd refused the backup's chunk index, which lists the chunks the quota cut off. It kept
+    // the part that is true if that fitted in what space the backup left (not in the room): then
+    // plain `compact`, which frees only what a cached index lists, frees what the backup stored;
+    // else the refusal said that `compact --stats` does
+    let compact: &[&str] = if refusal.contains("so that borg compact can free them") {
+        &["compact"]
+    } else {
+        assert!(refusal.contains("borg compact --stats finds them"), "{refusal}");
+        &["compact", "--stats"]
+    };
+    env.ok(&[&["-r", url.as_str()][..], compact].concat());
     let whole: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
     assert_eq!(room(&repo), whole, "the room is whole again once compact freed the backup's chunks");
     let small = env.path("small");
@@ -261,6 +268,50 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     env.ok(&["-r", &url, "create", "small", small.to_str().unwrap()]);
     assert_eq!(support::archive_names(&env, &["-r", &url]), ["small"]);
     env.ok(&["-r", local, "check"]);
+}
+
+/// Directories made immutable (`chattr +i`: no entry can be added or removed, even by root)
+/// for as long as the value lives.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn new(dirs: Vec<PathBuf>) -> Immutable {
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+            run("chattr", &["+i", d.to_str().unwrap()]);
+        }
+        Immutable(dirs)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(d).status();
+        }
+    }
+}
+
+/// A backup that fails writing with space to spare (here because 16 of the 256 directories
+/// `data/xx` are immutable): borgd refuses the chunk index the client then uploads, which lists
+/// the chunks that failed, and keeps the part of it that is true under its own name. So plain
+/// `borg compact`, which frees only what a cached index lists, frees every chunk the failed
+/// backup stored; refused whole, that index would have left them all behind.
+#[test]
+fn compact_frees_what_a_failed_backup_stored() {
+    let env = Env::new();
+    let (repo, url) = env.new_repo("repo");
+    let src = support::one_file_source(&env, support::noise(7, 8 << 20));
+    let locked = Immutable::new((0..16).map(|i| repo.join(format!("data/{i:02x}"))).collect());
+    let refusal = env.fails(&["-r", &url, "create", "--chunker-params", "fixed,16384", "a", src.to_str().unwrap()]);
+    assert!(refusal.contains("Operation not permitted") && refusal.contains("so that borg compact can free them"), "{refusal}");
+    drop(locked);
+    let stored = files_below(&repo.join("data")).len();
+    assert!(stored > 10, "{stored} chunks stored");
+    env.ok(&["-r", &url, "compact"]);
+    assert_eq!(files_below(&repo.join("data")), Vec::<PathBuf>::new(), "left behind by compact");
+    env.ok(&["-r", &url, "create", "--chunker-params", "fixed,16384", "a", src.to_str().unwrap()]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check", "--verify-data"]);
 }
 
 /// `data/` moved away and replaced by a copy of itself while a backup is writing into it (an

@@ -186,6 +186,10 @@ impl Repository {
         let index = chunkindex::serialize(kept.iter());
         let name = chunkindex::cache_name(&index);
         let since = if tally.own > 0 { self.opened } else { started };
+        // only where there is space: a full disk is the usual cause of the failed write, and the
+        // room kept in reserve is for what frees space. A `compact` of a full repository with
+        // one more cached index would first upload their merge, larger than the room can hold.
+        self.store.spare_room(true);
         let stored = match self.store.info(&name, false) {
             Ok(info) if info.exists => Ok(()),
             _ => self.store.stage_value(&name, &index).map_err(Error::from).and_then(|staged| {
@@ -193,6 +197,7 @@ impl Repository {
                 self.place_noted(staged, trust::Note { since, digest, tree }, lag, log)
             }),
         };
+        self.store.spare_room(false);
         match stored {
             Ok(()) => {
                 log.info(LOGGER, &format!("kept the {} objects a refused chunk index lists rightly as {name}", kept.len()));
@@ -467,6 +472,27 @@ mod tests {
         // kept once: the same refusal again finds it there
         let again = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
         assert!(again.contains(&name), "{again}");
+        repo.close(&log).unwrap();
+    }
+
+    /// On a full disk what a refused index lists rightly is not kept: the room kept in reserve
+    /// is for what frees space, and the refusal says how `borg compact` finds the backup's
+    /// objects all the same.
+    #[test]
+    fn a_refused_index_is_kept_in_part_only_where_there_is_space() {
+        let (mut repo, h, log) = sim_repo();
+        let obj = repoobj::Header::wrap(b"m", b"d");
+        repo.put(&[1; 32], &obj, &log).unwrap();
+        repo.close(&log).unwrap(); // a new repository has its room once its first session closes
+        let mut repo = Repository::open_backend(Box::new(store::sim::SimDisk::again(&h)), "sim".into(), &opts(false), Owner::current(0), &log).unwrap();
+        repo.note_write_error("write data/02/02/0202…: No space left on device".into());
+        h.limit_space(Some(h.used()));
+        let bad = chunkindex::serialize([[1u8; 32], [2u8; 32]].iter());
+        let e = repo.store_store(&chunkindex::cache_name(&bad), &bad, &log).unwrap_err().to_string();
+        assert!(e.contains("borg compact --stats finds them"), "{e}");
+        assert_eq!(h.live().keys().filter(|k| k.ends_with(".hid")).count(), 4, "room taken");
+        assert!(!h.live().contains_key(&chunkindex::cache_name(&chunkindex::serialize([[1u8; 32]].iter()))));
+        // the room is spared only meanwhile: the close's lock release takes it as ever
         repo.close(&log).unwrap();
     }
 

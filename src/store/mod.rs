@@ -377,6 +377,12 @@ impl Store {
         self.room.keep(self.backend.as_mut())
     }
 
+    /// While `spare` holds, writes take no room kept in reserve: one that finds no space fails
+    /// as the file system does (see `room`). For what is worth writing only where there is space.
+    pub fn spare_room(&mut self, spare: bool) {
+        self.room.spare(spare);
+    }
+
     /// Whether the room kept in reserve is whole (see `room`).
     pub fn room_whole(&self) -> Result<bool, Error> {
         self.room.whole(self.backend.as_ref())

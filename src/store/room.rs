@@ -59,6 +59,8 @@ pub struct Room {
     /// This store deleted an item since the room was last made: its space may not count as
     /// free yet (see [`Room::keep`]).
     deleted: bool,
+    /// No piece is given up meanwhile (see [`Room::spare`]).
+    spared: bool,
 }
 
 impl Room {
@@ -70,6 +72,9 @@ impl Room {
     /// Gives up one piece, after `why` found no space: `false` if none is left. The space is
     /// made to count as free before this returns (see [`Backend::free_deleted_space`]).
     pub fn give(&mut self, backend: &mut dyn Backend, why: &Error) -> Result<bool, Error> {
+        if self.spared {
+            return Ok(false);
+        }
         for i in (0..PIECES).rev() {
             match backend.delete(&piece_name(i), false) {
                 Ok(()) => {
@@ -82,6 +87,12 @@ impl Room {
             }
         }
         Ok(false)
+    }
+
+    /// While `spare` holds, no piece is given up: writes that find no space fail as the file
+    /// system does. For what is worth writing only where there is space anyway.
+    pub fn spare(&mut self, spare: bool) {
+        self.spared = spare;
     }
 
     /// Notes that the store deleted an item (see [`Room::keep`]).
