@@ -160,15 +160,15 @@ fn fill(dir: &Path, full: i32) {
     assert!(probe.as_ref().is_err_and(|e| e.raw_os_error() == Some(full)), "not full: {probe:?}");
 }
 
-/// An owner's home with a quota of 40 MiB (a Btrfs subvolume with a quota group, on a
+/// An owner's home with a quota of `mib` MiB (a Btrfs subvolume with a quota group, on a
 /// loop-mounted image unmounted when the first value is dropped).
-fn quota_home(env: &Env) -> (Mounted, PathBuf) {
-    let fs = support::loop_fs("btrfs", 256, &env.path("btrfs.img"), &env.path("btrfs"));
+fn quota_home(env: &Env, mib: u64) -> (Mounted, PathBuf) {
+    let fs = support::loop_fs("btrfs", (mib + 128).max(256), &env.path("btrfs.img"), &env.path("btrfs"));
     let home = fs.0.join("home");
     let home_arg = home.to_str().unwrap();
     run("btrfs", &["quota", "enable", fs.0.to_str().unwrap()]);
     run("btrfs", &["subvolume", "create", home_arg]);
-    run("btrfs", &["qgroup", "limit", "40M", home_arg]);
+    run("btrfs", &["qgroup", "limit", &format!("{mib}M"), home_arg]);
     (fs, home)
 }
 
@@ -188,7 +188,7 @@ fn room(repo: &Path) -> Vec<(String, u64)> {
 #[test]
 fn a_repository_at_its_quota_still_opens_and_frees_space() {
     let mut env = Env::new();
-    let (_fs, home) = quota_home(&env);
+    let (_fs, home) = quota_home(&env, 40);
     let repo = home.join("repo");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "repo-create", "-e", "none"]);
@@ -232,7 +232,7 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
 #[test]
 fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     let env = Env::new();
-    let (_fs, home) = quota_home(&env);
+    let (_fs, home) = quota_home(&env, 40);
     let repo = home.join("repo");
     let (local, url) = (repo.to_str().unwrap(), env.ssh_url(&repo));
     env.ok(&["-r", local, "repo-create", "-e", "none"]);
@@ -268,6 +268,37 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
     env.ok(&["-r", &url, "create", "small", small.to_str().unwrap()]);
     assert_eq!(support::archive_names(&env, &["-r", &url]), ["small"]);
     env.ok(&["-r", local, "check"]);
+}
+
+/// A larger repository at its quota: two backups of ~8 000 chunks each leave two cached chunk
+/// indexes of ~320 KB, and `borg compact` (a backup too) first uploads their merge, more than
+/// the room's small pieces hold. Its large piece, sized for the cached indexes, takes it: after
+/// `borg delete`, `compact` goes through and the room is whole again.
+#[test]
+fn a_larger_repository_at_its_quota_still_compacts() {
+    let env = Env::new();
+    let (_fs, home) = quota_home(&env, 300);
+    let repo = home.join("repo");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "repo-create", "-e", "none"]);
+    for (n, name) in ["one", "two"].into_iter().enumerate() {
+        let src = env.path(name);
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), support::noise(10 + n as u64, 32 << 20)).unwrap();
+        env.ok(&["-r", &url, "create", "--chunker-params", "fixed,4096", name, src.to_str().unwrap()]);
+    }
+    let indexes: u64 = std::fs::read_dir(repo.join("cache")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(indexes > 512 << 10, "cached indexes of {indexes} bytes");
+    let large = ("borgd-room.4.hid".to_string(), (indexes + indexes / 4).next_power_of_two());
+    assert_eq!(room(&repo).last(), Some(&large));
+    fill(&home, libc::EDQUOT);
+
+    env.ok(&["-r", &url, "delete", "one"]);
+    env.ok(&["-r", &url, "compact"]);
+    let small: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
+    assert_eq!(room(&repo)[..4], small[..], "the small pieces made again");
+    assert_eq!(support::archive_names(&env, &["-r", &url]), ["two"]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
 
 /// Directories made immutable (`chattr +i`: no entry can be added or removed, even by root)

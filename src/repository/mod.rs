@@ -111,6 +111,8 @@ pub struct Repository {
     /// space did not allow): its close makes it, from whatever space there is, as the close of
     /// one that gave room up does.
     room_short: bool,
+    /// This session stored a chunk index: its close sizes the room's large piece again.
+    stored_index: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -204,7 +206,7 @@ impl Repository {
             Some(_) => "shared",
             None => "none",
         }));
-        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None, keeps_room, room_short })
+        Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None, keeps_room, room_short, stored_index: false })
     }
 
     /// Whether the room kept in reserve is short (a session then makes it; see `store::room`).
@@ -259,9 +261,10 @@ impl Repository {
     /// Releases the lock after making all writes durable; the repository is closed either way.
     pub fn close(mut self, log: &Log) -> Result<(), Error> {
         let synced = self.store.barrier();
-        if self.keeps_room && (self.room_short || self.store.room_given().is_some()) {
+        if self.keeps_room && (self.room_short || self.store.room_given().is_some() || self.stored_index) {
             // after the barrier: the room need not be durable, and this session's data did not
-            // wait for it; what the session freed makes the room again, as far as it goes
+            // wait for it; what the session freed makes the room again, as far as it goes, and
+            // its large piece follows the cached chunk indexes
             match self.store.keep_room() {
                 Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
                 Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve again: {e}")),
@@ -488,7 +491,9 @@ impl Repository {
         let note = self.check_chunk_index(name, &value, log)?;
         let staged = self.store.stage_value(name, value)?;
         let lag = self.store.clock_lag(&staged);
-        self.place_noted(staged, note, lag, log)
+        self.place_noted(staged, note, lag, log)?;
+        self.stored_index = true;
+        Ok(())
     }
 
     /// [`Repository::store_store`] with the `len` bytes of the value read from `src` as they
@@ -506,7 +511,9 @@ impl Repository {
         // looked for again the next night)
         let lag = self.store.clock_lag(&staged);
         let note = self.check_chunk_index(name, &staged, log)?;
-        self.place_noted(staged, note, lag, log)
+        self.place_noted(staged, note, lag, log)?;
+        self.stored_index = true;
+        Ok(())
     }
 
     /// Why the objects this session put are not all where it put them, if they are not: a

@@ -357,6 +357,26 @@ impl Dir {
         Ok(File::from(self.flushed_if_full(|| openat_nofollow(self.fd.as_raw_fd(), name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600))?))
     }
 
+    /// Allocates the first `len` bytes of `file`, a file in this directory, before they are
+    /// written (`fallocate`), so that a file system without the space (or an owner without
+    /// the quota) says so before the caller has read what it would write. `Err` only for lack
+    /// of space; where the file system cannot allocate ahead (`EOPNOTSUPP`: ZFS, say) nothing
+    /// is done and the writes find out, as without this.
+    pub fn reserve(&self, file: &File, len: u64) -> io::Result<()> {
+        let Ok(len) = libc::off_t::try_from(len) else { return Ok(()) };
+        if len == 0 {
+            return Ok(());
+        }
+        let allocated = self.flushed_if_full(|| {
+            // SAFETY: fallocate on a descriptor `file` owns; mode 0 only allocates.
+            cvt(unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) }).map(drop)
+        });
+        match allocated {
+            Err(e) if no_space(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// [`create_new`](Self::create_new) with `O_DIRECT` (see `store::direct`). On `EINVAL` the
     /// file system refuses direct I/O — and may have created the file all the same.
     pub fn create_new_direct(&self, name: &str) -> io::Result<File> {

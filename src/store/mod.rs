@@ -206,6 +206,20 @@ pub fn borg_levels(data_levels: usize) -> Vec<(String, Vec<usize>)> {
     ]
 }
 
+/// A reader that counts what was read from it (see [`Store::stage`]).
+struct Counted<'a> {
+    inner: &'a mut dyn std::io::Read,
+    read: &'a std::cell::Cell<u64>,
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
 /// A backend plus the borgstore policy: levels, soft delete, permissions, durability ordering.
 pub struct Store {
     backend: Box<dyn Backend>,
@@ -359,10 +373,15 @@ impl Store {
 
     /// Runs `op`, a write outside `data/` or a delete, giving up a piece of the room kept in
     /// reserve each time it finds no space (see `room`), while pieces are left.
-    fn with_room<T>(&mut self, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+    fn with_room<T>(&mut self, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        self.with_room_while(op, || true)
+    }
+
+    /// [`Store::with_room`] while `again` says `op` can be tried again.
+    fn with_room_while<T>(&mut self, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
         loop {
             match op(self.backend.as_mut()) {
-                Err(e) if room::no_space(&e) => match self.room.give(self.backend.as_mut(), &e) {
+                Err(e) if room::no_space(&e) && again() => match self.room.give(self.backend.as_mut(), &e) {
                     Ok(true) => continue,
                     _ => return Err(e),
                 },
@@ -371,10 +390,21 @@ impl Store {
         }
     }
 
-    /// Makes the room kept in reserve whole again, as far as space allows (see `room`); how many
-    /// pieces it made. Needs no permission: the pieces are no client's to see.
+    /// Makes the room kept in reserve whole again, as far as space allows, its large piece
+    /// sized for the cached chunk indexes there are (see `room`); how many pieces it made.
+    /// Needs no permission: the pieces are no client's to see.
     pub fn keep_room(&mut self) -> Result<usize, Error> {
-        self.room.keep(self.backend.as_mut())
+        let large = room::large_piece_for(self.cached_indexes_size()?);
+        self.room.keep(self.backend.as_mut(), large)
+    }
+
+    /// The bytes of the cached chunk indexes (`cache/chunks.*`) together.
+    fn cached_indexes_size(&self) -> Result<u64, Error> {
+        match self.backend.list("cache", Detail::Sizes) {
+            Ok(items) => Ok(items.iter().filter(|i| i.name.starts_with("chunks.")).map(|i| i.size).sum()),
+            Err(Error::ObjectNotFound(_)) => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 
     /// While `spare` holds, writes take no room kept in reserve: one that finds no space fails
@@ -415,15 +445,23 @@ impl Store {
     /// Receives the value of a store of `name` (`len` bytes from `src`) without storing it yet:
     /// [`Store::place`] stores it once the caller has read it back and found it acceptable;
     /// dropped instead, it leaves nothing. Permissions are checked first, before a byte is read.
+    /// Outside `data/` a backend that finds no space before it has read a byte of the value
+    /// (the posix backend allocates the space first) is tried again after room kept in reserve
+    /// is given up (see `room`); once bytes were read, the value cannot be read again.
     pub fn stage(&mut self, name: &str, len: u64, src: &mut dyn std::io::Read) -> Result<Staged, Error> {
         let (nested, how) = self.prepare_store(name)?;
-        let body = self.backend.stage(&nested, len, src, how)?;
+        let read = std::cell::Cell::new(0u64);
+        let mut src = Counted { inner: src, read: &read };
+        let body = if is_data(name) {
+            self.backend.stage(&nested, len, &mut src, how)?
+        } else {
+            self.with_room_while(|b| b.stage(&nested, len, &mut src, how), || read.get() == 0)?
+        };
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 
     /// [`Store::stage`] of a value held whole: outside `data/` it can be tried again, so it
-    /// takes room kept in reserve when it finds no space (see `room`), as a store does. (A value
-    /// streamed in cannot be read twice; and it is 512 KiB or more, as much as the room holds.)
+    /// takes room kept in reserve when it finds no space (see `room`), as a store does.
     pub fn stage_value(&mut self, name: &str, value: &[u8]) -> Result<Staged, Error> {
         let (nested, how) = self.prepare_store(name)?;
         let len = value.len() as u64;

@@ -661,6 +661,9 @@ impl Backend for PosixFs {
         let file = dir.create_new_rw(&tmp).map_err(|e| self.err("write", name, e))?;
         // from here on the temp file goes again (when `staged` is dropped) unless it is placed
         let mut staged = TempFile { dir, tmp, file, len, placed: false };
+        // before a byte is read: without the space, the value can still be staged again once
+        // some is freed (see `Store::stage`)
+        staged.dir.reserve(&staged.file, len).map_err(|e| self.err("reserve space for", name, e))?;
         copy_exactly(src, &mut staged.file, len).map_err(|(op, e)| self.err(op, name, e))?;
         Ok(StagedBody::File(staged))
     }

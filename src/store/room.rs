@@ -1,4 +1,4 @@
-//! Room kept in reserve: a few small files at the store's root, given up one at a time when a
+//! Room kept in reserve: a few files at the store's root, given up one at a time when a
 //! write that keeps the repository going finds no space, so that a full repository can still be
 //! locked, read, and have space freed in it.
 //!
@@ -12,7 +12,14 @@
 //! The rules:
 //! - A write outside `data/` (a lock, the manifest, an archive entry, a key, a chunk index) or a
 //!   delete that fails for lack of space (`ENOSPC`, `EDQUOT`) gives up one piece of the room and
-//!   is tried again, while pieces are left.
+//!   is tried again, while pieces are left: the four small pieces first, then the large one. A
+//!   chunk index streamed in (512 KiB or more) is tried again too, as its space is allocated
+//!   before a byte of it is read (see `Store::stage`; not where the file system cannot allocate
+//!   ahead, as ZFS).
+//! - A repository whose cached chunk indexes are larger than the small pieces hold gets a large
+//!   piece sized to them ([`large_piece_for`]), made and grown at the close of a session that
+//!   stored one: `borg compact`, and every backup, of a repository with more than one cached
+//!   index first uploads their merge, before anything is freed.
 //! - A store that gave up room refuses new data objects for the rest of its session: a backup
 //!   would otherwise take the room it freed, and the next command would be stuck again. Reading,
 //!   deleting and the bookkeeping of deletes (`borg delete`, `prune`, `compact`) go on.
@@ -30,7 +37,7 @@
 //! so that a compressing or deduplicating file system stores them whole.
 
 use super::{Backend, Error, WriteOptions};
-use crate::testdata::noise;
+use crate::testdata::{noise, Noise};
 
 /// How many pieces the room is given up in: a lock needs an inode and a block on ext4 or XFS;
 /// in a full Btrfs quota group a 300-byte file could not be made with 16 KiB freed, and could
@@ -40,6 +47,24 @@ pub const PIECES: usize = 4;
 pub const PIECE_SIZE: usize = 128 * 1024;
 /// The smallest piece made of what space is left (see [`Room::keep`]): a file system block.
 pub const SMALLEST_PIECE: usize = 4096;
+/// The large piece, beside the small ones, of a repository whose cached chunk indexes are
+/// larger than the small pieces hold (see [`large_piece_for`]).
+pub const LARGE: usize = PIECES;
+
+/// The size of the large piece for cached chunk indexes (`cache/chunks.*`) of `indexes` bytes
+/// in all, 0 for none. Why: `borg compact`, and every backup, of a repository with more than
+/// one cached index first uploads their merge, about as large as they are together, before it
+/// frees anything; in a full repository that upload must fit in the room. Sized to the next
+/// power of two of 1.25 times theirs, so the piece is written again only when they have grown
+/// by half or more (a large repository's nights add little to its index), and none while the
+/// small pieces hold them.
+pub fn large_piece_for(indexes: u64) -> u64 {
+    let small = (PIECES * PIECE_SIZE) as u64;
+    if indexes <= small / 2 {
+        return 0;
+    }
+    indexes.saturating_add(indexes / 4).next_power_of_two()
+}
 
 /// The name of piece `i` at the store's root.
 pub fn piece_name(i: usize) -> String {
@@ -75,7 +100,8 @@ impl Room {
         if self.spared {
             return Ok(false);
         }
-        for i in (0..PIECES).rev() {
+        // the small pieces first: most writes that find no space are small (a lock)
+        for i in (0..PIECES).rev().chain([LARGE]) {
             match backend.delete(&piece_name(i), false) {
                 Ok(()) => {
                     self.given.get_or_insert_with(|| why.to_string());
@@ -100,7 +126,8 @@ impl Room {
         self.deleted = true;
     }
 
-    /// Whether every piece is there, whole.
+    /// Whether every small piece is there, whole (the large one is looked after by
+    /// [`Room::keep`] alone, where the indexes are known).
     pub fn whole(&self, backend: &dyn Backend) -> Result<bool, Error> {
         for i in 0..PIECES {
             let info = backend.info(&piece_name(i))?;
@@ -111,11 +138,13 @@ impl Room {
         Ok(true)
     }
 
-    /// Makes the pieces that are missing or smaller than whole, until one cannot be written;
-    /// how many it made. Where a whole piece no longer fits, the largest that does (halving
-    /// down to [`SMALLEST_PIECE`]) is made instead: what a full session freed (its lock, say)
-    /// goes back into the room, where nothing else can take it.
-    pub fn keep(&mut self, backend: &mut dyn Backend) -> Result<usize, Error> {
+    /// Makes the small pieces that are missing or smaller than whole, until one cannot be
+    /// written; then, with `large` (see [`large_piece_for`]) larger than the large piece, that
+    /// one, if there is space for it. How many pieces it made. Where a whole small piece no
+    /// longer fits, the largest that does (halving down to [`SMALLEST_PIECE`]) is made instead:
+    /// what a full session freed (its lock, say) goes back into the room, where nothing else
+    /// can take it.
+    pub fn keep(&mut self, backend: &mut dyn Backend, large: u64) -> Result<usize, Error> {
         let mut made = 0;
         // what the session deleted may not count as free yet (a Btrfs quota group frees it at
         // the next commit): made to count once, the first time space runs out. Only then: a
@@ -144,7 +173,19 @@ impl Room {
             }
             made += 1;
             if size < PIECE_SIZE {
-                break; // space ran out
+                return Ok(made); // space ran out
+            }
+        }
+        let name = piece_name(LARGE);
+        let info = backend.info(&name)?;
+        if large > 0 && (!info.exists || info.size < large) {
+            // streamed: the large piece is as large as the cached indexes, tens of MB for a
+            // repository of a million objects, more than a session holds in memory
+            let mut noise = Noise::new(seed()?, large);
+            match backend.store_from(&name, large, &mut noise, WriteOptions { durable: false, replace: true }) {
+                Ok(()) => made += 1,
+                Err(e) if no_space(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(made)
@@ -154,9 +195,14 @@ impl Room {
 /// `len` bytes no file system can compress or share with another piece: [`noise`] from a
 /// random seed.
 fn filler(len: usize) -> Result<Vec<u8>, Error> {
+    Ok(noise(seed()?, len))
+}
+
+/// A random seed for [`noise`], so that no two pieces are alike.
+fn seed() -> Result<u64, Error> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| Error::Io { op: "getrandom", path: "".into(), source: std::io::Error::other(e.to_string()) })?;
-    Ok(noise(u64::from_le_bytes(seed), len))
+    Ok(u64::from_le_bytes(seed))
 }
 
 #[cfg(test)]
@@ -280,6 +326,37 @@ mod tests {
             let expected = if deleted { PIECE_SIZE } else { PIECE_SIZE / 2 };
             assert_eq!(piece(&h), Some(expected), "deleted {deleted}");
         }
+    }
+
+    /// Cached chunk indexes larger than the small pieces hold get a large piece beside them,
+    /// written again only once they have grown by half; a value streamed into a full store (the
+    /// merge of those indexes a client uploads first) is staged once as many pieces as it
+    /// needs were given up, the small ones first, as the space is found missing before a byte
+    /// of it is read.
+    #[test]
+    fn a_large_index_streamed_into_a_full_store_takes_the_large_piece() {
+        assert_eq!([0, 256 << 10, 300 << 10, 20 << 20].map(large_piece_for), [0, 0, 512 << 10, 32 << 20]);
+        let (mut s, h) = store_with_room();
+        let size = |i| h.live().get(&piece_name(i)).map(Vec::len);
+        assert_eq!(size(LARGE), None, "no indexes: no large piece");
+        s.store("cache/chunks.aa", &vec![1u8; 300 << 10]).unwrap();
+        assert_eq!(s.keep_room().unwrap(), 1);
+        assert_eq!(size(LARGE), Some(512 << 10));
+        s.store("cache/chunks.bb", &vec![2u8; 100 << 10]).unwrap();
+        assert_eq!(s.keep_room().unwrap(), 0, "grown by less than half: not written again");
+        assert!(s.room_whole().unwrap());
+
+        h.limit_space(Some(h.used()));
+        let small = vec![4u8; 200 << 10];
+        let staged = s.stage("cache/chunks.dd", small.len() as u64, &mut &small[..]).unwrap();
+        s.place(staged).unwrap();
+        assert_eq!((size(2), size(1), size(LARGE)), (None, Some(PIECE_SIZE), Some(512 << 10)), "the small pieces first");
+        let merged = vec![3u8; 600 << 10];
+        let staged = s.stage("cache/chunks.cc", merged.len() as u64, &mut &merged[..]).unwrap();
+        s.place(staged).unwrap();
+        assert_eq!(h.live().get("cache/chunks.cc"), Some(&merged));
+        assert_eq!((0..=LARGE).filter_map(size).count(), 0, "every piece given, the large one last");
+        assert!(s.room_given().is_some());
     }
 
     /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
