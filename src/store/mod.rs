@@ -394,7 +394,8 @@ impl Store {
     /// sized for the cached chunk indexes there are (see `room`); how many pieces it made.
     /// Needs no permission: the pieces are no client's to see.
     pub fn keep_room(&mut self) -> Result<usize, Error> {
-        let large = room::large_piece_for(self.cached_indexes_size()?);
+        // indexes that cannot be listed leave the large piece as it is, not the small ones
+        let large = self.cached_indexes_size().map_or(0, room::large_piece_for);
         self.room.keep(self.backend.as_mut(), large)
     }
 

@@ -55,15 +55,15 @@ pub const LARGE: usize = PIECES;
 /// in all, 0 for none. Why: `borg compact`, and every backup, of a repository with more than
 /// one cached index first uploads their merge, about as large as they are together, before it
 /// frees anything; in a full repository that upload must fit in the room. Sized to the next
-/// power of two of 1.25 times theirs, so the piece is written again only when they have grown
-/// by half or more (a large repository's nights add little to its index), and none while the
+/// power of two of 1.25 times theirs, so the piece is written again only when it must double:
+/// a few times in a repository's life, not as its index grows night by night. None while the
 /// small pieces hold them.
 pub fn large_piece_for(indexes: u64) -> u64 {
     let small = (PIECES * PIECE_SIZE) as u64;
     if indexes <= small / 2 {
         return 0;
     }
-    indexes.saturating_add(indexes / 4).next_power_of_two()
+    indexes.saturating_add(indexes / 4).checked_next_power_of_two().unwrap_or(0)
 }
 
 /// The name of piece `i` at the store's root.
@@ -329,7 +329,7 @@ mod tests {
     }
 
     /// Cached chunk indexes larger than the small pieces hold get a large piece beside them,
-    /// written again only once they have grown by half; a value streamed into a full store (the
+    /// written again only when it must grow; a value streamed into a full store (the
     /// merge of those indexes a client uploads first) is staged once as many pieces as it
     /// needs were given up, the small ones first, as the space is found missing before a byte
     /// of it is read.
@@ -343,7 +343,7 @@ mod tests {
         assert_eq!(s.keep_room().unwrap(), 1);
         assert_eq!(size(LARGE), Some(512 << 10));
         s.store("cache/chunks.bb", &vec![2u8; 100 << 10]).unwrap();
-        assert_eq!(s.keep_room().unwrap(), 0, "grown by less than half: not written again");
+        assert_eq!(s.keep_room().unwrap(), 0, "still within the piece: not written again");
         assert!(s.room_whole().unwrap());
 
         h.limit_space(Some(h.used()));
