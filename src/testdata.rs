@@ -25,6 +25,13 @@ impl Noise {
     pub fn new(seed: u64, len: u64) -> Noise {
         Noise { x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, word: [0; 8], at: 8, left: len }
     }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        self.x.to_le_bytes()
+    }
 }
 
 impl std::io::Read for Noise {
@@ -47,15 +54,6 @@ impl std::io::Read for Noise {
         }
         self.left -= n as u64;
         Ok(n)
-    }
-}
-
-impl Noise {
-    fn next_word(&mut self) -> [u8; 8] {
-        self.x ^= self.x << 13;
-        self.x ^= self.x >> 7;
-        self.x ^= self.x << 17;
-        self.x.to_le_bytes()
     }
 }
 

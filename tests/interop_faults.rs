@@ -179,6 +179,11 @@ fn room(repo: &Path) -> Vec<(String, u64)> {
     pieces
 }
 
+/// The four small pieces of the room, whole, as [`room`] lists them.
+fn small_pieces_whole() -> Vec<(String, u64)> {
+    (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect()
+}
+
 /// A repository at its owner's quota (a Btrfs quota group here, full to the last byte with
 /// other files of the owner's): every borg command needs a lock, a new file, so Python's server
 /// fails them all, `borg list` as much as the `borg delete` and `borg compact` that would free
@@ -192,7 +197,7 @@ fn a_repository_at_its_quota_still_opens_and_frees_space() {
     let repo = home.join("repo");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "repo-create", "-e", "none"]);
-    let whole: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
+    let whole = small_pieces_whole();
     assert_eq!(room(&repo), whole, "a new repository has its room");
     let src = support::one_file_source(&env, support::noise(3, 5 << 20));
     env.ok(&["-r", &url, "create", "first", src.to_str().unwrap()]);
@@ -260,7 +265,7 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
         &["compact", "--stats"]
     };
     env.ok(&[&["-r", url.as_str()][..], compact].concat());
-    let whole: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
+    let whole = small_pieces_whole();
     assert_eq!(room(&repo), whole, "the room is whole again once compact freed the backup's chunks");
     let small = env.path("small");
     std::fs::create_dir(&small).unwrap();
@@ -295,8 +300,7 @@ fn a_larger_repository_at_its_quota_still_compacts() {
 
     env.ok(&["-r", &url, "delete", "one"]);
     env.ok(&["-r", &url, "compact"]);
-    let small: Vec<(String, u64)> = (0..4).map(|i| (format!("borgd-room.{i}.hid"), 128 << 10)).collect();
-    assert_eq!(room(&repo)[..4], small[..], "the small pieces made again");
+    assert_eq!(room(&repo)[..4], small_pieces_whole()[..], "the small pieces made again");
     assert_eq!(support::archive_names(&env, &["-r", &url]), ["two"]);
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }

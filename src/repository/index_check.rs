@@ -72,6 +72,14 @@ thread_local! {
 }
 
 impl Repository {
+    /// A checked chunk index held whole, staged and put in place with its note (see
+    /// [`Repository::place_noted`]).
+    pub(super) fn store_noted(&mut self, name: &str, value: &[u8], note: trust::Note, log: &Log) -> Result<(), Error> {
+        let staged = self.store.stage_value(name, value)?;
+        let lag = self.store.clock_lag(&staged);
+        self.place_noted(staged, note, lag, log)
+    }
+
     /// Puts a checked chunk index in place with its note (see `trust`), the note's time moved
     /// back by `lag`, how far the file system's clock lags ours ([`store::Store::clock_lag`],
     /// measured as soon as the index was staged: it is compared with the times that clock gives
@@ -192,10 +200,7 @@ impl Repository {
         self.store.spare_room(true);
         let stored = match self.store.info(&name, false) {
             Ok(info) if info.exists => Ok(()),
-            _ => self.store.stage_value(&name, &index).map_err(Error::from).and_then(|staged| {
-                let lag = self.store.clock_lag(&staged);
-                self.place_noted(staged, trust::Note { since, digest, tree }, lag, log)
-            }),
+            _ => self.store_noted(&name, &index, trust::Note { since, digest, tree }, log),
         };
         self.store.spare_room(false);
         match stored {

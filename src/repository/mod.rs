@@ -194,10 +194,7 @@ impl Repository {
                 // per repository; its close tries again what space did not allow. A new
                 // repository's is made at its close, after the barrier, so that creating one
                 // never waits for the room to be durable.
-                match store.keep_room() {
-                    Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
-                    Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve: {e}")),
-                }
+                Self::keep_room(&mut store, log);
                 room_short = Self::room_short(&store, log);
             }
         }
@@ -207,6 +204,15 @@ impl Repository {
             None => "none",
         }));
         Ok(Repository { store, location, id, version, lock, last_write_error: None, walk_above: index_check::CHUNK_INDEX_WALK_ABOVE, walk_batch: index_check::CHUNK_INDEX_WALK_BATCH, ids_held: index_check::CHUNK_INDEX_IDS_HELD, written: written::Written::default(), opened, put_any: false, puts_lost: None, keeps_room, room_short, stored_index: false })
+    }
+
+    /// Makes the room kept in reserve as far as space allows (see `store::room`); a failure only
+    /// leaves it short, for a later session to make.
+    fn keep_room(store: &mut Store, log: &Log) {
+        match store.keep_room() {
+            Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
+            Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve: {e}")),
+        }
     }
 
     /// Whether the room kept in reserve is short (a session then makes it; see `store::room`).
@@ -265,10 +271,7 @@ impl Repository {
             // after the barrier: the room need not be durable, and this session's data did not
             // wait for it; what the session freed makes the room again, as far as it goes, and
             // its large piece follows the cached chunk indexes
-            match self.store.keep_room() {
-                Ok(made) => log.debug(LOGGER, &format!("made {made} pieces of room kept in reserve")),
-                Err(e) => log.debug(LOGGER, &format!("could not make room kept in reserve again: {e}")),
-            }
+            Self::keep_room(&mut self.store, log);
         }
         // nothing more is written: what the store holds open goes before the lock is released
         self.store.close_held_directories();
@@ -489,9 +492,7 @@ impl Repository {
             return Ok(self.store.store(name, value)?);
         }
         let note = self.check_chunk_index(name, &value, log)?;
-        let staged = self.store.stage_value(name, value)?;
-        let lag = self.store.clock_lag(&staged);
-        self.place_noted(staged, note, lag, log)?;
+        self.store_noted(name, value, note, log)?;
         self.stored_index = true;
         Ok(())
     }

@@ -558,11 +558,11 @@ impl Dir {
     /// in it) and its inode number ([`Subdirectory`]), one `lstat` each, `None` for a name that
     /// is missing or not a directory: which leaf directories of `data/` changed since a chunk
     /// index was checked, and whether the directories above them are still the same (see
-    /// `repository::trust`). The time is the later of the status-change and modification times: every change of an
-    /// entry sets both, but only the modification time can be set back (`rsync -a`, `cp -a` and
-    /// `tar` restore a directory's after filling it, which would hide what they removed there),
-    /// and the kernel sets the status-change time to now when it is; the modification time for
-    /// a file system that keeps no status-change time of its own.
+    /// `repository::trust`). The time is the later of the status-change and modification times:
+    /// every change of an entry sets both, but only the modification time can be set back
+    /// (`rsync -a`, `cp -a` and `tar` restore a directory's after filling it, which would hide
+    /// what they removed there), and the kernel sets the status-change time to now when it is;
+    /// the modification time for a file system that keeps no status-change time of its own.
     pub fn subdirectories(&self, names: &[&str]) -> io::Result<Vec<Option<Subdirectory>>> {
         names.iter().map(|name| Ok(self.child_status(name)?.map(|((_, ino), changed)| Subdirectory { changed, id: ino }))).collect()
     }

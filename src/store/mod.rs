@@ -363,11 +363,16 @@ impl Store {
 
     /// Runs `op`, a write of `name`: once for a data object, which never takes room kept in
     /// reserve; for anything else [`Store::with_room`].
-    fn write<T>(&mut self, name: &str, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+    fn write<T>(&mut self, name: &str, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        self.write_while(name, op, || true)
+    }
+
+    /// [`Store::write`] while `again` says `op` can be tried again.
+    fn write_while<T>(&mut self, name: &str, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
         if is_data(name) {
             op(self.backend.as_mut())
         } else {
-            self.with_room(op)
+            self.with_room_while(op, again)
         }
     }
 
@@ -453,11 +458,7 @@ impl Store {
         let (nested, how) = self.prepare_store(name)?;
         let read = std::cell::Cell::new(0u64);
         let mut src = Counted { inner: src, read: &read };
-        let body = if is_data(name) {
-            self.backend.stage(&nested, len, &mut src, how)?
-        } else {
-            self.with_room_while(|b| b.stage(&nested, len, &mut src, how), || read.get() == 0)?
-        };
+        let body = self.write_while(name, |b| b.stage(&nested, len, &mut src, how), || read.get() == 0)?;
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 

@@ -37,7 +37,7 @@
 //! so that a compressing or deduplicating file system stores them whole.
 
 use super::{Backend, Error, WriteOptions};
-use crate::testdata::{noise, Noise};
+use crate::testdata::Noise;
 
 /// How many pieces the room is given up in: a lock needs an inode and a block on ext4 or XFS;
 /// in a full Btrfs quota group a 300-byte file could not be made with 16 KiB freed, and could
@@ -160,8 +160,7 @@ impl Room {
             }
             let mut size = PIECE_SIZE;
             loop {
-                // replacing: a piece another session made meanwhile is as good
-                match backend.store(&name, &filler(size)?, WriteOptions { durable: false, replace: true }) {
+                match write_piece(backend, &name, size as u64) {
                     Ok(()) => break,
                     Err(e) if no_space(&e) && !freed => {
                         backend.free_deleted_space()?;
@@ -176,13 +175,13 @@ impl Room {
                 return Ok(made); // space ran out
             }
         }
+        if large == 0 {
+            return Ok(made);
+        }
         let name = piece_name(LARGE);
         let info = backend.info(&name)?;
-        if large > 0 && (!info.exists || info.size < large) {
-            // streamed: the large piece is as large as the cached indexes, tens of MB for a
-            // repository of a million objects, more than a session holds in memory
-            let mut noise = Noise::new(seed()?, large);
-            match backend.store_from(&name, large, &mut noise, WriteOptions { durable: false, replace: true }) {
+        if !info.exists || info.size < large {
+            match write_piece(backend, &name, large) {
                 Ok(()) => made += 1,
                 Err(e) if no_space(&e) => {}
                 Err(e) => return Err(e),
@@ -192,17 +191,15 @@ impl Room {
     }
 }
 
-/// `len` bytes no file system can compress or share with another piece: [`noise`] from a
-/// random seed.
-fn filler(len: usize) -> Result<Vec<u8>, Error> {
-    Ok(noise(seed()?, len))
-}
-
-/// A random seed for [`noise`], so that no two pieces are alike.
-fn seed() -> Result<u64, Error> {
+/// Writes piece `name`, `len` bytes no file system can compress or share with another piece
+/// ([`Noise`] from a random seed), streamed: the large piece is as large as the cached indexes,
+/// tens of MB for a repository of a million objects, more than a session holds in memory.
+/// Replacing: a piece another session made meanwhile is as good.
+fn write_piece(backend: &mut dyn Backend, name: &str, len: u64) -> Result<(), Error> {
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| Error::Io { op: "getrandom", path: "".into(), source: std::io::Error::other(e.to_string()) })?;
-    Ok(u64::from_le_bytes(seed))
+    let mut noise = Noise::new(u64::from_le_bytes(seed), len);
+    backend.store_from(name, len, &mut noise, WriteOptions { durable: false, replace: true })
 }
 
 #[cfg(test)]
