@@ -278,7 +278,8 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
 /// A larger repository at its quota: two backups of ~8 000 chunks each leave two cached chunk
 /// indexes of ~320 KB, and `borg compact` (a backup too) first uploads their merge, more than
 /// the room's small pieces hold. Its large piece, sized for the cached indexes, takes it: after
-/// `borg delete`, `compact` goes through and the room is whole again.
+/// `borg delete`, `compact` goes through and the room is whole again. Once every archive is
+/// deleted and compacted away, the large piece goes too: its space is the owner's again.
 #[test]
 fn a_larger_repository_at_its_quota_still_compacts() {
     let env = Env::new();
@@ -302,6 +303,10 @@ fn a_larger_repository_at_its_quota_still_compacts() {
     env.ok(&["-r", &url, "compact"]);
     assert_eq!(room(&repo)[..4], small_pieces_whole()[..], "the small pieces made again");
     assert_eq!(support::archive_names(&env, &["-r", &url]), ["two"]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+    env.ok(&["-r", &url, "delete", "two"]);
+    env.ok(&["-r", &url, "compact"]);
+    assert_eq!(room(&repo), small_pieces_whole(), "the large piece removed with the indexes it was for");
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
 

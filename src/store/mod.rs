@@ -399,8 +399,10 @@ impl Store {
     /// sized for the cached chunk indexes there are (see `room`); how many pieces it made.
     /// Needs no permission: the pieces are no client's to see.
     pub fn keep_room(&mut self) -> Result<usize, Error> {
-        // indexes that cannot be listed leave the large piece as it is, not the small ones
-        let large = self.cached_indexes_size().map_or(0, room::large_piece_for);
+        // indexes that cannot be listed leave the large piece as it is, not the small ones; so
+        // does a cache without any (the client's next index, built from a listing of the
+        // repository, is as large as ever)
+        let large = self.cached_indexes_size().ok().filter(|&size| size > 0).map(room::large_piece_for);
         self.room.keep(self.backend.as_mut(), large)
     }
 

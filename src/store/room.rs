@@ -19,7 +19,10 @@
 //! - A repository whose cached chunk indexes are larger than the small pieces hold gets a large
 //!   piece sized to them ([`large_piece_for`]), made and grown at the close of a session that
 //!   stored one: `borg compact`, and every backup, of a repository with more than one cached
-//!   index first uploads their merge, before anything is freed.
+//!   index first uploads their merge, before anything is freed. Once the indexes have shrunk to
+//!   a quarter of what it was sized for (`borg delete` or `prune`, then `compact`), it is made
+//!   again at their size, or removed where the small pieces hold them: the space it kept beyond
+//!   them is the repository owner's again.
 //! - A store that gave up room refuses new data objects for the rest of its session: a backup
 //!   would otherwise take the room it freed, and the next command would be stuck again. Reading,
 //!   deleting and the bookkeeping of deletes (`borg delete`, `prune`, `compact`) go on.
@@ -50,6 +53,10 @@ pub const SMALLEST_PIECE: usize = 4096;
 /// The large piece, beside the small ones, of a repository whose cached chunk indexes are
 /// larger than the small pieces hold (see [`large_piece_for`]).
 pub const LARGE: usize = PIECES;
+/// The large piece is made again smaller once it is this many times the size its indexes want
+/// (see [`Room::keep`]): not at every night's small change, which would write it again and
+/// again, only after a `compact` that freed much.
+pub const SHRINK_AT: u64 = 4;
 
 /// The size of the large piece for cached chunk indexes (`cache/chunks.*`) of `indexes` bytes
 /// in all, 0 for none. Why: `borg compact`, and every backup, of a repository with more than
@@ -139,12 +146,13 @@ impl Room {
     }
 
     /// Makes the small pieces that are missing or smaller than whole, until one cannot be
-    /// written; then, with `large` (see [`large_piece_for`]) larger than the large piece, that
-    /// one, if there is space for it. How many pieces it made. Where a whole small piece no
-    /// longer fits, the largest that does (halving down to [`SMALLEST_PIECE`]) is made instead:
-    /// what a full session freed (its lock, say) goes back into the room, where nothing else
-    /// can take it.
-    pub fn keep(&mut self, backend: &mut dyn Backend, large: u64) -> Result<usize, Error> {
+    /// written; then sizes the large piece to `large` (see [`large_piece_for`]; `None` leaves
+    /// it as it is): makes it where it is smaller, if there is space for it, and makes it again
+    /// where it is at least [`SHRINK_AT`] times larger, or removes it where `large` is 0. How
+    /// many pieces it made. Where a whole small piece no longer fits, the largest that does
+    /// (halving down to [`SMALLEST_PIECE`]) is made instead: what a full session freed (its
+    /// lock, say) goes back into the room, where nothing else can take it.
+    pub fn keep(&mut self, backend: &mut dyn Backend, large: Option<u64>) -> Result<usize, Error> {
         let mut made = 0;
         // what the session deleted may not count as free yet (a Btrfs quota group frees it at
         // the next commit): made to count once, the first time space runs out. Only then: a
@@ -175,12 +183,19 @@ impl Room {
                 return Ok(made); // space ran out
             }
         }
-        if large == 0 {
-            return Ok(made);
-        }
+        let Some(large) = large else { return Ok(made) };
         let name = piece_name(LARGE);
         let info = backend.info(&name)?;
-        if !info.exists || info.size < large {
+        let had = if info.exists { info.size } else { 0 };
+        if large == 0 {
+            if info.exists {
+                match backend.delete(&name, false) {
+                    Ok(()) | Err(Error::ObjectNotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else if had < large || had / SHRINK_AT >= large {
+            // smaller: replaced, so the larger one stays while there is no space for it
             match write_piece(backend, &name, large) {
                 Ok(()) => made += 1,
                 Err(e) if no_space(&e) => {}
@@ -354,6 +369,37 @@ mod tests {
         assert_eq!(h.live().get("cache/chunks.cc"), Some(&merged));
         assert_eq!((0..=LARGE).filter_map(size).count(), 0, "every piece given, the large one last");
         assert!(s.room_given().is_some());
+    }
+
+    /// The large piece follows the cached indexes down too, but only once they shrank to a
+    /// quarter of what it was sized for (after a `compact` that freed much, not a night's
+    /// change), and goes where the small pieces hold them; a cache without indexes (the
+    /// client's next one is as large as ever) leaves it as it is.
+    #[test]
+    fn the_large_piece_shrinks_only_with_the_indexes_much_smaller() {
+        let (mut s, h) = store_with_room();
+        let size = |i| h.live().get(&piece_name(i)).map(Vec::len);
+        let index = |s: &mut Store, name: &str, len: usize| {
+            for item in s.list("cache", false).unwrap_or_default() {
+                s.delete(&format!("cache/{}", item.name), false).unwrap();
+            }
+            if len > 0 {
+                s.store(&format!("cache/{name}"), &vec![1u8; len]).unwrap();
+            }
+            s.keep_room().unwrap()
+        };
+        assert_eq!(index(&mut s, "chunks.aa", 3 << 20), 1);
+        assert_eq!(size(LARGE), Some(4 << 20));
+        assert_eq!(index(&mut s, "chunks.bb", 1536 << 10), 0, "half: left as it is");
+        assert_eq!(size(LARGE), Some(4 << 20));
+        assert_eq!(index(&mut s, "chunks.cc", 400 << 10), 1, "an eighth: made again");
+        assert_eq!(size(LARGE), Some(512 << 10));
+        assert_eq!(index(&mut s, "", 0), 0);
+        assert_eq!(size(LARGE), Some(512 << 10), "no indexes: left as it is");
+        assert_eq!(index(&mut s, "chunks.dd", 100 << 10), 0);
+        assert_eq!(size(LARGE), None, "held by the small pieces: removed");
+        assert!(s.room_whole().unwrap());
+        assert_eq!(pieces(&h), PIECES);
     }
 
     /// A value staged whole and placed in a full store (an uploaded chunk index) is placed once
