@@ -7,7 +7,7 @@ set -euo pipefail
 
 BORG_VERSION=2.0.0b21
 VENV=${BORGD_VENV_CACHE:-/var/cache/borgd/borg-$BORG_VERSION}
-APT_PACKAGES=(libssl-dev libacl1-dev liblz4-dev libzstd-dev libxxhash-dev pkg-config openssh-server openssh-client python3-venv xfsprogs btrfs-progs)
+APT_PACKAGES=(libssl-dev libacl1-dev liblz4-dev libzstd-dev libxxhash-dev pkg-config openssh-server openssh-client python3-venv xfsprogs btrfs-progs e2fsprogs)
 
 log() { echo "test-env: $*" >&2; }
 

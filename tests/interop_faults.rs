@@ -1,11 +1,11 @@
 //! Real disk faults with the real borg client: a repository on a small tmpfs that fills up, the
 //! same file system remounted read-only, a repository at its quota (a Btrfs quota group), a
-//! `repo-create` on a tmpfs out of inodes, and `data/` replaced by a copy of itself during a
-//! backup. (EIO and EACCES — which root cannot be denied — are covered by the simulated disk in
-//! the unit tests: `repository::tests`.)
+//! larger one on a full ext3 (no `fallocate`), a `repo-create` on a tmpfs out of inodes, and
+//! `data/` replaced by a copy of itself during a backup. (EIO and EACCES — which root cannot be
+//! denied — are covered by the simulated disk in the unit tests: `repository::tests`.)
 //!
-//! These tests mount tmpfs and a loop-mounted Btrfs, so they need root (as CI has; root is
-//! subject to Btrfs quota groups).
+//! These tests mount tmpfs and loop-mounted Btrfs and ext3, so they need root (as CI has; root
+//! is subject to Btrfs quota groups, and an ext3 made with `-m 0` keeps no blocks for it).
 
 mod support;
 
@@ -284,6 +284,24 @@ fn a_python_made_repository_gets_its_room_before_a_backup_fills_it() {
 fn a_larger_repository_at_its_quota_still_compacts() {
     let env = Env::new();
     let (_fs, home) = quota_home(&env, 300);
+    a_larger_repository_full_still_compacts(&env, &home, libc::EDQUOT);
+}
+
+/// The same on a full ext3 file system, which cannot allocate space ahead (`fallocate` says
+/// `EOPNOTSUPP` for files without extents): the merged index's space is allocated all the same
+/// (glibc writes a byte into each block), so it too is found missing before a byte of the
+/// upload is read, and the upload is staged again with the room's large piece.
+#[test]
+fn a_larger_repository_on_a_full_ext3_disk_still_compacts() {
+    let env = Env::new();
+    // no blocks kept for root, an inode per 4 KiB: ~8 000 chunks a backup, each a file of its own
+    let _fs = support::loop_fs_with("ext3", &["-m", "0", "-i", "4096"], 400, &env.path("ext3.img"), &env.path("ext3"));
+    a_larger_repository_full_still_compacts(&env, &env.path("ext3"), libc::ENOSPC);
+}
+
+/// Two backups into a repository at `home/repo`, `home` filled up to the last byte (until
+/// writing fails with `full`), then `delete` and `compact`.
+fn a_larger_repository_full_still_compacts(env: &Env, home: &Path, full: i32) {
     let repo = home.join("repo");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "repo-create", "-e", "none"]);
@@ -297,12 +315,12 @@ fn a_larger_repository_at_its_quota_still_compacts() {
     assert!(indexes > 512 << 10, "cached indexes of {indexes} bytes");
     let large = ("borgd-room.4.hid".to_string(), (indexes + indexes / 4).next_power_of_two());
     assert_eq!(room(&repo).last(), Some(&large));
-    fill(&home, libc::EDQUOT);
+    fill(home, full);
 
     env.ok(&["-r", &url, "delete", "one"]);
     env.ok(&["-r", &url, "compact"]);
     assert_eq!(room(&repo)[..4], small_pieces_whole()[..], "the small pieces made again");
-    assert_eq!(support::archive_names(&env, &["-r", &url]), ["two"]);
+    assert_eq!(support::archive_names(env, &["-r", &url]), ["two"]);
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
     env.ok(&["-r", &url, "delete", "two"]);
     env.ok(&["-r", &url, "compact"]);

@@ -357,19 +357,26 @@ impl Dir {
         Ok(File::from(self.flushed_if_full(|| openat_nofollow(self.fd.as_raw_fd(), name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600))?))
     }
 
-    /// Allocates the first `len` bytes of `file`, a file in this directory, before they are
-    /// written (`fallocate`), so that a file system without the space (or an owner without
-    /// the quota) says so before the caller has read what it would write. `Err` only for lack
-    /// of space; where the file system cannot allocate ahead (`EOPNOTSUPP`: ZFS, say) nothing
-    /// is done and the writes find out, as without this.
+    /// Allocates the first `len` bytes of `file`, a new file in this directory, before they
+    /// are written (`posix_fallocate`), so that a file system without the space (or an owner
+    /// without the quota) says so before the caller has read what it would write. `Err` only
+    /// for lack of space. Where the file system cannot allocate ahead (`EOPNOTSUPP`: ext2 and
+    /// ext3, NFS before 4.2, many FUSE file systems), glibc writes a byte into each block
+    /// instead, which allocates them as well on a file system that writes in place. ZFS 2.0 and
+    /// later only checks that the space is free (openzfs/zfs#10408), which is all this needs:
+    /// copy-on-write could not keep an allocation anyway.
     pub fn reserve(&self, file: &File, len: u64) -> io::Result<()> {
         let Ok(len) = libc::off_t::try_from(len) else { return Ok(()) };
         if len == 0 {
             return Ok(());
         }
         let allocated = self.flushed_if_full(|| {
-            // SAFETY: fallocate on a descriptor `file` owns; mode 0 only allocates.
-            cvt(unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) }).map(drop)
+            // SAFETY: posix_fallocate on a descriptor `file` owns; it only allocates (or writes
+            // zero bytes into a file this process just made, none of whose bytes are written yet).
+            match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+                0 => Ok(()),
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            }
         });
         match allocated {
             Err(e) if no_space(&e) => Err(e),

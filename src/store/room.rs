@@ -14,8 +14,7 @@
 //!   delete that fails for lack of space (`ENOSPC`, `EDQUOT`) gives up one piece of the room and
 //!   is tried again, while pieces are left: the four small pieces first, then the large one. A
 //!   chunk index streamed in (512 KiB or more) is tried again too, as its space is allocated
-//!   before a byte of it is read (see `Store::stage`; not where the file system cannot allocate
-//!   ahead, as ZFS).
+//!   before a byte of it is read (see `Store::stage` and `beneath::Dir::reserve`).
 //! - A repository whose cached chunk indexes are larger than the small pieces hold gets a large
 //!   piece sized to them ([`large_piece_for`]), made and grown at the close of a session that
 //!   stored one: `borg compact`, and every backup, of a repository with more than one cached
