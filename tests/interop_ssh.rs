@@ -162,9 +162,10 @@ fn repository_made_by_python_borg_is_served() {
 /// The client's other commands that work a repository through the server, each checked by what
 /// it left: `version` (the server's too), `tag`, `recreate`, `repo-compress` (objects read,
 /// compressed anew and written again in place), `export-tar` / `import-tar`, `analyze`, `check
-/// --find-lost-archives` (an archive whose directory entry was removed found again), and
-/// `transfer` between two repositories on two connections of one client; Python borg checks both
-/// repositories locally.
+/// --find-lost-archives` (an archive whose directory entry was removed found again),
+/// `transfer` between two repositories on two connections of one client, and `benchmark crud`
+/// (its own create, extract and delete sessions, borgd passed on to each); Python borg checks
+/// both repositories locally.
 #[test]
 fn the_clients_other_repository_commands_work() {
     let mut env = Env::new();
@@ -231,6 +232,17 @@ fn the_clients_other_repository_commands_work() {
     std::fs::create_dir_all(&out).unwrap();
     assert!(env.command(&["-r", &url_b, "extract", "a3"]).current_dir(&out).status().unwrap().success());
     assert_same_tree(&src.join("sub"), &out.join(src.strip_prefix("/").unwrap()).join("sub"));
+
+    // the client's benchmark, shrunk to one-byte files by its own test switch: each step a
+    // client command of its own through borgd, its archives deleted again at the end
+    env.set_env("_BORG_BENCHMARK_CRUD_TEST", "1");
+    let crud_data = env.path("crud");
+    std::fs::create_dir_all(&crud_data).unwrap();
+    let crud = env.ok(&["-r", &url_b, "benchmark", "crud", crud_data.to_str().unwrap()]);
+    for step in ["C-Z-TEST", "R-Z-TEST", "U-Z-TEST", "D-Z-TEST", "C-R-TEST", "R-R-TEST", "U-R-TEST", "D-R-TEST"] {
+        assert!(crud.contains(step), "no {step} in: {crud}");
+    }
+    assert_eq!(support::archive_names(&env, &["-r", &url_b]).len(), 4);
     for repo in [&a, &b] {
         env.ok(&["-r", repo.to_str().unwrap(), "check"]);
     }
