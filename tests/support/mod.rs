@@ -263,8 +263,8 @@ impl Drop for Mounted {
     }
 }
 
-/// A fresh file system of `kind` (`xfs`, `btrfs`) and `mib` MiB made in `image` (sparse) and
-/// loop-mounted at `at`.
+/// A fresh file system of `kind` (`xfs`, `btrfs`, `ext3`) and `mib` MiB made in `image`
+/// (sparse) and loop-mounted at `at`.
 pub fn loop_fs(kind: &str, mib: u64, image: &Path, at: &Path) -> Mounted {
     loop_fs_with(kind, &[], mib, image, at)
 }
@@ -273,7 +273,7 @@ pub fn loop_fs(kind: &str, mib: u64, image: &Path, at: &Path) -> Mounted {
 pub fn loop_fs_with(kind: &str, mkfs_options: &[&str], mib: u64, image: &Path, at: &Path) -> Mounted {
     std::fs::File::create(image).and_then(|f| f.set_len(mib << 20)).expect("image file");
     let mkfs = Command::new(format!("mkfs.{kind}")).arg("-q").args(mkfs_options).arg(image).output();
-    let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs and btrfs-progs"));
+    let mkfs = mkfs.unwrap_or_else(|e| panic!("mkfs.{kind} ({e}): scripts/test.sh installs xfsprogs, btrfs-progs and e2fsprogs"));
     assert!(mkfs.status.success(), "mkfs.{kind}: {}", String::from_utf8_lossy(&mkfs.stderr));
     Mounted::mount(kind, "loop", image, at)
 }
