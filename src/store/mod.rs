@@ -357,36 +357,37 @@ impl Store {
     /// Writes an item; overwriting needs `W`, a new item `w` or `W`.
     pub fn store(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
         let (nested, how) = self.prepare_store(name)?;
-        let stored = self.write(name, |b| b.store(&nested, value, how));
+        let stored = self.write(name, value.len() as u64, |b| b.store(&nested, value, how));
         overwrite_denied(stored, self.permissions.mode(), name)
     }
 
-    /// Runs `op`, a write of `name`: once for a data object, which never takes room kept in
-    /// reserve; for anything else [`Store::with_room`].
-    fn write<T>(&mut self, name: &str, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
-        self.write_while(name, op, || true)
+    /// Runs `op`, a write of `name` of about `need` bytes: once for a data object, which never
+    /// takes room kept in reserve; for anything else [`Store::with_room`].
+    fn write<T>(&mut self, name: &str, need: u64, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        self.write_while(name, need, op, || true)
     }
 
     /// [`Store::write`] while `again` says `op` can be tried again.
-    fn write_while<T>(&mut self, name: &str, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
+    fn write_while<T>(&mut self, name: &str, need: u64, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
         if is_data(name) {
             op(self.backend.as_mut())
         } else {
-            self.with_room_while(op, again)
+            self.with_room_while(need, op, again)
         }
     }
 
-    /// Runs `op`, a write outside `data/` or a delete, giving up a piece of the room kept in
-    /// reserve each time it finds no space (see `room`), while pieces are left.
-    fn with_room<T>(&mut self, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
-        self.with_room_while(op, || true)
+    /// Runs `op`, a write outside `data/` of about `need` bytes (0: a few, as a delete), giving
+    /// up a piece of the room kept in reserve each time it finds no space (see `room`), while
+    /// pieces are left.
+    fn with_room<T>(&mut self, need: u64, op: impl FnMut(&mut dyn Backend) -> Result<T, Error>) -> Result<T, Error> {
+        self.with_room_while(need, op, || true)
     }
 
     /// [`Store::with_room`] while `again` says `op` can be tried again.
-    fn with_room_while<T>(&mut self, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
+    fn with_room_while<T>(&mut self, need: u64, mut op: impl FnMut(&mut dyn Backend) -> Result<T, Error>, again: impl Fn() -> bool) -> Result<T, Error> {
         loop {
             match op(self.backend.as_mut()) {
-                Err(e) if room::no_space(&e) && again() => match self.room.give(self.backend.as_mut(), &e) {
+                Err(e) if room::no_space(&e) && again() => match self.room.give(self.backend.as_mut(), &e, need) {
                     Ok(true) => continue,
                     _ => return Err(e),
                 },
@@ -460,7 +461,7 @@ impl Store {
         let (nested, how) = self.prepare_store(name)?;
         let read = std::cell::Cell::new(0u64);
         let mut src = Counted { inner: src, read: &read };
-        let body = self.write_while(name, |b| b.stage(&nested, len, &mut src, how), || read.get() == 0)?;
+        let body = self.write_while(name, len, |b| b.stage(&nested, len, &mut src, how), || read.get() == 0)?;
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 
@@ -469,14 +470,15 @@ impl Store {
     pub fn stage_value(&mut self, name: &str, value: &[u8]) -> Result<Staged, Error> {
         let (nested, how) = self.prepare_store(name)?;
         let len = value.len() as u64;
-        let body = self.write(name, |b| b.stage(&nested, len, &mut &value[..], how))?;
+        let body = self.write(name, len, |b| b.stage(&nested, len, &mut &value[..], how))?;
         Ok(Staged { body, name: name.to_string(), nested, how })
     }
 
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { mut body, name, nested, how } = staged;
-        let placed = self.write(&name, |b| b.place(&nested, &mut body, how));
+        // a name for what is written already (a value held whole is written here, but is small)
+        let placed = self.write(&name, 0, |b| b.place(&nested, &mut body, how));
         overwrite_denied(placed, self.permissions.mode(), &name)
     }
 
@@ -622,7 +624,7 @@ impl Store {
         self.check("delete", name, "D")?;
         let nested = self.find(name, deleted)?;
         let durable = self.durability != Durability::Never && Self::references_data(name);
-        self.with_room(|b| b.delete(&nested, durable))?;
+        self.with_room(0, |b| b.delete(&nested, durable))?;
         self.room.note_deleted();
         Ok(())
     }
@@ -658,7 +660,7 @@ impl Store {
         }
         // a rename of a referencing item makes (or unmakes) references: order it like a write.
         let durable = self.ordered_write(&target_name)? || self.ordered_write(name)?;
-        self.with_room(|b| b.rename(&from, &to, durable))
+        self.with_room(0, |b| b.rename(&from, &to, durable))
     }
 
     /// Lists all items below `name`, recursing into nesting directories, sorted by name;

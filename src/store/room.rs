@@ -12,9 +12,10 @@
 //! The rules:
 //! - A write outside `data/` (a lock, the manifest, an archive entry, a key, a chunk index) or a
 //!   delete that fails for lack of space (`ENOSPC`, `EDQUOT`) gives up one piece of the room and
-//!   is tried again, while pieces are left: the four small pieces first, then the large one. A
-//!   chunk index streamed in (512 KiB or more) is tried again too, as its space is allocated
-//!   before a byte of it is read (see `Store::stage` and `beneath::Dir::reserve`).
+//!   is tried again, while pieces are left: the four small pieces first, then the large one; a
+//!   write larger than a small piece (a chunk index) takes the large one first. A chunk index
+//!   streamed in (512 KiB or more) is tried again too, as its space is allocated before a byte
+//!   of it is read (see `Store::stage` and `beneath::Dir::reserve`).
 //! - A repository whose cached chunk indexes are larger than the small pieces hold gets a large
 //!   piece sized to them ([`large_piece_for`]), made and grown at the close of a session that
 //!   stored one: `borg compact`, and every backup, of a repository with more than one cached
@@ -100,14 +101,20 @@ impl Room {
         self.given.as_deref()
     }
 
-    /// Gives up one piece, after `why` found no space: `false` if none is left. The space is
-    /// made to count as free before this returns (see [`Backend::free_deleted_space`]).
-    pub fn give(&mut self, backend: &mut dyn Backend, why: &Error) -> Result<bool, Error> {
+    /// Gives up one piece, after `why` found no space for a write of about `need` bytes:
+    /// `false` if none is left. The space is made to count as free before this returns (see
+    /// [`Backend::free_deleted_space`]).
+    pub fn give(&mut self, backend: &mut dyn Backend, why: &Error, need: u64) -> Result<bool, Error> {
         if self.spared {
             return Ok(false);
         }
-        // the small pieces first: most writes that find no space are small (a lock)
-        for i in (0..PIECES).rev().chain([LARGE]) {
+        // the small pieces first: most writes that find no space are small (a lock). One
+        // larger than a small piece (the merge of the cached chunk indexes) takes the large
+        // piece first: the small ones stay for the locks and bookkeeping after it, and it is
+        // not tried again (written again, written back) once per small piece in vain.
+        let small = (0..PIECES).rev();
+        let order: Vec<usize> = if need > PIECE_SIZE as u64 { [LARGE].into_iter().chain(small).collect() } else { small.chain([LARGE]).collect() };
+        for i in order {
             match backend.delete(&piece_name(i), false) {
                 Ok(()) => {
                     self.given.get_or_insert_with(|| why.to_string());
@@ -342,8 +349,9 @@ mod tests {
     /// Cached chunk indexes larger than the small pieces hold get a large piece beside them,
     /// written again only when it must grow; a value streamed into a full store (the
     /// merge of those indexes a client uploads first) is staged once as many pieces as it
-    /// needs were given up, the small ones first, as the space is found missing before a byte
-    /// of it is read.
+    /// needs were given up, as the space is found missing before a byte of it is read: a small
+    /// one takes a small piece, one larger than a small piece the large piece first, leaving
+    /// what small pieces it does not need for the bookkeeping after it.
     #[test]
     fn a_large_index_streamed_into_a_full_store_takes_the_large_piece() {
         assert_eq!([0, 256 << 10, 300 << 10, 20 << 20].map(large_piece_for), [0, 0, 512 << 10, 32 << 20]);
@@ -358,15 +366,19 @@ mod tests {
         assert!(s.room_whole().unwrap());
 
         h.limit_space(Some(h.used()));
-        let small = vec![4u8; 200 << 10];
+        let small = vec![4u8; 100 << 10];
         let staged = s.stage("cache/chunks.dd", small.len() as u64, &mut &small[..]).unwrap();
         s.place(staged).unwrap();
-        assert_eq!((size(2), size(1), size(LARGE)), (None, Some(PIECE_SIZE), Some(512 << 10)), "the small pieces first");
+        let sizes = || (0..=LARGE).map(size).collect::<Vec<_>>();
+        let whole = Some(PIECE_SIZE);
+        assert_eq!(sizes(), [whole, whole, whole, None, Some(512 << 10)], "a small piece for a small value");
+        // 600 KiB: the large piece (512 KiB) and what is left of the small one are not enough,
+        // so one more small piece goes; two are left
         let merged = vec![3u8; 600 << 10];
         let staged = s.stage("cache/chunks.cc", merged.len() as u64, &mut &merged[..]).unwrap();
         s.place(staged).unwrap();
         assert_eq!(h.live().get("cache/chunks.cc"), Some(&merged));
-        assert_eq!((0..=LARGE).filter_map(size).count(), 0, "every piece given, the large one last");
+        assert_eq!(sizes(), [whole, whole, None, None, None], "the large piece first, then as many small ones as needed");
         assert!(s.room_given().is_some());
     }
 
