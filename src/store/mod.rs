@@ -477,8 +477,12 @@ impl Store {
     /// Stores a value [`Store::stage`] received, under the name it was staged for.
     pub fn place(&mut self, staged: Staged) -> Result<(), Error> {
         let Staged { mut body, name, nested, how } = staged;
-        // a name for what is written already (a value held whole is written here, but is small)
-        let placed = self.write(&name, 0, |b| b.place(&nested, &mut body, how));
+        // a name for what is written already, but where a backend without files holds it
+        let need = match &body {
+            StagedBody::Memory(value) => value.len() as u64,
+            StagedBody::File(_) => 0,
+        };
+        let placed = self.write(&name, need, |b| b.place(&nested, &mut body, how));
         overwrite_denied(placed, self.permissions.mode(), &name)
     }
 
