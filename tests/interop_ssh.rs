@@ -599,3 +599,105 @@ fn puts_of_a_client_ahead_go_to_writer_threads() {
     assert_same_tree(&src, &dest.join(src.strip_prefix("/").unwrap()));
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
 }
+
+/// A FUSE mount made by `borg mount`, taken down (lazily) when the test ends however it ends, so a
+/// failed test leaves no mount behind (nor a temp directory that cannot be removed).
+struct FuseMount(std::path::PathBuf);
+
+impl FuseMount {
+    /// Waits until the client's FUSE file system is mounted at the path (the daemonized client
+    /// returns before it is), at most a minute.
+    fn wait(at: &std::path::Path) -> FuseMount {
+        let started = Instant::now();
+        let is_mounted = || {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+            mounts.lines().any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()) && l.starts_with("borgfs "))
+        };
+        while !is_mounted() {
+            assert!(started.elapsed() < Duration::from_secs(60), "borg mount did not mount {} within a minute", at.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        FuseMount(at.to_path_buf())
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
+/// `borg mount` through borgd, as users browse and restore from a backup over ssh: one archive
+/// mounted by the daemonized client (how it is usually run), every file read back byte for byte;
+/// the whole repository in the versions view by a client in the foreground; the mount's lock
+/// given back when `borg umount` ends the session, and the repository still checking clean in
+/// Python borg.
+#[test]
+fn mounted_archives_read_through_borgd() {
+    let mut env = Env::new();
+    // b21's first choice, mfusepy, fails reads through either server (see scripts/test-env.sh)
+    env.set_env("BORG_FUSE_IMPL", "pyfuse3");
+    let src = env.path("src");
+    make_source(&src);
+    let src_s = src.to_str().unwrap();
+    let repo = env.path("repo");
+    let url = env.ssh_url(&repo);
+    let r = |args: &[&str]| env.ok(&[&["-r", url.as_str()], args].concat());
+    r(&["repo-create", "-e", "repokey-aes-ocb"]);
+    r(&["create", "a1", src_s]);
+    let a1_src = env.path("a1-src");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&a1_src).status().unwrap().success());
+    std::fs::write(src.join("small.txt"), b"hello borgd, changed\n").unwrap();
+    std::fs::write(src.join("sub/new"), support::noise(7, 700_000)).unwrap();
+    r(&["create", "a2", src_s]);
+    let locks = repo.join("locks");
+    let no_lock_within_a_minute = || {
+        let started = Instant::now();
+        while !files_below(&locks).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the mount's lock is still there a minute after borg umount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // one archive, the client daemonized: it returns at once and serves the mount in the
+    // background over its borgd session, holding the repository's lock meanwhile
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    r(&["mount", "-a", "a1", mnt.to_str().unwrap()]);
+    let mounted = FuseMount::wait(&mnt);
+    let a1_mounted = mnt.join("a1").join(src.strip_prefix("/").unwrap());
+    assert_same_tree(&a1_src, &a1_mounted);
+    assert_eq!(std::fs::read(a1_mounted.join("big.bin")).unwrap(), support::noise(1, 21 * 1024 * 1024 + 12345));
+    assert!(!mnt.join("a2").exists(), "only a1 was asked for");
+    assert_eq!(files_below(&locks).len(), 1, "the mounted repository holds one lock");
+    r(&["umount", mnt.to_str().unwrap()]);
+    drop(mounted);
+    no_lock_within_a_minute();
+
+    // the whole repository in the versions view, the client in the foreground: one tree merged
+    // from all archives, each file a directory of its distinct contents (small.txt's two side
+    // by side, the unchanged big.bin once, a2's new file once)
+    let mut fg = env.command(&["-r", &url, "mount", "-f", "-o", "versions", mnt.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mounted = FuseMount::wait(&mnt);
+    let versions = |file: &str| {
+        let dir = mnt.join(src.strip_prefix("/").unwrap()).join(file);
+        let mut v: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(versions("small.txt"), [b"hello borgd\n".to_vec(), b"hello borgd, changed\n".to_vec()]);
+    assert_eq!(versions("big.bin"), [support::noise(1, 21 * 1024 * 1024 + 12345)]);
+    assert_eq!(versions("sub/new"), [support::noise(7, 700_000)]);
+    r(&["umount", mnt.to_str().unwrap()]);
+    let status = support::wait_at_most(&mut fg, Duration::from_secs(60));
+    if status.is_none() {
+        let _ = fg.kill(); // so that its stderr ends
+    }
+    drop(mounted);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(fg.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "borg mount -f ended {status:?} after borg umount:\n{stderr}");
+    no_lock_within_a_minute();
+
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+}

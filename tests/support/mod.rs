@@ -137,7 +137,7 @@ pub fn make_source(root: &Path) {
 /// Compares two trees byte for byte (file names and contents), panicking on the first difference.
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let out = Command::new("diff").arg("-r").arg(a).arg(b).output().expect("run diff");
-    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "trees differ:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// All files below `dir` (recursively).
