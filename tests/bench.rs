@@ -253,6 +253,43 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     assert!(!stderr.contains("Reserve some repository storage space"), "borg's notes leak into the output:\n{stderr}");
 }
 
+/// `borgd-bench crud` runs the client's own `borg benchmark crud` through each server, shrunk to
+/// one-byte samples by the client's test switch: every step the client timed is reported for
+/// both servers (two samples, four steps each), with the sums, the servers' CPU and memory, and
+/// the ratios taken repetition by repetition.
+#[test]
+fn crud_benchmark_runs_the_clients_own_benchmark_through_each_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
+    let other = format!("never::{} --fsync=never", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["crud", "--reps", "2", "--warmup", "0", "--server", &server, "--server", &other, "--borg"])
+        .arg(&borg)
+        .arg("--workdir")
+        .arg(dir.path().join("w"))
+        .env("_BORG_BENCHMARK_CRUD_TEST", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench crud failed:\n{stderr}");
+    for step in ["C-Z-TEST", "R-Z-TEST", "U-Z-TEST", "D-Z-TEST", "C-R-TEST", "R-R-TEST", "U-R-TEST", "D-R-TEST"] {
+        let row = format!("{step} (s)");
+        assert!(figure(&stdout, &row) > 0.0, "{row} is not positive:\n{stdout}");
+        let line = stdout.lines().find(|l| l.starts_with(&format!("| {row} |"))).unwrap();
+        assert_eq!(line.matches('|').count(), 5, "a column per server and their ratio: {line}");
+    }
+    for row in ["all create steps (s)", "all delete steps (s)", "all steps (s)", "server CPU, all sessions (s)", "server peak memory, largest session (MiB)"] {
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+    for row in ["all steps", "server CPU"] {
+        assert!(figure(&stdout, row) > 0.0, "no per-repetition {row}:\n{stdout}");
+    }
+    // each of the 8 steps a session of its own, and the repository's creation one more
+    let sessions = std::fs::read_to_string(dir.path().join("w/rep0-s0/server.jsonl")).unwrap();
+    assert!(sessions.lines().count() > 8, "{sessions}");
+}
+
 /// `e2e --sshd`: the same through a real sshd on 127.0.0.1 (started and stopped by the
 /// benchmark), the recorded session included (sshd passes no environment on: the wrapper reads a
 /// file to know it records).

@@ -11,6 +11,8 @@
 //! borgd-bench compare record DIR --borg CLIENT SOURCE...   (one backup through borgd, recorded)
 //! borgd-bench compare run DIR [--paced | --gap-us N] --server 'old::...' --server 'new::...'
 //! borgd-bench neighbour spin | stream:MIB | stream-nt:MIB  (keeps a CPU busy, for scripts/beside.sh)
+//! borgd-bench crud --borg /venv/bin/borg --server 'borgd::target/release/borgd' --server ...
+//!                                           (the client's own `borg benchmark crud` through each)
 //! borgd-bench clients --clients N --server 'borgd::target/release/borgd serve' --server ...
 //!                                           (N sessions at once through one socket-mode server,
 //!                                            or --stdio-server: a server process each;
@@ -59,6 +61,7 @@ use borgd::testsshd::Sshd;
 
 mod clients;
 mod compare;
+mod crud;
 mod index;
 mod neighbour;
 mod pace;
@@ -1261,6 +1264,20 @@ impl<'a> Client<'a> {
     /// process group: the rsh shim and a server under it) and the server `measure` names are
     /// killed, since a client waiting for a stalled server would wait for ever.
     fn run(&self, args: &[&str], cwd: &Path, record_to: Option<&Path>) -> Res<f64> {
+        self.run_with(args, cwd, record_to, None)
+    }
+
+    /// As [`Client::run`], the client's standard output written to `stdout` (for a command
+    /// whose output is the figure, as `benchmark crud`'s).
+    fn run_keeping_output(&self, args: &[&str], cwd: &Path, stdout: &Path) -> Res<f64> {
+        self.run_with(args, cwd, None, Some(stdout))
+    }
+
+    fn run_with(&self, args: &[&str], cwd: &Path, record_to: Option<&Path>, stdout: Option<&Path>) -> Res<f64> {
+        let stdout = match stdout {
+            Some(path) => Stdio::from(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+            None => Stdio::null(),
+        };
         match record_to {
             Some(to) => std::fs::write(&self.record_flag, to.as_os_str().as_encoded_bytes()).map_err(|e| format!("{}: {e}", self.record_flag.display()))?,
             None => drop(std::fs::remove_file(&self.record_flag)),
@@ -1278,7 +1295,7 @@ impl<'a> Client<'a> {
             .env("BORG_PASSPHRASE", "bench")
             .env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(notes)
             .process_group(0)
             .spawn()
@@ -1499,9 +1516,10 @@ fn main() {
         Some("e2e") => e2e(&args[1..]).map(|_| 0),
         Some("compare") => compare::main(&args[1..]).map(|_| 0),
         Some("clients") => clients::main(&args[1..]).map(|_| 0),
+        Some("crud") => crud::main(&args[1..]).map(|_| 0),
         Some("index") => index::main(&args[1..]).map(|_| 0),
         Some("neighbour") => neighbour::main(&args[1..]),
-        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR] [--sshd]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench index --server 'LABEL::CMD' [--server ...] [--objects N] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
+        _ => Err("usage: borgd-bench protocol --server 'LABEL::CMD' [--server ...] [--reps N] [--warmup N] [--small N] [--large N] [--window N] [--no-established] [--workdir DIR]\n       borgd-bench e2e --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--size-mb N] [--workdir DIR] [--sshd]\n       borgd-bench compare record DIR --borg CLIENT [--server EXECUTABLE] SOURCE...\n       borgd-bench compare run DIR [--reps N] [--warmup N] [--paced | --gap-us N] --server 'LABEL::EXECUTABLE' [--server ...]\n       borgd-bench clients --server | --stdio-server 'LABEL::CMD' [...] [--clients N] [--puts N] [--window N] [--replay DIR [--paced]] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench crud --borg CLIENT --server 'LABEL::EXECUTABLE' [--server ...] [--reps N] [--warmup N] [--workdir DIR] [--data DIR]\n       borgd-bench index --server 'LABEL::CMD' [--server ...] [--objects N] [--reps N] [--warmup N] [--workdir DIR]\n       borgd-bench measure --out FILE -- CMD...\n       borgd-bench feed --gap-us N FILE | --paced FILE\n       borgd-bench tap FILE\n       borgd-bench neighbour spin | stream:MIB | stream-nt:MIB".into()),
     };
     match result {
         Ok(code) => std::process::exit(code),
