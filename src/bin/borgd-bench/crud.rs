@@ -2,9 +2,10 @@
 //!
 //! Why: it is the figure a borg user can take themselves, with nothing of ours on the client's
 //! side. For each of six samples (1 GB in ten files, 1 GB in a thousand, 100 MB in ten thousand;
-//! each all zeros and random) the client runs four commands, each a server session of its own:
-//! `create` (C), `extract --dry-run` (R: every chunk read back), `create` again (U: all
-//! deduplicated) and `delete` (D). It times each step itself and prints it (`--json-lines`).
+//! each all zeros and random) the client times four commands, each a server session of its own:
+//! `create` without the files cache (C), `create` with nothing changed (U; the files cache built
+//! by an untimed `create` first), `extract --dry-run` (R: every chunk read back) and `delete`
+//! (D), with untimed `delete`s between. It prints each time (`--json-lines`).
 //!
 //! `crud` runs that through each server in turn (alternating, as everything here), into a fresh
 //! repository each time (no encryption, over the rsh shim as ssh would start the server), and
