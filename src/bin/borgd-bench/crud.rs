@@ -154,12 +154,7 @@ fn print_results(servers: &[(String, Vec<String>)], results: &[Vec<CrudRun>], re
         return;
     }
     println!();
-    print!("| per repetition: / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
-    for (l, _) in &servers[..last] {
-        print!(" {l} |");
-    }
-    println!();
-    println!("|{}", "---|".repeat(1 + last));
+    super::print_paired_header("each figure", servers);
     let paired: [(&str, Pick); 2] = [("all steps", |r| r.total(None)), ("server CPU", |r| r.cpu_s)];
     for (name, f) in paired {
         print!("| {name} |");

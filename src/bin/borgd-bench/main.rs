@@ -630,6 +630,18 @@ fn print_header(title: &str, servers: &[(String, Vec<String>)]) {
     println!("|{}", "---|".repeat(1 + servers.len() + last));
 }
 
+/// The head of a table of ratios taken repetition by repetition (`what` of each server over the
+/// last server's in the same repetition): a column per server but the last.
+fn print_paired_header(what: &str, servers: &[(String, Vec<String>)]) {
+    let last = servers.len() - 1;
+    print!("| per repetition: {what} / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
+    for (l, _) in &servers[..last] {
+        print!(" {l} |");
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + last));
+}
+
 /// The median (min–max) of metric `m` over one server's runs.
 fn spread(runs: &[Run], m: &str) -> Spread {
     Spread::of(&mut runs.iter().map(|r| r.get(m).copied().unwrap_or(f64::NAN)).collect::<Vec<f64>>())
@@ -1478,12 +1490,7 @@ fn e2e(args: &[String]) -> Res<()> {
     print_runs(&format!("end to end, real borg client {transport} (median of {reps}, min–max)"), &servers, &results, &metrics);
     if last > 0 {
         println!();
-        print!("| per repetition: server CPU / {}'s in the same repetition (median, min–max; 95% CI of the median) |", servers[last].0);
-        for (l, _) in &servers[..last] {
-            print!(" {l} |");
-        }
-        println!();
-        println!("|{}", "---|".repeat(1 + last));
+        print_paired_header("server CPU", &servers);
         for (m, ratios) in &paired {
             print!("| {m} |");
             for spread in ratios {
