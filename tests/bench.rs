@@ -290,6 +290,28 @@ fn crud_benchmark_runs_the_clients_own_benchmark_through_each_server() {
     assert!(sessions.lines().count() > 8, "{sessions}");
 }
 
+/// `crud --sshd`: the same through a real sshd on 127.0.0.1 (started and stopped by the benchmark).
+#[test]
+fn crud_benchmark_runs_over_a_real_sshd() {
+    let dir = tempfile::tempdir().unwrap();
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
+        .args(["crud", "--sshd", "--reps", "1", "--warmup", "0", "--server", &server, "--borg"])
+        .arg(&borg)
+        .arg("--workdir")
+        .arg(dir.path().join("w"))
+        .env("_BORG_BENCHMARK_CRUD_TEST", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "borgd-bench crud --sshd failed:\n{stderr}");
+    assert!(stdout.starts_with("| borg benchmark crud, real borg client over ssh (a real sshd on 127.0.0.1)"), "{stdout}");
+    for row in ["C-R-TEST (s)", "D-R-TEST (s)", "all steps (s)", "server CPU, all sessions (s)"] {
+        assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
+    }
+}
+
 /// `e2e --sshd`: the same through a real sshd on 127.0.0.1 (started and stopped by the
 /// benchmark), the recorded session included (sshd passes no environment on: the wrapper reads a
 /// file to know it records).

@@ -8,7 +8,8 @@
 //! (D), with untimed `delete`s between. It prints each time (`--json-lines`).
 //!
 //! `crud` runs that through each server in turn (alternating, as everything here), into a fresh
-//! repository each time (no encryption, over the rsh shim as ssh would start the server), and
+//! repository each time (no encryption, over the rsh shim as ssh would start the server, or with
+//! `--sshd` through a real sshd on 127.0.0.1 as deployed), and
 //! reports each step's time as the client saw it, the sums per kind of step and over all, and the
 //! server's CPU and peak memory over the run's sessions (`measure`). The client writes each
 //! sample's files into `--data DIR` and removes them after that sample (1 GB at most at a time);
@@ -20,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{ensure_space, opt, parse_servers, read_measurements, repetition, server_order, settle, warn_about_memory, Client, Res, Space, Spread};
+use super::{ensure_space, opt, parse_servers, read_measurements, repetition, server_order, settle, warn_about_memory, Client, Res, Space, Spread, Sshd, SSH_KEY};
 
 /// One run of `benchmark crud` through one server: each step's time in the client's order, and
 /// the server's sessions (CPU seconds, peak MiB).
@@ -47,7 +48,7 @@ fn test_samples() -> bool {
 }
 
 /// `crud --borg CLIENT --server 'LABEL::EXECUTABLE' ... [--reps N] [--warmup N] [--workdir DIR]
-/// [--data DIR]`.
+/// [--data DIR] [--sshd]`.
 pub fn main(args: &[String]) -> Res<()> {
     let borg = PathBuf::from(opt(args, "--borg").ok_or("crud needs --borg /path/to/borg (the 2.0.0b21 client)")?);
     let servers = parse_servers(args)?;
@@ -73,6 +74,8 @@ pub fn main(args: &[String]) -> Res<()> {
     let (per_run, sample) = if test_samples() { (Space { bytes: 4 << 20, inodes: 1000 }, Space { bytes: 1 << 20, inodes: 10 }) } else { (Space { bytes: 2_300_000_000, inodes: 25_000 }, Space { bytes: 1_100_000_000, inodes: 10_100 }) };
     ensure_space(&root, per_run.times(((reps + warmup) * servers.len()) as u64))?;
     ensure_space(&data, sample)?;
+    let sshd = if args.iter().any(|a| a == "--sshd") { Some(Sshd::start(&root.join("sshd"), &[(SSH_KEY, "restrict")])?) } else { None };
+    let transport = if sshd.is_some() { "over ssh (a real sshd on 127.0.0.1)" } else { "over the rsh shim" };
     let mut results: Vec<Vec<CrudRun>> = (0..servers.len()).map(|_| Vec::new()).collect();
     for rep in 0..warmup + reps {
         let (rep_label, keep) = repetition(rep, warmup);
@@ -81,7 +84,7 @@ pub fn main(args: &[String]) -> Res<()> {
             let dir = root.join(format!("rep{rep}-s{si}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let measurements = dir.join("server.jsonl");
-            let client = Client::new(&borg, &me, &dir, cmd, Some(&measurements), None)?;
+            let client = Client::new(&borg, &me, &dir, cmd, Some(&measurements), sshd.as_ref())?;
             client.run(&["repo-create", "-e", "none"], &dir, None).map_err(|e| format!("{label}: {e}"))?;
             settle();
             let out = dir.join("crud.jsonl");
@@ -93,7 +96,7 @@ pub fn main(args: &[String]) -> Res<()> {
             }
         }
     }
-    print_results(&servers, &results, reps);
+    print_results(&servers, &results, reps, transport);
     Ok(())
 }
 
@@ -123,7 +126,7 @@ fn read_run(out: &Path, measurements: &Path) -> Res<CrudRun> {
 
 /// Markdown tables: every step and sum (median, range) with each server's median over the
 /// last's; then, repetition by repetition, each server's total time and CPU over the last's.
-fn print_results(servers: &[(String, Vec<String>)], results: &[Vec<CrudRun>], reps: usize) {
+fn print_results(servers: &[(String, Vec<String>)], results: &[Vec<CrudRun>], reps: usize, transport: &str) {
     let last = servers.len() - 1;
     // every figure by name, per server, one value per counted run
     let mut figures: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
@@ -138,7 +141,7 @@ fn print_results(servers: &[(String, Vec<String>)], results: &[Vec<CrudRun>], re
     figures.push(("all steps (s)".into(), results.iter().map(|runs| runs.iter().map(|r| r.total(None)).collect()).collect()));
     figures.push(("server CPU, all sessions (s)".into(), results.iter().map(|runs| runs.iter().map(|r| r.cpu_s).collect()).collect()));
     figures.push(("server peak memory, largest session (MiB)".into(), results.iter().map(|runs| runs.iter().map(|r| r.peak_mib).collect()).collect()));
-    super::print_header(&format!("borg benchmark crud, real borg client over the rsh shim (median of {reps}, min–max)"), servers);
+    super::print_header(&format!("borg benchmark crud, real borg client {transport} (median of {reps}, min–max)"), servers);
     for (name, per_server) in &figures {
         print!("| {name} |");
         let spreads: Vec<Spread> = per_server.iter().map(|v| Spread::of(&mut v.clone())).collect();
