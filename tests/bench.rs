@@ -253,6 +253,16 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
     assert!(!stderr.contains("Reserve some repository storage space"), "borg's notes leak into the output:\n{stderr}");
 }
 
+/// Runs `borgd-bench crud ARGS` with the real client (`BORGD_TEST_BORG`), shrunk to one-byte
+/// samples by the client's own test switch, its work directory in `dir`; fails unless it
+/// succeeded. Returns its output.
+fn crud(dir: &std::path::Path, args: &[&str]) -> String {
+    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
+    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench")).arg("crud").args(args).arg("--borg").arg(&borg).arg("--workdir").arg(dir.join("w")).env("_BORG_BENCHMARK_CRUD_TEST", "1").output().unwrap();
+    assert!(out.status.success(), "borgd-bench crud {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `borgd-bench crud` runs the client's own `borg benchmark crud` through each server, shrunk to
 /// one-byte samples by the client's test switch: every step the client timed is reported for
 /// both servers (two samples, four steps each), with the sums, the servers' CPU and memory, and
@@ -260,19 +270,9 @@ fn e2e_benchmark_runs_the_real_client_and_replays_the_session_at_its_pace() {
 #[test]
 fn crud_benchmark_runs_the_clients_own_benchmark_through_each_server() {
     let dir = tempfile::tempdir().unwrap();
-    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
     let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
     let other = format!("never::{} --fsync=never", env!("CARGO_BIN_EXE_borgd"));
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["crud", "--reps", "2", "--warmup", "0", "--server", &server, "--server", &other, "--borg"])
-        .arg(&borg)
-        .arg("--workdir")
-        .arg(dir.path().join("w"))
-        .env("_BORG_BENCHMARK_CRUD_TEST", "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "borgd-bench crud failed:\n{stderr}");
+    let stdout = crud(dir.path(), &["--reps", "2", "--warmup", "0", "--server", &server, "--server", &other]);
     for step in ["C-Z-TEST", "R-Z-TEST", "U-Z-TEST", "D-Z-TEST", "C-R-TEST", "R-R-TEST", "U-R-TEST", "D-R-TEST"] {
         let row = format!("{step} (s)");
         assert!(figure(&stdout, &row) > 0.0, "{row} is not positive:\n{stdout}");
@@ -294,18 +294,8 @@ fn crud_benchmark_runs_the_clients_own_benchmark_through_each_server() {
 #[test]
 fn crud_benchmark_runs_over_a_real_sshd() {
     let dir = tempfile::tempdir().unwrap();
-    let borg = std::env::var_os("BORGD_TEST_BORG").expect("BORGD_TEST_BORG is not set: run the README's test command (scripts/test.sh)");
     let server = format!("borgd::{}", env!("CARGO_BIN_EXE_borgd"));
-    let out = Command::new(env!("CARGO_BIN_EXE_borgd-bench"))
-        .args(["crud", "--sshd", "--reps", "1", "--warmup", "0", "--server", &server, "--borg"])
-        .arg(&borg)
-        .arg("--workdir")
-        .arg(dir.path().join("w"))
-        .env("_BORG_BENCHMARK_CRUD_TEST", "1")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "borgd-bench crud --sshd failed:\n{stderr}");
+    let stdout = crud(dir.path(), &["--sshd", "--reps", "1", "--warmup", "0", "--server", &server]);
     assert!(stdout.starts_with("| borg benchmark crud, real borg client over ssh (a real sshd on 127.0.0.1)"), "{stdout}");
     for row in ["C-R-TEST (s)", "D-R-TEST (s)", "all steps (s)", "server CPU, all sessions (s)"] {
         assert!(figure(&stdout, row) > 0.0, "{row} is not positive:\n{stdout}");
