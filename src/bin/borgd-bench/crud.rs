@@ -9,11 +9,11 @@
 //!
 //! `crud` runs that through each server in turn (alternating, as everything here), into a fresh
 //! repository each time (no encryption, over the rsh shim as ssh would start the server, or with
-//! `--sshd` through a real sshd on 127.0.0.1 as deployed), and
-//! reports each step's time as the client saw it, the sums per kind of step and over all, and the
-//! server's CPU and peak memory over the run's sessions (`measure`). The client writes each
-//! sample's files into `--data DIR` and removes them after that sample (1 GB at most at a time);
-//! a tmpfs keeps those deletions off the file system under test.
+//! `--sshd` through a real sshd on 127.0.0.1 as deployed), and reports each step's time as the
+//! client saw it, the sums per kind of step and over all, and the server's CPU and peak memory
+//! over the run's sessions (`measure`). The client writes each sample's files into `--data DIR`
+//! and removes them after that sample (1 GB at most at a time); a tmpfs keeps those deletions off
+//! the file system under test.
 //!
 //! With `_BORG_BENCHMARK_CRUD_TEST` in the environment the client shrinks every sample to one
 //! byte (its own test switch): what the test suite runs.
@@ -69,7 +69,7 @@ pub fn main(args: &[String]) -> Res<()> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     warn_about_memory();
     // what a run leaves: the random samples' 2.1 GB stay in the repository (the client deletes
-    // its archives but does not compact), ~11 500 objects in as many new leaf directories; and
+    // its archives but does not compact), ~11 500 objects in nearly as many new leaf directories; and
     // the largest sample's files while it runs
     let (per_run, sample) = if test_samples() { (Space { bytes: 4 << 20, inodes: 1000 }, Space { bytes: 1 << 20, inodes: 10 }) } else { (Space { bytes: 2_300_000_000, inodes: 25_000 }, Space { bytes: 1_100_000_000, inodes: 10_100 }) };
     ensure_space(&root, per_run.times(((reps + warmup) * servers.len()) as u64))?;
