@@ -394,11 +394,7 @@ fn data_moved_away_during_a_backup_is_found_before_the_archive_is_stored() {
         stdin.write_all(&support::noise(n, 256 * 1024)).unwrap();
     }
     stdin.flush().unwrap();
-    let started = std::time::Instant::now();
-    while files_below(&repo.join("data")).len() <= before {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "no chunk was stored");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    support::wait_until(std::time::Duration::from_secs(20), "no chunk was stored", || files_below(&repo.join("data")).len() > before);
     let moved = env.path("data-moved");
     std::fs::rename(repo.join("data"), &moved).unwrap();
     assert!(Command::new("cp").arg("-a").arg(&moved).arg(repo.join("data")).status().unwrap().success());

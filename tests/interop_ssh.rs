@@ -608,15 +608,11 @@ impl FuseMount {
     /// Waits until the client's FUSE file system is mounted at the path (the daemonized client
     /// returns before it is), at most a minute.
     fn wait(at: &std::path::Path) -> FuseMount {
-        let started = Instant::now();
         let is_mounted = || {
             let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
             mounts.lines().any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()) && l.starts_with("borgfs "))
         };
-        while !is_mounted() {
-            assert!(started.elapsed() < Duration::from_secs(60), "borg mount did not mount {} within a minute", at.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::wait_until(Duration::from_secs(60), &format!("borg mount did not mount {} within a minute", at.display()), is_mounted);
         FuseMount(at.to_path_buf())
     }
 }
@@ -651,13 +647,7 @@ fn mounted_archives_read_through_borgd() {
     std::fs::write(src.join("sub/new"), support::noise(7, 700_000)).unwrap();
     r(&["create", "a2", src_s]);
     let locks = repo.join("locks");
-    let no_lock_within_a_minute = || {
-        let started = Instant::now();
-        while !files_below(&locks).is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(60), "the mount's lock is still there a minute after borg umount");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let no_lock_within_a_minute = || support::wait_until(Duration::from_secs(60), "the mount's lock is still there a minute after borg umount", || files_below(&locks).is_empty());
 
     // one archive, the client daemonized: it returns at once and serves the mount in the
     // background over its borgd session, holding the repository's lock meanwhile

@@ -226,13 +226,20 @@ impl Drop for SocketServer {
     }
 }
 
-/// Waits (at most 10 s) until a server accepts connections on `socket`.
-pub fn wait_until_listening(socket: &Path) {
+/// Waits until `done` holds, looking every 20 ms; the test fails with `what` (what did not
+/// happen) once `limit` has passed without it.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
     let started = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "borgd did not start listening on {}", socket.display());
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Waits (at most 10 s) until a server accepts connections on `socket`.
+pub fn wait_until_listening(socket: &Path) {
+    let what = format!("borgd did not start listening on {}", socket.display());
+    wait_until(std::time::Duration::from_secs(10), &what, || std::os::unix::net::UnixStream::connect(socket).is_ok());
 }
 
 /// A file system mounted for a test at `.0`; unmounted when dropped (lazily if still busy).
@@ -334,11 +341,7 @@ pub fn slow_create(env: &Env, repo_args: &[String], name: &str, feed: std::time:
 
 /// Waits until `dir` holds at least one file (e.g. a lock appeared), at most 20 s.
 pub fn wait_for_file(dir: &Path) {
-    let started = std::time::Instant::now();
-    while files_below(dir).is_empty() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "nothing appeared in {}", dir.display());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(std::time::Duration::from_secs(20), &format!("nothing appeared in {}", dir.display()), || !files_below(dir).is_empty());
 }
 
 impl Env {
