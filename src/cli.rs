@@ -23,9 +23,14 @@ use crate::store::{Durability, Mode};
 #[derive(Debug, Parser)]
 #[command(name = "borgd", version, about = "A BorgBackup 2 repository server: a drop-in `borg serve`.")]
 pub struct Cli {
+    // (Plain comments here: clap would show doc comments as help text.)
+    // borg's common options, before the subcommand.
     #[command(flatten)]
+    #[allow(missing_docs)]
     pub common: Common,
+    // `serve` (the only subcommand).
     #[command(subcommand)]
+    #[allow(missing_docs)]
     pub command: Command,
 }
 
@@ -148,13 +153,21 @@ pub struct ServeArgs {
 /// Everything the server needs to know, after argv, the environment and the forced-command merge.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The least level of the records sent to the client (under a forced command, the client's).
     pub level: Level,
+    /// `--debug-topic`s: which debug loggers are on (under a forced command, the client's).
     pub debug_topics: Vec<String>,
+    /// Seconds to wait for a lock, unless the client's `open` asks for its own.
     pub lock_wait: f64,
+    /// The umask files and directories are created with (`--umask`, default 0077 as borg's).
     pub umask: u32,
+    /// `--socket`: serve `socket://` clients at this path (empty: the client's default path).
     pub socket: Option<String>,
+    /// The options of `serve` itself as given (restrictions, write path, limits).
     pub serve: ServeArgs,
+    /// The permission mode, after `--permissions` and `BORG_REPO_PERMISSIONS`.
     pub permissions: Mode,
+    /// Nesting levels of `data/` (`BORG_STORE_DATA_LEVELS`), for repositories borgd creates.
     pub data_levels: usize,
     /// Writer threads per session: `--put-writers`, or the default for the `--fsync` mode.
     pub put_writers: usize,

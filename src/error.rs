@@ -9,6 +9,7 @@ use crate::store;
 /// A failed call, answered to the client as an exception.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// The repository (or its store or lock) refused or failed.
     #[error(transparent)]
     Repository(#[from] repository::Error),
     /// `--restrict-to-path`/`--restrict-to-repository` do not admit the path.
@@ -19,7 +20,12 @@ pub enum CallError {
     InvalidRpcMethod(String),
     /// An argument of the wrong type, or a request without method/arguments.
     #[error("borgd: invalid call of {method}: {why}")]
-    BadRequest { method: String, why: String },
+    BadRequest {
+        /// The method called.
+        method: String,
+        /// What was wrong with the call.
+        why: String,
+    },
     /// Something this server deliberately does not offer (yet), said plainly.
     #[error("{0}")]
     Unsupported(String),

@@ -5,6 +5,8 @@
 //! semantics), [`rpc`] (msgpack framing, messages, exception marshalling), [`server`] (sessions
 //! and transports) and [`cli`] (argv, the only place that knows about it).
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod error;
 pub mod fanout;

@@ -30,7 +30,12 @@ pub enum Error {
     Timeout(String),
     /// A lock record that is not valid JSON of the expected shape.
     #[error("Lock {name} is not a valid borg lock record ({why}); use borg break-lock if no borg is running")]
-    Corrupt { name: String, why: String },
+    Corrupt {
+        /// The record's name under `locks/`.
+        name: String,
+        /// Why it cannot be read as a lock.
+        why: String,
+    },
     /// The store failed underneath.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -39,8 +44,11 @@ pub enum Error {
 /// Who holds a lock: Python's `(hostid, processid, threadid)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
+    /// The host id (`BORG_HOST_ID`, or computed as Python does): whose process `pid` is.
     pub host: String,
+    /// The owning process, looked for on this host to tell a dead owner's lock.
     pub pid: i64,
+    /// The owning thread (sessions of one socket-mode process differ only here).
     pub thread: i64,
 }
 

@@ -12,10 +12,15 @@ use crate::rpc::msgpack::encode;
 /// Python logging levels, as numbers on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
+    /// `logging.DEBUG`: `--debug`.
     Debug = 10,
+    /// `logging.INFO`: `--info` (and `-v`).
     Info = 20,
+    /// `logging.WARNING`: borg's default.
     Warning = 30,
+    /// `logging.ERROR`: `--error`.
     Error = 40,
+    /// `logging.CRITICAL`: `--critical`.
     Critical = 50,
 }
 

@@ -64,7 +64,10 @@ pub enum Invalid {
     /// Not the borghash v1 format with 32-byte keys and 8-byte values.
     Format(String),
     /// The name does not carry the xxh64 (seed 3) of the contents.
-    Name { expected: String },
+    Name {
+        /// The name the contents call for.
+        expected: String,
+    },
     /// It could not be read back from where it waits.
     Unreadable(store::Error),
 }
@@ -78,7 +81,9 @@ impl From<store::Error> for Invalid {
 /// Where a checked index keeps its entries: `count` of [`ENTRY_SIZE`] bytes from `entries_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// Byte offset of the first entry, past the header.
     pub entries_at: u64,
+    /// How many entries (ids) the index holds.
     pub count: u64,
 }
 

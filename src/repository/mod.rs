@@ -32,29 +32,44 @@ const LOGGER: &str = "borg.repository";
 /// Repository failures; each maps to one exception class the client knows (see `rpc::wire`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `repo-create` where a repository (or anything else) already is.
     #[error("A repository already exists at {0}.")]
     AlreadyExists(String),
+    /// Nothing at the path to open.
     #[error("Repository {0} does not exist.")]
     DoesNotExist(String),
+    /// Something at the path, but not a borg 2 repository.
     #[error("{0} is not a valid repository. Check the repository config.")]
     InvalidRepository(String),
+    /// A repository whose `config/` is unreadable or wrong (the path, and what is wrong).
     #[error("{0} does not have a valid config. Check the repository config [{1}].")]
     InvalidRepositoryConfig(String, String),
+    /// The repository is inconsistent; `borg check` must look first.
     #[error("Inconsistency detected. Please run \"borg check {0}\".")]
     CheckNeeded(String),
+    /// `get` of an id that is not there (the id in hex, and the repository).
     #[error("Object with key {0} not found in repository {1}.")]
     ObjectNotFound(String, String),
+    /// An object or file whose bytes do not match what they claim (sizes, hashes, format).
     #[error("Data integrity error: {0}")]
     Integrity(String),
+    /// `get_manifest` in a repository that has none yet.
     #[error("Repository has no manifest.")]
     NoManifest,
     /// A client tried to store what would reference objects that are not in the repository: a
     /// chunk-index cache that would make clients skip uploads, or an archive whose objects went
     /// with a directory moved away during the session.
     #[error("borgd refuses to store {name}: {why}")]
-    Refused { name: String, why: String },
+    Refused {
+        /// The store name the client tried to write.
+        name: String,
+        /// What it would reference that is missing.
+        why: String,
+    },
+    /// Taking, keeping or giving back the repository's lock failed.
     #[error(transparent)]
     Lock(#[from] lock::Error),
+    /// The store underneath failed.
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -62,14 +77,21 @@ pub enum Error {
 /// How to open a repository: the client's wishes (`open` arguments) and the server's policy.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
+    /// `repo-create`: make the repository (the path must be missing or an empty directory).
     pub create: bool,
+    /// Take a lock at all (the client's `open(lock=...)`).
     pub lock: bool,
+    /// An exclusive lock instead of a shared one.
     pub exclusive: bool,
+    /// How long to wait for a competing lock to go.
     pub lock_wait: Duration,
+    /// What the session may read, write and delete (`--permissions`).
     pub permissions: Permissions,
+    /// When writes are made durable (`--fsync`).
     pub durability: Durability,
     /// Large objects written around the page cache (see `store::PosixFs::with_direct_io`).
     pub direct_io: bool,
+    /// Nesting levels of `data/` for a repository created now.
     pub data_levels: usize,
 }
 

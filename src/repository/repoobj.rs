@@ -10,9 +10,13 @@ pub const HEADER_SIZE: usize = 24;
 /// A parsed object header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Bytes of (encrypted) metadata after the header.
     pub meta_size: u32,
+    /// Bytes of (encrypted) data after the metadata.
     pub data_size: u32,
+    /// xxh64 of the metadata bytes, as stored (big endian).
     pub meta_hash: [u8; 8],
+    /// xxh64 of the data bytes, as stored (big endian).
     pub data_hash: [u8; 8],
 }
 

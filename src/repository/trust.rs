@@ -48,6 +48,7 @@ pub const SLACK: Duration = Duration::from_secs(2);
 /// wrapping). The digest of a merge of disjoint sets is the sum of their digests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Digest {
+    /// How many ids were added.
     pub count: u64,
     sum: [u128; 2],
 }
@@ -78,8 +79,11 @@ impl Digest {
 /// (see `store::LeafTimes::tree`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Note {
+    /// When the ids were last all known present (a check's start, or its session's).
     pub since: SystemTime,
+    /// Which ids the index lists.
     pub digest: Digest,
+    /// The directories above `data/`'s leaves at that moment (see `store::LeafTimes::tree`).
     pub tree: u64,
 }
 
@@ -158,8 +162,9 @@ pub struct Unsettled {
     depth: usize,
     /// Per leaf (by its number, see `store::leaf_of`): whether it changed.
     changed: Vec<bool>,
-    /// How many leaves there are, and how many of them changed.
+    /// How many leaves there are.
     pub existing: usize,
+    /// How many of them changed.
     pub count: usize,
 }
 

@@ -17,27 +17,49 @@ pub const SERVER_VERSION: [i64; 5] = [2, 0, 0, -3, 21];
 /// Every method a borg 2.0.0b21 client may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
+    /// `negotiate`: the first call: the client's version for ours.
     Negotiate,
+    /// `open`: open (or create) a repository and take its lock.
     Open,
+    /// `close`: give the lock back, everything durable first.
     Close,
+    /// `info`: the repository's id and version.
     Info,
+    /// `list`: ids and sizes of the data objects, in pages.
     List,
+    /// `get`: one data object (or just its header and metadata).
     Get,
+    /// `put`: store one data object.
     Put,
+    /// `delete`: remove one data object.
     Delete,
+    /// `check`: verify every data object (or a part), repair if asked.
     Check,
+    /// `destroy`: delete the whole repository.
     Destroy,
+    /// `save_key`: store the repokey.
     SaveKey,
+    /// `load_key`: read the repokey.
     LoadKey,
+    /// `break_lock`: remove every lock, stale or not.
     BreakLock,
+    /// `get_manifest`: read `config/manifest`.
     GetManifest,
+    /// `put_manifest`: write `config/manifest`.
     PutManifest,
+    /// `store_list`: list a store namespace (`archives/`, `cache/`, ...).
     StoreList,
+    /// `store_load`: read one store item.
     StoreLoad,
+    /// `store_store`: write one store item (a chunk index is checked first).
     StoreStore,
+    /// `store_delete`: remove one store item, or one soft-deleted (`deleted=True`).
     StoreDelete,
+    /// `store_move`: rename, soft-delete or undelete one store item.
     StoreMove,
+    /// `inject_exception`: the client's tests make the server raise on purpose.
     InjectException,
+    /// `__len__`: in b21's method table, but its borg 2 repository has no such method: an error.
     Len,
 }
 
@@ -80,8 +102,11 @@ impl Method {
 /// A request that at least carried a usable message id (so it can be answered).
 #[derive(Debug)]
 pub struct Request<'a> {
+    /// The id the answer must carry (the client matches answers by it).
     pub msgid: i64,
+    /// The method's wire name, checked against the table at dispatch.
     pub method: &'a str,
+    /// The named arguments.
     pub args: Args<'a>,
 }
 
@@ -93,7 +118,12 @@ pub enum RequestError {
     Unanswerable(String),
     /// A message id, but no valid method or arguments: answered with an error.
     #[error("{why}")]
-    Malformed { msgid: i64, why: String },
+    Malformed {
+        /// The id to answer with the error.
+        msgid: i64,
+        /// What is wrong with the request.
+        why: String,
+    },
 }
 
 impl<'a> Request<'a> {
@@ -147,7 +177,9 @@ impl<'a> Request<'a> {
 #[derive(Debug, thiserror::Error)]
 #[error("argument '{name}' {why}")]
 pub struct ArgError {
+    /// The argument's name.
     pub name: &'static str,
+    /// What is wrong with it (missing, or its type).
     pub why: String,
 }
 
@@ -240,10 +272,15 @@ impl<'a> Args<'a> {
 /// the client's side of the protocol).
 #[derive(Debug, Clone, Copy)]
 pub enum ArgValue<'a> {
+    /// A Python `str` (msgpack str).
     Str(&'a str),
+    /// A Python `bytes` (msgpack bin).
     Bin(&'a [u8]),
+    /// A Python `bool`.
     Bool(bool),
+    /// A Python `int`.
     Int(i64),
+    /// Python `None`.
     Nil,
 }
 
@@ -276,12 +313,19 @@ pub fn encode_request(msgid: i64, method: &str, args: &[(&str, ArgValue<'_>)]) -
 pub enum Reply {
     /// Python `None`.
     Nil,
+    /// A Python `bool`.
     Bool(bool),
+    /// A Python `bytes` (a key, a manifest, a store item).
     Bytes(Vec<u8>),
     /// `negotiate`: `{"server_version": (2, 0, 0, -3, 21)}`.
     Version,
     /// `info`: `{"id": bytes, "version": int}`.
-    Info { id: [u8; 32], version: u32 },
+    Info {
+        /// The repository's id.
+        id: [u8; 32],
+        /// The repository's version (3 for borg 2).
+        version: u32,
+    },
     /// `list`: `[(id, size), ...]`.
     Ids(Vec<([u8; 32], u64)>),
     /// `store_list`: `[(name, exists, size, directory), ...]` (ItemInfo tuples).
@@ -290,7 +334,14 @@ pub enum Reply {
     Object(crate::store::Object),
     /// A list answer too long to hold (see [`ListAnswer`]): its `count` items, already
     /// encoded, in the first `len` bytes of a temp file.
-    Spooled { count: usize, file: std::fs::File, len: u64 },
+    Spooled {
+        /// How many items.
+        count: usize,
+        /// The temp file holding them, encoded.
+        file: std::fs::File,
+        /// How many of its bytes are theirs.
+        len: u64,
+    },
 }
 
 /// A list answer (`list`, `store_list`) built item by item: held in memory up to `held`
@@ -372,9 +423,13 @@ pub fn encode_id(item: &([u8; 32], u64), out: &mut Vec<u8>) {
 /// What follows an encoded answer header: nothing, bytes, the contents of a file, or the items
 /// of a `list` answer (encoded as they are written, never all at once).
 pub enum Body<'r> {
+    /// Nothing: the header was the whole answer.
     None,
+    /// These bytes.
     Bytes(&'r [u8]),
+    /// This many bytes of this file, from its current offset (sent with `sendfile`).
     File(&'r std::fs::File, u64),
+    /// These `(id, size)` pairs, encoded as they are written.
     Ids(&'r [([u8; 32], u64)]),
 }
 

@@ -14,13 +14,21 @@ pub const MAX_DEPTH: usize = 32;
 /// A decoded msgpack value borrowing its strings and binaries from the receive buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value<'a> {
+    /// nil (Python `None`).
     Nil,
+    /// true or false.
     Bool(bool),
+    /// Any msgpack integer (i128 holds both u64 and i64).
     Int(i128),
+    /// float 32 or 64.
     Float(f64),
+    /// str, valid UTF-8.
     Str(&'a str),
+    /// bin.
     Bin(&'a [u8]),
+    /// array.
     Array(Vec<Value<'a>>),
+    /// map, its pairs in the order sent.
     Map(Vec<(Value<'a>, Value<'a>)>),
 }
 
@@ -55,9 +63,17 @@ impl<'a> Value<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// More bytes are needed; the value ends at or after `needed` bytes from the start.
-    Incomplete { needed: usize },
+    Incomplete {
+        /// At least this many bytes from the start.
+        needed: usize,
+    },
     /// The value would be larger than the configured limit.
-    TooLarge { announced: usize, limit: usize },
+    TooLarge {
+        /// Where the message would end, in bytes from its start, as far as known yet.
+        announced: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
     /// Not valid msgpack for our purposes (reserved byte, ext type, bad utf-8, too deep).
     Invalid(String),
 }

@@ -15,8 +15,11 @@ use crate::store::Error as StoreError;
 /// One exception answer, ready to encode.
 #[derive(Debug, PartialEq)]
 pub struct Exception {
+    /// The class name the client rebuilds (`exception_class`).
     pub class: &'static str,
+    /// The exception's arguments (`exception_args`), which the client's constructor takes.
     pub args: Vec<String>,
+    /// What the user reads (`exception_short`, and the last line of `exception_full`).
     pub message: String,
     /// Whether the client shows a traceback (borg's `ErrorWithTraceback` classes).
     pub trace: bool,

@@ -28,12 +28,16 @@ use puts::PutWriters;
 /// How a session ended, when it did not end cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// Reading the client's stream failed: a vanished peer, a message over the limit.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The client sent what cannot be answered (not even a message id).
     #[error("{0}")]
     Protocol(String),
+    /// Answering failed (the client went away).
     #[error("write to client: {0}")]
     Write(io::Error),
+    /// SIGTERM, SIGHUP or SIGINT ended the session (its lock given back).
     #[error("stopped by signal")]
     Stopped,
 }
@@ -41,7 +45,9 @@ pub enum ServeError {
 /// Logging wishes of the client (`--debug`, `--debug-topic`, ...).
 #[derive(Debug, Clone)]
 pub struct LogConfig {
+    /// The least level sent.
     pub level: Level,
+    /// Debug topics switched on (`borg.debug.<topic>` loggers).
     pub topics: Vec<String>,
 }
 

@@ -33,10 +33,19 @@ use crate::rpc::{encode_reply, Reply, Request};
 /// Socket-mode failures that prevent serving at all.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
+    /// A live server answers on the socket (the socket, and its PID file).
     #[error("another borg serve is already listening on {0} (its PID file: {1})")]
     InUse(PathBuf, PathBuf),
+    /// Making the socket or PID file failed.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// To which path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
 }
 
 fn euid() -> u32 {

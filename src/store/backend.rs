@@ -24,9 +24,13 @@ pub struct WriteOptions {
 /// What `list` and `info` report about an item (borgstore's `ItemInfo`, in its field order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemInfo {
+    /// The item's name within its namespace.
     pub name: String,
+    /// Whether it is there (`info` of a missing name says no).
     pub exists: bool,
+    /// Its size in bytes (0 for directories, and where [`Detail::Names`] was asked).
     pub size: u64,
+    /// Whether it is a directory (a nesting level).
     pub directory: bool,
 }
 
@@ -44,7 +48,9 @@ pub enum Detail {
 /// from backends that have no files, the bytes.
 #[derive(Debug)]
 pub enum Object {
+    /// The open file and its length.
     File(std::fs::File, u64),
+    /// The bytes themselves.
     Bytes(Vec<u8>),
 }
 
@@ -200,6 +206,8 @@ pub struct Subdirectory {
 
 /// Where a staged value waits: in memory (backends without files), or in a temp file.
 pub enum StagedBody {
+    /// The bytes, held.
     Memory(Vec<u8>),
+    /// The temp file they were written to.
     File(TempFile),
 }

@@ -39,10 +39,24 @@ pub enum Error {
     ObjectNotFound(String),
     /// The permission mode does not allow this operation on this name.
     #[error("Permission denied ({mode} mode): {op} of '{name}' needs one of the permissions '{required}'")]
-    PermissionDenied { mode: Mode, op: &'static str, name: String, required: &'static str },
+    PermissionDenied {
+        /// The session's mode.
+        mode: Mode,
+        /// The operation refused.
+        op: &'static str,
+        /// The item it concerned.
+        name: String,
+        /// The permission letters that would allow it.
+        required: &'static str,
+    },
     /// The client named something that is not a valid store name.
     #[error("Invalid store name {name:?}: {why}")]
-    InvalidName { name: String, why: String },
+    InvalidName {
+        /// The name as sent.
+        name: String,
+        /// Which rule it breaks.
+        why: String,
+    },
     /// `create` found something already there.
     #[error("store base path is not empty: {0}")]
     AlreadyExists(PathBuf),
@@ -55,7 +69,14 @@ pub enum Error {
     DoesNotExist(PathBuf),
     /// The file system said no.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        /// The call that failed.
+        op: &'static str,
+        /// The path it concerned.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
     /// A new data object refused: this session found the repository full and gave up room kept
     /// for locks and bookkeeping, which new data must not take back (see `room`).
     #[error("borgd refuses new data: the repository is full ({0}). It could be opened only with \
@@ -120,6 +141,8 @@ pub struct Staged {
 pub struct LeafTimes {
     /// Bytes of key prefix per leaf (the namespace's nesting levels: 2 for `data/`).
     pub depth: usize,
+    /// When each leaf last changed (see [`Subdirectory`]), by number (see [`leaf_of`]); `None`
+    /// where there is no such leaf.
     pub times: Vec<Option<std::time::SystemTime>>,
     /// Which directories hold the leaves: a hash of the ids of the namespace's directory and of
     /// every directory between it and the leaves (see [`Store::tree_identity`]).

@@ -14,9 +14,13 @@ use std::str::FromStr;
 /// The permission modes of `borg serve --permissions` / `BORG_REPO_PERMISSIONS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// `all`: no restriction (the default).
     All,
+    /// `no-delete`: read and add, never delete or overwrite data.
     NoDelete,
+    /// `write-only`: add, never read data.
     WriteOnly,
+    /// `read-only`: read, never write or delete.
     ReadOnly,
 }
 

@@ -43,8 +43,11 @@ fn apply(files: &mut Files, op: &Op) {
 /// A fault to inject: the next operation of kind `op` on a name starting with `prefix` fails.
 #[derive(Debug, Clone)]
 pub struct Fault {
+    /// The kind of operation that fails (the backend method's name).
     pub op: &'static str,
+    /// Which names it fails for.
     pub prefix: String,
+    /// The error it fails with.
     pub errno: i32,
 }
 
