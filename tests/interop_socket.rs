@@ -140,6 +140,18 @@ fn connections_beyond_the_limit_get_a_clear_error() {
     assert!(text.contains("server busy") && text.contains("--max-connections"), "{text}");
     assert!(create.wait().unwrap().success());
     ok_args(&env, &cat(&a, &["repo-list"]));
+
+    // the server's log names each connection's process and user, and the repository it opened
+    let (status, log) = server.stop();
+    assert!(status.success(), "exit status {status}: {log}");
+    // SAFETY: geteuid has no preconditions.
+    let peer = format!("PID {}, UID {}", create.id(), unsafe { libc::geteuid() });
+    let id_of = |line: &str| line.strip_prefix("borgd: accepted connection ")?.split(' ').next().map(str::to_string);
+    let accepted = log.lines().find(|l| l.starts_with("borgd: accepted connection ") && l.ends_with(&format!(" from {peer}")));
+    let id = accepted.and_then(id_of).unwrap_or_else(|| panic!("no connection accepted from {peer}:\n{log}"));
+    let finished = format!("borgd: finished connection {id} ({peer}; repository {})", repo.display());
+    assert!(log.lines().any(|l| l == finished), "no line {finished:?}:\n{log}");
+    assert!(log.contains("borgd: refusing a connection from PID "), "{log}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ pub mod socket;
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -86,7 +87,7 @@ pub fn serve_stream<R: Input, W: Write + AsRawFd + Send + 'static>(
     output: W,
     thread: i64,
     stop: &AtomicBool,
-) -> Result<(), ServeError> {
+) -> Served {
     let fd = output.as_raw_fd();
     let out = Output::shared(Box::new(output), Some(fd));
     let log = Log::new(logcfg.level, logcfg.topics.clone(), Some(out.clone()), false);
@@ -102,7 +103,16 @@ pub fn serve_stream<R: Input, W: Write + AsRawFd + Send + 'static>(
     }
     session.end();
     let _ = locked(&out).and_then(|mut w| w.flush());
-    result
+    Served { result, repository: session.opened().map(Path::to_path_buf) }
+}
+
+/// How a session went: for the process's exit status (stdio) or the server's log (socket mode).
+#[derive(Debug)]
+pub struct Served {
+    /// Whether it ended cleanly.
+    pub result: Result<(), ServeError>,
+    /// The repository it opened last, if any.
+    pub repository: Option<PathBuf>,
 }
 
 fn run<R: Input>(session: &mut Session, out: &SharedOutput, mut reader: FrameReader<R>, input_capacity: Option<usize>, stop: &AtomicBool) -> Result<(), ServeError> {
@@ -307,7 +317,7 @@ pub fn serve_stdio(cfg: Arc<Config>, logcfg: &LogConfig, stop: &AtomicBool) -> R
     // what the client can send before it blocks, for judging naps (see `coalesce`)
     // SAFETY: fcntl on a valid descriptor we own; -1 (not a pipe) is handled.
     let capacity = usize::try_from(unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_GETPIPE_SZ) }).ok().filter(|&c| c > 0);
-    serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), capacity, stdout, 0, stop)
+    serve_stream(cfg, logcfg, crate::signals::Interruptible::new(stdin), capacity, stdout, 0, stop).result
 }
 
 #[cfg(test)]

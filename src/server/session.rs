@@ -3,7 +3,7 @@
 //! Each method reads like the b21 server's: check the arguments, act on the repository, answer.
 //! Only `negotiate`, `open` and `close` are callable before a repository is open.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,8 @@ pub type LaterPut<'r> = (crate::store::LaterWrite, &'r [u8], WrittenKey);
 pub struct Session {
     cfg: Arc<Config>,
     repo: Option<Repository>,
+    /// The path of the repository last opened, kept after it is closed (for socket mode's log).
+    opened: Option<PathBuf>,
     log: Log,
     thread: i64,
 }
@@ -60,7 +62,12 @@ impl Session {
     /// A new session; `thread` tells this session's locks apart from other sessions of this
     /// process (0 in stdio mode, unique and non-zero in socket mode).
     pub fn new(cfg: Arc<Config>, log: Log, thread: i64) -> Session {
-        Session { cfg, repo: None, log, thread }
+        Session { cfg, repo: None, opened: None, log, thread }
+    }
+
+    /// The repository this session opened last (resolved), if it opened one.
+    pub fn opened(&self) -> Option<&Path> {
+        self.opened.as_deref()
     }
 
     /// The session's logger (the serve loop flushes it).
@@ -289,6 +296,7 @@ impl Session {
         let repo = Repository::open(&path, &opts, Owner::current(self.thread), &self.log)?;
         let id = repo.id();
         self.repo = Some(repo);
+        self.opened = Some(path);
         Ok(Reply::Bytes(id.to_vec()))
     }
 }

@@ -257,6 +257,25 @@ fn wait_for_connection(listener: &UnixListener, max: Duration) {
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
 }
 
+/// Who is at the other end of a connection, for the server's log: the peer's process and user
+/// as the kernel recorded them when it connected (`SO_PEERCRED`).
+fn peer(stream: &UnixStream) -> String {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred of that size, on a
+    // descriptor the stream owns.
+    let r = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, std::ptr::addr_of_mut!(cred).cast(), &mut len)
+    };
+    if r != 0 {
+        format!("an unknown peer ({})", io::Error::last_os_error())
+    } else if len as usize != std::mem::size_of::<libc::ucred>() {
+        "an unknown peer".to_string()
+    } else {
+        format!("PID {}, UID {}", cred.pid, cred.uid)
+    }
+}
+
 /// Serves `socket://` clients on `path` until `stop` is set.
 pub fn serve_socket(
     cfg: Arc<Config>,
@@ -296,7 +315,7 @@ pub fn serve_socket(
                 continue;
             }
             unanswered.report_if_due();
-            eprintln!("borgd: refusing a connection: {active} sessions active (--max-connections {max_connections})");
+            eprintln!("borgd: refusing a connection from {}: {active} sessions active (--max-connections {max_connections})", peer(&stream));
             let msg = format!("borgd: server busy: {active} sessions active, the limit is {max_connections} (--max-connections); try again later");
             refusing.fetch_add(1, Ordering::Relaxed);
             let done = Arc::clone(&refusing);
@@ -318,15 +337,17 @@ pub fn serve_socket(
         if let Ok(mut s) = sessions.lock() {
             s.insert(id, registered);
         }
-        eprintln!("borgd: accepted connection {id} on socket {}", path.display());
+        let peer = peer(&stream);
+        eprintln!("borgd: accepted connection {id} on socket {} from {peer}", path.display());
         let cfg = cfg.clone();
         let logcfg = logcfg.clone();
         let registry = sessions.clone();
         let spawned = std::thread::Builder::new().name(format!("session-{id}")).spawn(move || {
-            let result = serve_stream(cfg, &logcfg, reader, None, stream, id, stop);
-            match result {
-                Ok(()) | Err(ServeError::Stopped) => eprintln!("borgd: finished connection {id}"),
-                Err(e) => eprintln!("borgd: connection {id} ended: {e}"),
+            let served = serve_stream(cfg, &logcfg, reader, None, stream, id, stop);
+            let repository = served.repository.map_or_else(|| "no repository opened".to_string(), |p| format!("repository {}", p.display()));
+            match served.result {
+                Ok(()) | Err(ServeError::Stopped) => eprintln!("borgd: finished connection {id} ({peer}; {repository})"),
+                Err(e) => eprintln!("borgd: connection {id} ended: {e} ({peer}; {repository})"),
             }
             if let Ok(mut s) = registry.lock() {
                 s.remove(&id);
