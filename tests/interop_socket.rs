@@ -132,7 +132,9 @@ fn connections_beyond_the_limit_get_a_clear_error() {
     let repo = env.path("repo");
     let a = server.args(&repo);
     ok_args(&env, &cat(&a, &["repo-create", "-e", "none"]));
-    let mut create = slow_create(&env, &a, "busy", Duration::from_secs(4));
+    // fed for 12 s: under the whole suite's load a client's start-up took longer than the 4 s
+    // fed before, and the backup was over before the second client connected
+    let mut create = slow_create(&env, &a, "busy", Duration::from_secs(12));
     wait_for_file(&repo.join("locks"));
     let busy = cat(&a, &["repo-list"]);
     let v: Vec<&str> = busy.iter().map(String::as_str).collect();

@@ -5,7 +5,15 @@
 //! a full check starts over and forgets any partial progress. Progress is checkpointed every
 //! five minutes. With `repair`, an object that is still corrupt when read a second time is
 //! deleted. A full pass that reaches the end writes a fresh chunk-index cache listing every
-//! object it kept and deletes all other cached indexes, so clients relearn what exists.
+//! object that verified and deletes all other cached indexes, so clients relearn what exists.
+//!
+//! Unlike b21, a check without `repair` leaves the corrupt objects it keeps out of that index
+//! too. Python lists them ("the index may have corrupted objects"), and clients trust the index:
+//! the next backup references a corrupt chunk instead of uploading it again, and is broken too
+//! (found by hand: a power cut in the middle of a backup leaves objects whose names were written
+//! but not their data; `borg check`, then `borg create` of the same files, and that archive failed
+//! to extract). Left out, a chunk a backup needs is uploaded again, and its `put` replaces the
+//! corrupt object (see `Repository::put`), which heals every archive that references it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -89,7 +97,8 @@ impl Repository {
                         corrupt = self.repair_object(&key, name, log)?;
                     }
                 }
-                if !(corrupt && repair) {
+                // only what verified: a client must never take a corrupt object for a stored chunk
+                if !corrupt {
                     if let Some(id) = super::unhex32(name) {
                         kept.push(&id)?;
                     }

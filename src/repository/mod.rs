@@ -175,6 +175,9 @@ impl Repository {
     pub fn open_backend(backend: Box<dyn Backend>, location: String, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
         let opened = SystemTime::now();
         let mut store = Store::new(backend, borg_levels(opts.data_levels), opts.permissions.clone(), opts.durability);
+        // a put may replace a damaged object even where the mode forbids overwriting (a power
+        // cut can leave an object's name without its data; the client's upload repairs it)
+        store.replace_damaged(repoobj::damaged);
         if opts.create {
             Self::create(&mut store, &location, log)?;
         }
@@ -824,6 +827,76 @@ mod tests {
         assert!(repo.check(true, 0.0, &log).unwrap());
         assert_eq!(h.live().keys().filter(|k| k.ends_with(".tmp")).count(), 0);
         assert_eq!(repo.list(None, None, &log).unwrap().len(), 1);
+    }
+
+    /// A check, plain or repairing, writes a fresh index of the objects that verified only: a
+    /// corrupt one a plain check keeps is not listed, so no client takes it for a stored chunk.
+    #[test]
+    fn a_check_leaves_corrupt_objects_out_of_the_fresh_index() {
+        for repair in [false, true] {
+            let (mut repo, h, log) = sim_repo();
+            for i in 1..=3u8 {
+                repo.put(&[i; 32], &repoobj::Header::wrap(b"m", &[i; 100]), &log).unwrap();
+            }
+            // object 2 as a power cut leaves it: its name written, its data not
+            h.plant(&format!("data/02/02/{}", hex(&[2; 32])), b"");
+            assert!(repo.check(repair, 0.0, &log).unwrap() == repair);
+            let caches: Vec<_> = h.live().into_iter().filter(|(k, _)| k.starts_with("cache/chunks.")).collect();
+            assert_eq!(caches.len(), 1);
+            let index = &caches[0].1;
+            assert_eq!(index.len(), 16 + 0x119 + 2 * 40, "repair {repair}: two entries");
+            let listed = |id: &[u8; 32]| index.windows(32).any(|w| w == id);
+            assert!(listed(&[1; 32]) && listed(&[3; 32]) && !listed(&[2; 32]), "repair {repair}");
+            assert_eq!(h.live().contains_key(&format!("data/02/02/{}", hex(&[2; 32]))), !repair);
+        }
+    }
+
+    /// Where the permission mode forbids overwriting (no-delete, write-only), a put replaces an
+    /// existing object only if it is damaged — as a power cut leaves one: a name without its data
+    /// — on the simulated disk and on a real one (small objects linked unnamed, large ones
+    /// written directly and streamed), and an intact one still refuses.
+    #[test]
+    fn a_put_replaces_a_damaged_object_where_overwriting_is_forbidden() {
+        let small = repoobj::Header::wrap(b"m", &[7; 1000]);
+        let large = repoobj::Header::wrap(b"m", &vec![9; 700 * 1024]);
+        for mode in [Mode::NoDelete, Mode::WriteOnly] {
+            let mode_opts = OpenOptions { permissions: Permissions::for_mode(mode), ..opts(false) };
+            // the simulated disk
+            let (repo, h, log) = sim_repo();
+            repo.close(&log).unwrap();
+            let mut repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &mode_opts, Owner::current(0), &log).unwrap();
+            repo.put(&[1; 32], &small, &log).unwrap();
+            let name = format!("data/01/01/{}", hex(&[1; 32]));
+            let e = repo.put(&[1; 32], &small, &log).unwrap_err();
+            assert!(matches!(e, Error::Store(store::Error::PermissionDenied { .. })), "{mode}: {e}");
+            h.plant(&name, b"");
+            repo.put(&[1; 32], &small, &log).unwrap();
+            assert_eq!(h.live()[&name], small, "{mode}");
+            repo.close(&log).unwrap();
+
+            // a real disk: each way an object is written
+            let (_dir, path, log) = on_disk();
+            Repository::open(&path, &opts(true), Owner::current(0), &log).unwrap().close(&log).unwrap();
+            let mut repo = Repository::open(&path, &mode_opts, Owner::current(0), &log).unwrap();
+            for (i, obj, streamed) in [(1u8, &small, false), (2, &large, false), (3, &large, true)] {
+                let put = |repo: &mut Repository| {
+                    if streamed {
+                        repo.put_from(&[i; 32], obj.len() as u64, &mut &obj[..], &log)
+                    } else {
+                        repo.put(&[i; 32], obj, &log)
+                    }
+                };
+                put(&mut repo).unwrap();
+                let file = path.join(format!("data/{:02x}/{:02x}/{}", i, i, hex(&[i; 32])));
+                assert!(put(&mut repo).is_err(), "{mode}, object {i}: an intact object overwritten");
+                for damage in [0, obj.len() as u64 - 1] {
+                    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(damage).unwrap();
+                    put(&mut repo).unwrap_or_else(|e| panic!("{mode}, object {i} cut to {damage}: {e}"));
+                    assert_eq!(&std::fs::read(&file).unwrap(), obj, "{mode}, object {i}");
+                }
+            }
+            repo.close(&log).unwrap();
+        }
     }
 
     #[test]

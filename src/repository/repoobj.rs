@@ -70,6 +70,33 @@ pub fn verify(obj: &[u8]) -> Vec<&'static str> {
     problems
 }
 
+/// Whether the object read from `r` (`len` bytes) fails [`verify`] — a power cut can leave a
+/// name without its data — read in pieces, so memory stays bounded whatever the object's size.
+/// An object that cannot be read counts as damaged. For [`crate::store::Store::replace_damaged`].
+pub fn damaged(r: &mut dyn std::io::Read, len: u64) -> bool {
+    let mut head = [0u8; HEADER_SIZE];
+    if len < HEADER_SIZE as u64 || r.read_exact(&mut head).is_err() {
+        return true;
+    }
+    let Some(h) = Header::parse(&head) else { return true };
+    if len < HEADER_SIZE as u64 + u64::from(h.meta_size) + u64::from(h.data_size) {
+        return true;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut hash = |n: u32| -> Option<[u8; 8]> {
+        let mut x = xxhash_rust::xxh64::Xxh64::new(0);
+        let mut left = n as usize;
+        while left > 0 {
+            let k = left.min(buf.len());
+            r.read_exact(&mut buf[..k]).ok()?;
+            x.update(&buf[..k]);
+            left -= k;
+        }
+        Some(x.digest().to_be_bytes())
+    };
+    hash(h.meta_size) != Some(h.meta_hash) || hash(h.data_size) != Some(h.data_hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +113,24 @@ mod tests {
         let mut badmeta = obj;
         badmeta[HEADER_SIZE] ^= 1;
         assert_eq!(verify(&badmeta), ["metadata does not match checksum."]);
+    }
+
+    /// `damaged`, reading in pieces, says what `verify` says of the whole object.
+    #[test]
+    fn damaged_agrees_with_verify() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let obj = Header::wrap(b"meta", &data);
+        let mut variants: Vec<Vec<u8>> = vec![obj.clone(), Vec::new(), obj[..10].to_vec(), obj[..obj.len() - 1].to_vec()];
+        for at in [HEADER_SIZE, HEADER_SIZE + 4, HEADER_SIZE + 4 + 70_000, obj.len() - 1, 3] {
+            let mut v = obj.clone();
+            v[at] ^= 0x10;
+            variants.push(v);
+        }
+        variants.push([&obj[..], b"trailing"].concat()); // verify ignores what follows
+        for (i, v) in variants.iter().enumerate() {
+            assert_eq!(damaged(&mut &v[..], v.len() as u64), !verify(v).is_empty(), "variant {i}");
+        }
+        assert!(!damaged(&mut &obj[..], obj.len() as u64));
+        assert!(damaged(&mut &obj[..], obj.len() as u64 - 1), "shorter than its header says");
     }
 }

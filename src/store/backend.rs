@@ -11,7 +11,7 @@ use super::Error;
 use super::{LeafTimes, Store};
 
 /// How a backend writes an item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct WriteOptions {
     /// On stable storage (file and directory) before returning.
     pub durable: bool,
@@ -19,7 +19,23 @@ pub struct WriteOptions {
     /// [`Error::ItemExists`] and changes nothing — decided atomically by the backend, so a
     /// permission mode without `W` costs no look-up per write and has no check-then-write race.
     pub replace: bool,
+    /// Where `replace` is false, an existing item this test finds damaged is replaced all the
+    /// same: a repair, not an overwrite. (A power cut can leave a data object's name without its
+    /// data; a mode without `W` would otherwise refuse the client's upload of it for good.)
+    /// Looked at only when the item exists, so the usual write costs nothing more.
+    pub replace_damaged: Option<DamageTest>,
 }
+
+impl WriteOptions {
+    /// Options that replace an existing item, or keep it, without a damage test.
+    pub fn plain(durable: bool, replace: bool) -> WriteOptions {
+        WriteOptions { durable, replace, replace_damaged: None }
+    }
+}
+
+/// Whether an existing item, read from the start (its length given), is damaged: the store's
+/// owner knows what its items must look like (see [`Store::replace_damaged`]).
+pub type DamageTest = fn(&mut dyn io::Read, u64) -> bool;
 
 /// What `list` and `info` report about an item (borgstore's `ItemInfo`, in its field order).
 #[derive(Debug, Clone, PartialEq, Eq)]

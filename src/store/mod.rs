@@ -20,7 +20,7 @@ mod room;
 #[cfg(test)]
 pub mod sim;
 
-pub use backend::{Backend, Detail, ItemInfo, ItemWriter, Object, StagedBody, Subdirectory, WriteOptions};
+pub use backend::{Backend, DamageTest, Detail, ItemInfo, ItemWriter, Object, StagedBody, Subdirectory, WriteOptions};
 pub use name::{nest, push_hex, validate as validate_name, DEL_SUFFIX, MAX_NAME_LENGTH};
 pub use permissions::{Mode, Permissions};
 pub use posixfs::{rewrite_note, PosixFs, TempFile};
@@ -250,6 +250,8 @@ pub struct Store {
     permissions: Permissions,
     durability: Durability,
     room: room::Room,
+    /// What makes an existing data object damaged, so that a mode without `W` may replace it.
+    damaged_data: Option<DamageTest>,
 }
 
 impl Store {
@@ -261,7 +263,13 @@ impl Store {
         durability: Durability,
     ) -> Store {
         levels.sort_by_key(|(ns, _)| std::cmp::Reverse(ns.len()));
-        Store { backend, levels, permissions, durability, room: room::Room::default() }
+        Store { backend, levels, permissions, durability, room: room::Room::default(), damaged_data: None }
+    }
+
+    /// Lets a write of a data object replace an existing one that `test` finds damaged, even
+    /// where the permission mode forbids overwriting (see [`WriteOptions::replace_damaged`]).
+    pub fn replace_damaged(&mut self, test: DamageTest) {
+        self.damaged_data = Some(test);
     }
 
     /// Where the store lives, for messages.
@@ -643,7 +651,8 @@ impl Store {
             true
         };
         let durable = self.ordered_write(name)?;
-        Ok((nested, WriteOptions { durable, replace }))
+        let replace_damaged = if replace || !is_data(name) { None } else { self.damaged_data };
+        Ok((nested, WriteOptions { durable, replace, replace_damaged }))
     }
 
     /// Deletes an item for good (see [`Store::move_item`] for the undoable kind, a soft delete).

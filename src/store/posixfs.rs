@@ -182,7 +182,7 @@ fn write_unnamed(dir: &Dir, unnamed: &AtomicBool, file: &str, v: &[u8], how: Wri
     }
     match dir.link_unnamed(&f, file) {
         Ok(linked) => Ok(linked),
-        Err(e) if how.replace && e.raw_os_error() == Some(libc::EEXIST) => {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && replaceable(dir, file, how) => {
             let tmp = temp_name(file);
             if !dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))? {
                 return Ok(false);
@@ -285,11 +285,29 @@ fn write_named(
         }
         Ok(())
     });
-    let renamed = written.and_then(|()| rename_into_place(dir, &tmp, file, how.replace).map_err(|e| ("rename", e)));
+    let renamed = written.and_then(|()| {
+        match rename_into_place(dir, &tmp, file, how.replace) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && replaceable(dir, file, how) => dir.rename(&tmp, dir, file),
+            other => other,
+        }
+        .map_err(|e| ("rename", e))
+    });
     if renamed.is_err() {
         let _ = dir.unlink(&tmp);
     }
     renamed
+}
+
+/// Whether `how` lets the existing `file` in `dir` be replaced: always with `replace`, else
+/// only if its damage test finds it damaged (read beneath `dir`, never through a symlink).
+fn replaceable(dir: &Dir, file: &str, how: WriteOptions) -> bool {
+    if how.replace {
+        return true;
+    }
+    let Some(damaged) = how.replace_damaged else { return false };
+    let Ok(mut existing) = dir.open_file(file) else { return false };
+    let Ok(meta) = existing.metadata() else { return false };
+    meta.is_file() && damaged(&mut existing, meta.len())
 }
 
 /// Renames temp file `tmp` in `dir` to `file`; without `replace` an existing `file` is an
@@ -872,7 +890,7 @@ impl Backend for PosixFs {
 mod tests {
     use super::*;
 
-    const PLAIN: WriteOptions = WriteOptions { durable: false, replace: true };
+    const PLAIN: WriteOptions = WriteOptions { durable: false, replace: true, replace_damaged: None };
 
     #[test]
     fn writes_are_atomic_and_temp_files_are_never_listed() {
@@ -918,7 +936,7 @@ mod tests {
                 let mut fs = PosixFs::new(dir.path().join("repo"), durability);
                 fs.create().unwrap();
                 let durable = durability == Durability::Always;
-                let (plain, keep) = (WriteOptions { durable, replace: true }, WriteOptions { durable, replace: false });
+                let (plain, keep) = (WriteOptions::plain(durable, true), WriteOptions::plain(durable, false));
                 fs.store("data/ab/cd/abcd", b"first", plain).unwrap();
                 fs.store("data/ab/cd/abcd", b"second", plain).unwrap();
                 assert!(matches!(fs.store("data/ab/cd/abcd", b"third", keep), Err(Error::ItemExists(_))));
@@ -949,7 +967,7 @@ mod tests {
         let (without, with) = (dir.path().join("nfs"), dir.path().join("local"));
         NO_TMPFILE_BENEATH.with(|p| *p.borrow_mut() = Some(without.clone()));
         let created = || UNNAMED_CREATED.with(|c| c.get());
-        let plain = WriteOptions { durable: false, replace: true };
+        let plain = WriteOptions::plain(false, true);
         let mut first = PosixFs::new(without.join("repo"), Durability::Barrier);
         first.create().unwrap();
         let before = created();
@@ -977,7 +995,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut fs = PosixFs::new(dir.path().join("repo"), Durability::Barrier);
         fs.create().unwrap();
-        fs.store("locks/abcd", b"record", WriteOptions { durable: false, replace: true }).unwrap();
+        fs.store("locks/abcd", b"record", WriteOptions::plain(false, true)).unwrap();
         assert!(!fs.dirty_files.is_empty() && !fs.dirty_overflow, "nothing for the barrier to fsync item by item");
         OPENS_FAIL_WITH.with(|c| c.set(Some(libc::EMFILE)));
         let synced = fs.barrier();

@@ -220,7 +220,7 @@ fn write_piece(backend: &mut dyn Backend, name: &str, len: u64) -> Result<(), Er
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).map_err(|e| Error::Io { op: "getrandom", path: "".into(), source: std::io::Error::other(e.to_string()) })?;
     let mut noise = Noise::new(u64::from_le_bytes(seed), len);
-    backend.store_from(name, len, &mut noise, WriteOptions { durable: false, replace: true })
+    backend.store_from(name, len, &mut noise, WriteOptions::plain(false, true))
 }
 
 #[cfg(test)]

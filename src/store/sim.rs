@@ -211,8 +211,10 @@ impl Backend for SimDisk {
         let durable = how.durable;
         self.with(|i| {
             Self::fault(i, "store", name)?;
-            if !how.replace && i.live.contains_key(name) {
-                return Err(Error::ItemExists(name.to_string()));
+            if let Some(v) = i.live.get(name).filter(|_| !how.replace) {
+                if !how.replace_damaged.is_some_and(|damaged| damaged(&mut &v[..], v.len() as u64)) {
+                    return Err(Error::ItemExists(name.to_string()));
+                }
             }
             Self::room_for(i, name, value.len() as u64, true)?;
             Self::record(i, Op::Store(name.to_string(), value.to_vec()), durable);
