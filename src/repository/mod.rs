@@ -399,7 +399,9 @@ impl Repository {
         Self::data_name(id)
     }
 
-    /// `put(id, data)`: stores an object (refusing more than [`MAX_DATA_SIZE`]).
+    /// `put(id, data)`: stores an object (refusing more than [`MAX_DATA_SIZE`]). An existing
+    /// object that does not verify is replaced even where the mode forbids overwriting
+    /// (`repoobj::damaged`, given to the store as it opens).
     pub fn put(&mut self, id: &[u8], data: &[u8], log: &Log) -> Result<(), Error> {
         let name = self.prepare_put(id, data.len() as u64, log)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
