@@ -520,6 +520,8 @@ fn damaged_chunks_are_replaced_by_the_next_backup() {
     }
     let text = env.fails(&["-r", &url, "check", "--repository-only"]);
     assert!(text.contains("is corrupted: too small"), "{text}");
+    let hint = format!("borgd: {} corrupted object", damaged.len());
+    assert!(text.contains(&hint) && text.contains("left out of the chunk index written now: a backup that needs one uploads it again"), "{text}");
 
     env.with_server_args(&["--permissions=no-delete"]);
     env.ok(&["-r", &url, "create", "a2", src.to_str().unwrap()]);

@@ -145,6 +145,13 @@ impl Repository {
             log.info(LOGGER, &format!("Finished {mode} repository check, errors found and repaired."));
         } else {
             log.error(LOGGER, &format!("Finished {mode} repository check, errors found."));
+            if finished && !partial {
+                let s = if errors == 1 { "" } else { "s" };
+                log.warning(LOGGER, &format!(
+                    "borgd: {errors} corrupted object{s} left out of the chunk index written now: a backup that needs \
+                     one uploads it again, which replaces it; borg check --repair deletes them."
+                ));
+            }
         }
         Ok(errors == 0 || repair)
     }
