@@ -141,6 +141,14 @@ fn live_locks(store: &mut Store, log: &Log) -> Result<Vec<Found>, Error> {
             Err(store::Error::ObjectNotFound(_)) => continue, // released meanwhile
             Err(e) => return Err(e.into()),
         };
+        if content.is_empty() {
+            // No live borg ever shows an empty record (each is written whole before its name
+            // appears); a power cut does, keeping the name and losing the data. It is as dead as
+            // its writer: refusing it would lock the repository until someone breaks the lock.
+            log.warning(LOGGER, &format!("Removing the empty lock record {name}: a crash lost what its writer wrote."));
+            delete_record(store, &info.name, log)?;
+            continue;
+        }
         let corrupt = |why: String| Error::Corrupt { name: name.clone(), why };
         let rec: Record = serde_json::from_slice(&content).map_err(|e| corrupt(e.to_string()))?;
         let time = DateTime::parse_from_rfc3339(&rec.time)
@@ -431,5 +439,23 @@ mod tests {
         let l = Lock::acquire(&mut s, true, Duration::from_secs(1), Owner::current(0), &log).unwrap();
         assert_eq!(s.list("locks", false).unwrap().len(), 1);
         l.release(&mut s, &log).unwrap();
+    }
+
+    /// An empty record — what a power cut leaves of one: its name without its data — is removed
+    /// as stale; any other record that is not a lock is still refused, named in the error.
+    #[test]
+    fn an_empty_record_is_stale_and_a_garbled_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path());
+        let log = Log::silent();
+        s.store("locks/68bde828335524e9", b"").unwrap();
+        let l = Lock::acquire(&mut s, true, Duration::from_secs(1), Owner::current(0), &log).unwrap();
+        assert_eq!(s.list("locks", false).unwrap().len(), 1, "the empty record is gone, ours is there");
+        l.release(&mut s, &log).unwrap();
+        s.store("locks/0123456789abcdef", b"{\"exclusive\": tr").unwrap();
+        let Err(e) = Lock::acquire(&mut s, true, Duration::from_secs(1), Owner::current(0), &log) else {
+            panic!("a garbled record taken for stale");
+        };
+        assert!(matches!(&e, Error::Corrupt { name, .. } if name == "locks/0123456789abcdef"), "{e}");
     }
 }

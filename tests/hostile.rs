@@ -484,9 +484,10 @@ fn termination_signals_end_the_session_and_release_the_lock() {
 
 /// Small puts are written by a session's writer threads and answered as each is written; what a
 /// client sends after them must see them all. One write carries 300 puts, a `get` of one of
-/// them and a `list`; in no-delete mode a second put of an object already written is refused
-/// (atomically, by the writer) with the same error as before. Every msgid is answered exactly
-/// once, the `get` and `list` see every put, and Python's `borg check` passes afterwards.
+/// them and a `list`; in no-delete mode a delete of one is refused, and a second put under the
+/// id of an object already written (with other contents) keeps the object there: the writer
+/// finds the name taken, and the object intact. Every msgid is answered exactly once, the `get`s
+/// and `list` see every put, and Python's `borg check` passes afterwards.
 #[test]
 fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
     let (env, _allowed, _outside, repo) = setup();
@@ -505,9 +506,13 @@ fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
     for (id, obj) in &objects {
         batch.extend(raw.request("put", &[("id", Arg::Bin(id)), ("data", Arg::Bin(obj))]));
     }
-    // the same object again: no-delete mode may not replace it
-    batch.extend(raw.request("put", &[("id", Arg::Bin(&objects[7].0)), ("data", Arg::Bin(&objects[7].1))]));
+    // no-delete mode: a delete is refused; a put whose name is taken keeps the intact object
+    batch.extend(raw.request("delete", &[("id", Arg::Bin(&objects[7].0))]));
     let again = raw.next_id;
+    let other = borgd::repository::repoobj::Header::wrap(b"other", b"not what is stored");
+    batch.extend(raw.request("put", &[("id", Arg::Bin(&objects[8].0)), ("data", Arg::Bin(&other))]));
+    batch.extend(raw.request("get", &[("id", Arg::Bin(&objects[8].0))]));
+    let kept = raw.next_id;
     batch.extend(raw.request("get", &[("id", Arg::Bin(&objects[299].0))]));
     let get = raw.next_id;
     batch.extend(raw.request("list", &[("limit", Arg::Int(1000)), ("marker", Arg::Nil)]));
@@ -527,6 +532,9 @@ fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
         if i == get {
             assert!(answer.ends_with(&objects[299].1), "get sees the put before it");
         }
+        if i == kept {
+            assert!(answer.ends_with(&objects[8].1), "the intact object kept");
+        }
         if i == list {
             let Some(Value::Array(items)) = v.get("r") else { panic!("list answer") };
             let listed = items.iter().filter(|it| matches!(it, Value::Array(p) if matches!(p.first(), Some(Value::Bin(b)) if b[4] == 0xa5))).count();
@@ -534,7 +542,7 @@ fn pipelined_puts_are_answered_once_each_and_seen_by_what_follows() {
         }
         assert!(answered.insert(i, error).is_none(), "msgid {i} answered twice");
     }
-    assert_eq!(answered[&again].as_deref(), Some("PathPermissionDenied"), "a replace in no-delete mode is refused");
+    assert_eq!(answered[&again].as_deref(), Some("PathPermissionDenied"), "a delete in no-delete mode is refused");
     assert!(answered.iter().filter(|(i, _)| **i != again).all(|(_, e)| e.is_none()), "{answered:?}");
     raw.call("close", &[]).unwrap();
     assert!(raw.finish().0);

@@ -2,8 +2,9 @@
 //! same file system remounted read-only, a repository at its quota (a Btrfs quota group), a
 //! larger one on a full ext3 (no `fallocate`), a `repo-create` on a tmpfs out of inodes,
 //! `data/` replaced by a copy of itself during a backup, a power cut right after a backup (on
-//! ext4 and XFS), and damaged chunks replaced by the next backup. (EIO and EACCES — which root
-//! cannot be denied — are covered by the simulated disk in the unit tests: `repository::tests`.)
+//! ext4 and XFS) and in the middle of one, and damaged chunks replaced by the next backup. (EIO
+//! and EACCES — which root cannot be denied — are covered by the simulated disk in the unit
+//! tests: `repository::tests`.)
 //!
 //! These tests mount tmpfs and loop-mounted Btrfs, ext3, ext4 and XFS, so they need root (as CI
 //! has; root is subject to Btrfs quota groups, and an ext3 made with `-m 0` keeps no blocks for
@@ -12,7 +13,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::{files_below, Env, Mounted};
 
@@ -495,8 +497,8 @@ fn acknowledged_backups_survive_a_power_cut_on_xfs() {
 /// a fresh chunk index without them (Python's lists them: the next backup then took them for
 /// stored chunks and could not be extracted), so the next backup uploads that file's chunks
 /// again, and each put replaces the damaged object although `--permissions=no-delete` forbids
-/// overwriting (an intact one it still refuses: `a_put_replaces_a_damaged_object_...` in the
-/// unit tests). Both archives then extract whole, and both checks are clean.
+/// overwriting (an intact one is kept: `a_put_of_a_taken_name_...` in the unit tests). Both
+/// archives then extract whole, and both checks are clean.
 #[test]
 fn damaged_chunks_are_replaced_by_the_next_backup() {
     let mut env = Env::new();
@@ -538,4 +540,78 @@ fn damaged_chunks_are_replaced_by_the_next_backup() {
         let got = std::fs::read(out.join(src.strip_prefix("/").unwrap()).join("big.bin")).unwrap();
         assert!(got == big, "{archive}: big.bin differs");
     }
+}
+
+/// A power cut in the middle of a backup into a no-delete repository, and the backup after it.
+/// The repository's disk (ext4) is an image on an XFS file system of its own, so that a reflink
+/// copy of it (`cp --reflink=always`: the image as the device has it, at one instant) is what a
+/// power cut leaves. The first objects are written back (`sync`, as the kernel does within 30 s);
+/// later, the client is stopped for 6 s: ext4 commits the names of the objects put since while
+/// their data, in the page cache, is not written yet, as a power cut finds a backup in full flow.
+/// On the copy, the next backup through a no-delete server uploads again everything the cut one
+/// put (no chunk index lists it): each put of an intact object keeps it, of a name without data
+/// replaces it — Python's server refuses both, as borgstore asks for `W` whenever a name exists.
+/// That backup then extracts whole, and both checks are clean.
+#[test]
+fn a_backup_after_a_power_cut_in_the_middle_of_one() {
+    let mut env = Env::new();
+    // the copy is the same repository at another path, opened locally too
+    env.set_env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes");
+    let host = support::loop_fs("xfs", 1024, &env.path("host.img"), &env.path("host"));
+    let image = host.0.join("disk.img");
+    let disk = support::loop_fs_with("ext4", &["-E", "lazy_itable_init=0,lazy_journal_init=0"], 512, &image, &env.path("disk"));
+    // small files (their chunks go through the page cache) and large ones (written directly)
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..1500u64 {
+        std::fs::write(src.join(format!("s{i}")), support::noise(i, 2_000 + (i as usize * 37) % 18_000)).unwrap();
+    }
+    for i in 0..4u64 {
+        std::fs::write(src.join(format!("big{i}")), support::noise(5000 + i, 3 * 1024 * 1024)).unwrap();
+    }
+    let url = env.ssh_url(&disk.0.join("repo"));
+    env.ok(&["-r", &url, "repo-create", "-e", "repokey-aes-ocb"]);
+
+    env.with_server_args(&["--permissions=no-delete"]);
+    let mut cut = env.command(&["-r", &url, "create", "cut", src.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let data = disk.0.join("repo/data");
+    // SAFETY (both): signalling our own child
+    let pause = |cut: &std::process::Child| unsafe { libc::kill(cut.id() as i32, libc::SIGSTOP) };
+    let resume = |cut: &std::process::Child| unsafe { libc::kill(cut.id() as i32, libc::SIGCONT) };
+    // the first objects written back (as the kernel does within 30 s), the later ones not
+    support::wait_until(Duration::from_secs(60), "150 objects put", || files_below(&data).len() >= 150);
+    pause(&cut);
+    let synced = files_below(&data).len();
+    assert!(Command::new("sync").status().unwrap().success());
+    resume(&cut);
+    support::wait_until(Duration::from_secs(60), "more objects put", || files_below(&data).len() >= synced + 200);
+    pause(&cut);
+    std::thread::sleep(Duration::from_secs(6));
+    let copy = host.0.join("cut.img");
+    let copied = Command::new("cp").arg("--reflink=always").arg(&image).arg(&copy).status().unwrap();
+    assert!(copied.success(), "a reflink copy on XFS");
+    cut.kill().unwrap();
+    cut.wait().unwrap();
+    // the cut session's server sees its client gone, gives its lock back and ends
+    support::wait_until(Duration::from_secs(20), "the cut session's lock released", || files_below(&disk.0.join("repo/locks")).is_empty());
+    drop(disk);
+
+    let cut = Mounted::mount("ext4", "loop", &copy, &env.path("cut"));
+    let repo = cut.0.join("repo");
+    let objects = files_below(&repo.join("data"));
+    let without_data = objects.iter().filter(|p| std::fs::metadata(p).unwrap().len() == 0).count();
+    eprintln!("the copy: {} objects, {without_data} of them without data", objects.len());
+    assert!(objects.len() >= synced + 200, "the copy holds {} objects", objects.len());
+    assert!(objects.len() - without_data >= synced, "objects written back before were lost");
+    let url = env.ssh_url(&repo);
+    env.ok(&["-r", &url, "create", "next", src.to_str().unwrap()]);
+    env.without_server_args();
+    let left: Vec<_> = files_below(&repo.join("data")).into_iter().filter(|p| std::fs::metadata(p).unwrap().len() == 0).collect();
+    assert!(left.is_empty(), "objects still without data: {left:?}");
+    env.ok(&["-r", &url, "check"]);
+    env.ok(&["-r", repo.to_str().unwrap(), "check"]);
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(env.command(&["-r", &url, "extract", "next"]).current_dir(&out).status().unwrap().success());
+    support::assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }

@@ -96,12 +96,17 @@ fn lifecycle(mode: &str) {
     env.fails(&["-r", &url, "--lock-wait", "1", "list", "a4"]);
     r(&["break-lock"]);
     assert!(files_below(&locks).is_empty());
-    // an unreadable lock record (a crash while it was written) is named, with what to do, and
-    // break-lock removes it (through Python's server break-lock fails on it too)
-    std::fs::write(locks.join("0123456789abcdef"), b"").unwrap();
+    // an unreadable lock record is named, with what to do, and break-lock removes it (through
+    // Python's server break-lock fails on it too)
+    std::fs::write(locks.join("0123456789abcdef"), br#"{"exclusive": tr"#).unwrap();
     let refused = env.fails(&["-r", &url, "list", "a4"]);
     assert!(refused.contains("locks/0123456789abcdef") && refused.contains("break-lock"), "{refused}");
     r(&["break-lock"]);
+    assert!(files_below(&locks).is_empty());
+    // an empty one, what a power cut leaves of a lock, is stale: removed, with a warning
+    std::fs::write(locks.join("0123456789abcdef"), b"").unwrap();
+    let listed = r(&["list", "a4"]);
+    assert!(listed.contains("Removing the empty lock record locks/0123456789abcdef"), "{listed}");
     assert!(files_below(&locks).is_empty());
 
     let ri = r(&["repo-info"]);

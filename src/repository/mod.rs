@@ -175,9 +175,10 @@ impl Repository {
     pub fn open_backend(backend: Box<dyn Backend>, location: String, opts: &OpenOptions, owner: Owner, log: &Log) -> Result<Repository, Error> {
         let opened = SystemTime::now();
         let mut store = Store::new(backend, borg_levels(opts.data_levels), opts.permissions.clone(), opts.durability);
-        // a put may replace a damaged object even where the mode forbids overwriting (a power
-        // cut can leave an object's name without its data; the client's upload repairs it)
-        store.replace_damaged(repoobj::damaged);
+        // where the mode forbids overwriting, a put of an object that exists replaces it if it is
+        // damaged and keeps it if not (a power cut can leave a backup's objects outside every
+        // chunk index, or names without their data; the client's next upload must succeed)
+        store.content_addressed_data(repoobj::damaged);
         if opts.create {
             Self::create(&mut store, &location, log)?;
         }
@@ -399,9 +400,9 @@ impl Repository {
         Self::data_name(id)
     }
 
-    /// `put(id, data)`: stores an object (refusing more than [`MAX_DATA_SIZE`]). An existing
-    /// object that does not verify is replaced even where the mode forbids overwriting
-    /// (`repoobj::damaged`, given to the store as it opens).
+    /// `put(id, data)`: stores an object (refusing more than [`MAX_DATA_SIZE`]). Where the mode
+    /// forbids overwriting, an existing object is replaced if it does not verify and kept if it
+    /// does (`repoobj::damaged`, given to the store as it opens).
     pub fn put(&mut self, id: &[u8], data: &[u8], log: &Log) -> Result<(), Error> {
         let name = self.prepare_put(id, data.len() as u64, log)?;
         self.store.store(&name, data).inspect_err(|e| self.last_write_error = Some(e.to_string()))?;
@@ -853,14 +854,18 @@ mod tests {
         }
     }
 
-    /// Where the permission mode forbids overwriting (no-delete, write-only), a put replaces an
-    /// existing object only if it is damaged — as a power cut leaves one: a name without its data
-    /// — on the simulated disk and on a real one (small objects linked unnamed, large ones
-    /// written directly and streamed), and an intact one still refuses.
+    /// Where the permission mode forbids overwriting (no-delete, write-only), a put of an object
+    /// that exists replaces it if it is damaged — as a power cut leaves one: a name without its
+    /// data — and keeps it if it is intact, succeeding either way (an object is named by its
+    /// contents: the client stores what is there already; after a power cut it uploads again
+    /// what no chunk index lists). On the simulated disk and on a real one (small objects linked
+    /// unnamed, large ones written directly and streamed). Other items are still refused.
     #[test]
-    fn a_put_replaces_a_damaged_object_where_overwriting_is_forbidden() {
+    fn a_put_of_a_taken_name_replaces_a_damaged_object_and_keeps_an_intact_one() {
         let small = repoobj::Header::wrap(b"m", &[7; 1000]);
         let large = repoobj::Header::wrap(b"m", &vec![9; 700 * 1024]);
+        // another valid object under the same id: a kept object is not replaced by it
+        let other = |obj: &[u8]| repoobj::Header::wrap(b"other", &obj[30..]);
         for mode in [Mode::NoDelete, Mode::WriteOnly] {
             let mode_opts = OpenOptions { permissions: Permissions::for_mode(mode), ..opts(false) };
             // the simulated disk
@@ -869,11 +874,16 @@ mod tests {
             let mut repo = Repository::open_backend(Box::new(SimDisk::again(&h)), "sim".into(), &mode_opts, Owner::current(0), &log).unwrap();
             repo.put(&[1; 32], &small, &log).unwrap();
             let name = format!("data/01/01/{}", hex(&[1; 32]));
-            let e = repo.put(&[1; 32], &small, &log).unwrap_err();
-            assert!(matches!(e, Error::Store(store::Error::PermissionDenied { .. })), "{mode}: {e}");
+            repo.put(&[1; 32], &other(&small), &log).unwrap();
+            assert_eq!(h.live()[&name], small, "{mode}: an intact object replaced");
             h.plant(&name, b"");
             repo.put(&[1; 32], &small, &log).unwrap();
             assert_eq!(h.live()[&name], small, "{mode}");
+            // an archive entry is not named by its contents: still refused
+            let archive = format!("archives/{}", "ab".repeat(32));
+            repo.store_store(&archive, b"first", &log).unwrap();
+            let e = repo.store_store(&archive, b"again", &log).unwrap_err();
+            assert!(matches!(e, Error::Store(store::Error::PermissionDenied { .. })), "{mode}: {e}");
             repo.close(&log).unwrap();
 
             // a real disk: each way an object is written
@@ -881,21 +891,24 @@ mod tests {
             Repository::open(&path, &opts(true), Owner::current(0), &log).unwrap().close(&log).unwrap();
             let mut repo = Repository::open(&path, &mode_opts, Owner::current(0), &log).unwrap();
             for (i, obj, streamed) in [(1u8, &small, false), (2, &large, false), (3, &large, true)] {
-                let put = |repo: &mut Repository| {
+                let put = |repo: &mut Repository, obj: &[u8]| {
                     if streamed {
                         repo.put_from(&[i; 32], obj.len() as u64, &mut &obj[..], &log)
                     } else {
                         repo.put(&[i; 32], obj, &log)
                     }
                 };
-                put(&mut repo).unwrap();
+                put(&mut repo, obj).unwrap();
                 let file = path.join(format!("data/{:02x}/{:02x}/{}", i, i, hex(&[i; 32])));
-                assert!(put(&mut repo).is_err(), "{mode}, object {i}: an intact object overwritten");
+                put(&mut repo, &other(obj)).unwrap_or_else(|e| panic!("{mode}, object {i} intact: {e}"));
+                assert_eq!(&std::fs::read(&file).unwrap(), obj, "{mode}, object {i}: an intact object replaced");
                 for damage in [0, obj.len() as u64 - 1] {
                     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(damage).unwrap();
-                    put(&mut repo).unwrap_or_else(|e| panic!("{mode}, object {i} cut to {damage}: {e}"));
+                    put(&mut repo, obj).unwrap_or_else(|e| panic!("{mode}, object {i} cut to {damage}: {e}"));
                     assert_eq!(&std::fs::read(&file).unwrap(), obj, "{mode}, object {i}");
                 }
+                let leaf = file.parent().unwrap();
+                assert_eq!(std::fs::read_dir(leaf).unwrap().count(), 1, "{mode}, object {i}: a temp file left");
             }
             repo.close(&log).unwrap();
         }

@@ -72,7 +72,8 @@ pub fn verify(obj: &[u8]) -> Vec<&'static str> {
 
 /// Whether the object read from `r` (`len` bytes) fails [`verify`] — a power cut can leave a
 /// name without its data — read in pieces, so memory stays bounded whatever the object's size.
-/// An object that cannot be read counts as damaged. For [`crate::store::Store::replace_damaged`].
+/// An object that cannot be read counts as damaged.
+/// For [`crate::store::Store::content_addressed_data`].
 pub fn damaged(r: &mut dyn std::io::Read, len: u64) -> bool {
     let mut head = [0u8; HEADER_SIZE];
     if len < HEADER_SIZE as u64 || r.read_exact(&mut head).is_err() {

@@ -19,22 +19,25 @@ pub struct WriteOptions {
     /// [`Error::ItemExists`] and changes nothing — decided atomically by the backend, so a
     /// permission mode without `W` costs no look-up per write and has no check-then-write race.
     pub replace: bool,
-    /// Where `replace` is false, an existing item this test finds damaged is replaced all the
-    /// same: a repair, not an overwrite. (A power cut can leave a data object's name without its
-    /// data; a mode without `W` would otherwise refuse the client's upload of it for good.)
-    /// Looked at only when the item exists, so the usual write costs nothing more.
-    pub replace_damaged: Option<DamageTest>,
+    /// Set for items named by their contents (data objects) where `replace` is false: an
+    /// existing one this test finds damaged is replaced all the same — a repair, not an
+    /// overwrite — and an intact one is kept (made durable) and the write succeeds: what it would
+    /// store is there already. (A power cut can leave a backup's objects outside every chunk
+    /// index, or names without their data; the next backup uploads them again, and a mode
+    /// without `W` would refuse it for good.) Looked at only when the item exists, so the usual
+    /// write costs nothing more.
+    pub content_addressed: Option<DamageTest>,
 }
 
 impl WriteOptions {
     /// Options that replace an existing item, or keep it, without a damage test.
     pub fn plain(durable: bool, replace: bool) -> WriteOptions {
-        WriteOptions { durable, replace, replace_damaged: None }
+        WriteOptions { durable, replace, content_addressed: None }
     }
 }
 
 /// Whether an existing item, read from the start (its length given), is damaged: the store's
-/// owner knows what its items must look like (see [`Store::replace_damaged`]).
+/// owner knows what its items must look like (see [`Store::content_addressed_data`]).
 pub type DamageTest = fn(&mut dyn io::Read, u64) -> bool;
 
 /// What `list` and `info` report about an item (borgstore's `ItemInfo`, in its field order).

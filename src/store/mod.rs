@@ -250,7 +250,8 @@ pub struct Store {
     permissions: Permissions,
     durability: Durability,
     room: room::Room,
-    /// What makes an existing data object damaged, so that a mode without `W` may replace it.
+    /// What makes an existing data object damaged: a mode without `W` replaces such an object,
+    /// and keeps an intact one (see [`WriteOptions::content_addressed`]).
     damaged_data: Option<DamageTest>,
 }
 
@@ -266,9 +267,10 @@ impl Store {
         Store { backend, levels, permissions, durability, room: room::Room::default(), damaged_data: None }
     }
 
-    /// Lets a write of a data object replace an existing one that `test` finds damaged, even
-    /// where the permission mode forbids overwriting (see [`WriteOptions::replace_damaged`]).
-    pub fn replace_damaged(&mut self, test: DamageTest) {
+    /// Data objects are named by their contents: where the permission mode forbids overwriting,
+    /// a write of one that exists replaces it if `test` finds it damaged and keeps it otherwise,
+    /// and succeeds either way (see [`WriteOptions::content_addressed`]).
+    pub fn content_addressed_data(&mut self, test: DamageTest) {
         self.damaged_data = Some(test);
     }
 
@@ -651,8 +653,8 @@ impl Store {
             true
         };
         let durable = self.ordered_write(name)?;
-        let replace_damaged = if replace || !is_data(name) { None } else { self.damaged_data };
-        Ok((nested, WriteOptions { durable, replace, replace_damaged }))
+        let content_addressed = if replace || !is_data(name) { None } else { self.damaged_data };
+        Ok((nested, WriteOptions { durable, replace, content_addressed }))
     }
 
     /// Deletes an item for good (see [`Store::move_item`] for the undoable kind, a soft delete).

@@ -182,17 +182,21 @@ fn write_unnamed(dir: &Dir, unnamed: &AtomicBool, file: &str, v: &[u8], how: Wri
     }
     match dir.link_unnamed(&f, file) {
         Ok(linked) => Ok(linked),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && replaceable(dir, file, how) => {
-            let tmp = temp_name(file);
-            if !dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))? {
-                return Ok(false);
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match taken(dir, file, how) {
+            Taken::Replace => {
+                let tmp = temp_name(file);
+                if !dir.link_unnamed(&f, &tmp).map_err(|e| ("rename", e))? {
+                    return Ok(false);
+                }
+                dir.rename(&tmp, dir, file).map_err(|e| {
+                    let _ = dir.unlink(&tmp);
+                    ("rename", e)
+                })?;
+                Ok(true)
             }
-            dir.rename(&tmp, dir, file).map_err(|e| {
-                let _ = dir.unlink(&tmp);
-                ("rename", e)
-            })?;
-            Ok(true)
-        }
+            Taken::Keep => Ok(true),
+            Taken::Refuse => Err(("rename", e)),
+        },
         Err(e) => Err(("rename", e)),
     }
 }
@@ -287,7 +291,11 @@ fn write_named(
     });
     let renamed = written.and_then(|()| {
         match rename_into_place(dir, &tmp, file, how.replace) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && replaceable(dir, file, how) => dir.rename(&tmp, dir, file),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match taken(dir, file, how) {
+                Taken::Replace => dir.rename(&tmp, dir, file),
+                Taken::Keep => dir.unlink(&tmp),
+                Taken::Refuse => Err(e),
+            },
             other => other,
         }
         .map_err(|e| ("rename", e))
@@ -298,16 +306,36 @@ fn write_named(
     renamed
 }
 
-/// Whether `how` lets the existing `file` in `dir` be replaced: always with `replace`, else
-/// only if its damage test finds it damaged (read beneath `dir`, never through a symlink).
-fn replaceable(dir: &Dir, file: &str, how: WriteOptions) -> bool {
+/// What a write does about the existing `file` it found in `dir`.
+enum Taken {
+    /// Put the new value in its place.
+    Replace,
+    /// Leave it: it is what the write would store (made durable here, as no barrier of this
+    /// session knows of it).
+    Keep,
+    /// Fail: the name is taken.
+    Refuse,
+}
+
+/// [`Taken`] for the existing `file` in `dir`: replaced with `replace`; else, for an item named by
+/// its contents, replaced if its damage test finds it damaged and kept if not (read beneath
+/// `dir`, never through a symlink); else refused.
+fn taken(dir: &Dir, file: &str, how: WriteOptions) -> Taken {
     if how.replace {
-        return true;
+        return Taken::Replace;
     }
-    let Some(damaged) = how.replace_damaged else { return false };
-    let Ok(mut existing) = dir.open_file(file) else { return false };
-    let Ok(meta) = existing.metadata() else { return false };
-    meta.is_file() && damaged(&mut existing, meta.len())
+    let Some(damaged) = how.content_addressed else { return Taken::Refuse };
+    let Ok(mut existing) = dir.open_file(file) else { return Taken::Refuse };
+    let Ok(meta) = existing.metadata() else { return Taken::Refuse };
+    if !meta.is_file() {
+        Taken::Refuse
+    } else if damaged(&mut existing, meta.len()) {
+        Taken::Replace
+    } else if existing.sync_all().and_then(|()| dir.sync()).is_ok() {
+        Taken::Keep
+    } else {
+        Taken::Refuse
+    }
 }
 
 /// Renames temp file `tmp` in `dir` to `file`; without `replace` an existing `file` is an
@@ -890,7 +918,7 @@ impl Backend for PosixFs {
 mod tests {
     use super::*;
 
-    const PLAIN: WriteOptions = WriteOptions { durable: false, replace: true, replace_damaged: None };
+    const PLAIN: WriteOptions = WriteOptions { durable: false, replace: true, content_addressed: None };
 
     #[test]
     fn writes_are_atomic_and_temp_files_are_never_listed() {

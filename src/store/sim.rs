@@ -212,8 +212,10 @@ impl Backend for SimDisk {
         self.with(|i| {
             Self::fault(i, "store", name)?;
             if let Some(v) = i.live.get(name).filter(|_| !how.replace) {
-                if !how.replace_damaged.is_some_and(|damaged| damaged(&mut &v[..], v.len() as u64)) {
-                    return Err(Error::ItemExists(name.to_string()));
+                match how.content_addressed {
+                    Some(damaged) if damaged(&mut &v[..], v.len() as u64) => {} // replaced
+                    Some(_) => return Ok(()),                                   // kept
+                    None => return Err(Error::ItemExists(name.to_string())),
                 }
             }
             Self::room_for(i, name, value.len() as u64, true)?;
