@@ -121,10 +121,23 @@ fn bind(path: &Path) -> Result<(UnixListener, Files), SocketError> {
             Err(_) => std::fs::remove_file(path).map_err(|e| io_err("remove stale socket", e))?,
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| io_err("bind", e))?;
-    let files = Files { socket: path.to_path_buf(), pid: pid.clone() };
+    // The PID file first, and whole (a temp file renamed into place): whoever finds the socket
+    // listening finds the PID file too, never empty. (Written after the bind, a test that read it
+    // as soon as the socket answered found it empty, once in a suite run.)
+    let me = std::process::id().to_string();
+    let tmp = PathBuf::from(format!("{}.{me}.tmp", pid.display()));
+    std::fs::write(&tmp, &me).and_then(|()| std::fs::rename(&tmp, &pid)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        SocketError::Io { op: "write PID file", path: pid.clone(), source: e }
+    })?;
+    let listener = UnixListener::bind(path).map_err(|e| {
+        if std::fs::read_to_string(&pid).is_ok_and(|c| c == me) {
+            let _ = std::fs::remove_file(&pid);
+        }
+        io_err("bind", e)
+    })?;
+    let files = Files { socket: path.to_path_buf(), pid };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770)).map_err(|e| io_err("chmod", e))?;
-    std::fs::write(&pid, std::process::id().to_string()).map_err(|e| SocketError::Io { op: "write PID file", path: pid, source: e })?;
     Ok((listener, files))
 }
 
