@@ -520,6 +520,11 @@ fn damaged_chunks_are_replaced_by_the_next_backup() {
     for f in &damaged {
         std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(0).unwrap();
     }
+    // read-only: the check writes no index, and says nothing of one
+    env.with_server_args(&["--permissions=read-only"]);
+    let text = env.fails(&["-r", &url, "check", "--repository-only"]);
+    assert!(text.contains("is corrupted: too small") && !text.contains("left out of the chunk index"), "{text}");
+    env.without_server_args();
     let text = env.fails(&["-r", &url, "check", "--repository-only"]);
     assert!(text.contains("is corrupted: too small"), "{text}");
     let hint = format!("borgd: {} corrupted object", damaged.len());

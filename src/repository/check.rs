@@ -131,11 +131,12 @@ impl Repository {
                 log.warning(LOGGER, &format!("Removed leftover temp file {t}."));
             }
         }
+        let mut index_written = false;
         if finished {
             log.info(LOGGER, "Finished repository check.");
             self.forget_last_key_checked()?;
             if !partial {
-                self.write_chunk_index(kept, log)?;
+                index_written = self.write_chunk_index(kept, log)?;
             }
         }
         log.info(LOGGER, &format!("Checked {checked} repository objects, {errors} errors."));
@@ -145,7 +146,7 @@ impl Repository {
             log.info(LOGGER, &format!("Finished {mode} repository check, errors found and repaired."));
         } else {
             log.error(LOGGER, &format!("Finished {mode} repository check, errors found."));
-            if finished && !partial {
+            if index_written {
                 let s = if errors == 1 { "" } else { "s" };
                 log.warning(LOGGER, &format!(
                     "borgd: {errors} corrupted object{s} left out of the chunk index written now: a backup that needs \
@@ -209,10 +210,10 @@ impl Repository {
         }
     }
 
-    /// Stores a chunk index of exactly the spooled ids and deletes every other cached index.
-    /// The index is never in memory: it is hashed (its name) in one pass over the spool and
-    /// streamed into the store in a second.
-    fn write_chunk_index(&mut self, spool: Spool, log: &Log) -> Result<(), Error> {
+    /// Stores a chunk index of exactly the spooled ids and deletes every other cached index;
+    /// whether it did (read-only mode stores nothing). The index is never in memory: it is hashed
+    /// (its name) in one pass over the spool and streamed into the store in a second.
+    fn write_chunk_index(&mut self, spool: Spool, log: &Log) -> Result<bool, Error> {
         let (mut file, count) = spool.finish()?;
         let header = chunkindex::header(count);
         let len = header.len() as u64 + (count * chunkindex::ENTRY_SIZE) as u64;
@@ -235,7 +236,7 @@ impl Repository {
         match self.store.store_from(&name, len, &mut src) {
             Ok(()) => {}
             // borg check in read-only mode: nothing may be written, the check itself still counts.
-            Err(store::Error::PermissionDenied { .. }) => return Ok(()),
+            Err(store::Error::PermissionDenied { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
         let own = name.trim_start_matches("cache/").to_string();
@@ -247,7 +248,7 @@ impl Repository {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
