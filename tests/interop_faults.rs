@@ -462,9 +462,8 @@ fn acknowledged_backups_survive_a_power_cut(kind: &str, mib: u64, mkfs_options: 
         // (a manifest older than the one the client saw last fails this: "newer than repository")
         let local = copy.0.join("repo");
         let local = local.to_str().unwrap();
-        let listed = env.ok(&["-r", local, "repo-list", "--short"]);
-        let names: Vec<&str> = listed.split("\n--- stderr").next().unwrap().lines().collect();
-        assert_eq!(names.len(), n + 1, "{kind}, the copy after the {archive} backup lists {names:?}");
+        let names = support::archive_names(&env, &["-r", local]);
+        assert_eq!(names, ["first", "second"][..=n], "{kind}, the copy after the {archive} backup");
         env.ok(&["-r", local, "check", "--verify-data"]);
         let out = env.path(&format!("out-{kind}-{archive}"));
         std::fs::create_dir_all(&out).unwrap();
@@ -547,6 +546,12 @@ fn damaged_chunks_are_replaced_by_the_next_backup() {
     }
 }
 
+/// The data objects of `repo` that are names without data (empty files), as a power cut leaves
+/// them.
+fn without_data(repo: &Path) -> Vec<PathBuf> {
+    files_below(&repo.join("data")).into_iter().filter(|p| std::fs::metadata(p).unwrap().len() == 0).collect()
+}
+
 /// A power cut in the middle of a backup into a no-delete repository, and the backup after it.
 /// The repository's disk (ext4) is an image on an XFS file system of its own, so that a reflink
 /// copy of it (`cp --reflink=always`: the image as the device has it, at one instant) is what a
@@ -603,15 +608,15 @@ fn a_backup_after_a_power_cut_in_the_middle_of_one() {
 
     let cut = Mounted::mount("ext4", "loop", &copy, &env.path("cut"));
     let repo = cut.0.join("repo");
-    let objects = files_below(&repo.join("data"));
-    let without_data = objects.iter().filter(|p| std::fs::metadata(p).unwrap().len() == 0).count();
-    eprintln!("the copy: {} objects, {without_data} of them without data", objects.len());
-    assert!(objects.len() >= synced + 200, "the copy holds {} objects", objects.len());
-    assert!(objects.len() - without_data >= synced, "objects written back before were lost");
+    let objects = files_below(&repo.join("data")).len();
+    let empty = without_data(&repo).len();
+    eprintln!("the copy: {objects} objects, {empty} of them without data");
+    assert!(objects >= synced + 200, "the copy holds {objects} objects");
+    assert!(objects - empty >= synced, "objects written back before were lost");
     let url = env.ssh_url(&repo);
     env.ok(&["-r", &url, "create", "next", src.to_str().unwrap()]);
     env.without_server_args();
-    let left: Vec<_> = files_below(&repo.join("data")).into_iter().filter(|p| std::fs::metadata(p).unwrap().len() == 0).collect();
+    let left = without_data(&repo);
     assert!(left.is_empty(), "objects still without data: {left:?}");
     env.ok(&["-r", &url, "check"]);
     env.ok(&["-r", repo.to_str().unwrap(), "check"]);
